@@ -1,0 +1,15 @@
+"""deepcd: Poisson pressure solvers — learned conjugate directions beside the classical methods."""
+
+from deepcd._version import __version__
+from deepcd.api import METHODS, solve, solve_result
+from deepcd.iterative.nullspace import SingularSystemWarning
+from deepcd.iterative.result import SolveResult
+
+__all__ = [
+    "METHODS",
+    "SingularSystemWarning",
+    "SolveResult",
+    "__version__",
+    "solve",
+    "solve_result",
+]

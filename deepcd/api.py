@@ -1,0 +1,277 @@
+"""`solve()`: the scipy-style entry point to every deepcd method."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from deepcd.iterative.krylov import Monitor, cg, stationary
+from deepcd.iterative.newton import newton
+from deepcd.iterative.nullspace import (
+    SingularSystemWarning,
+    closed_components,
+    remove_region_means,
+)
+from deepcd.iterative.preconditioners import UserPreconditioner, make_preconditioner
+from deepcd.iterative.result import SolveResult
+from deepcd.operators import CSROperator, LinearOperatorAdapter, Operator
+from deepcd.problems.problem import Problem
+
+METHODS = ("cg", "jacobi", "ic0", "mic0", "amg-sa", "amg-rs", "newton")
+NEWTON_HESSIANS = ("jacobi", "ic0", "mic0", "amg-sa", "amg-rs")
+
+
+@dataclass
+class PreparedSystem:
+    """A validated system: the operator, b (float64), and its closed regions."""
+
+    op: Operator
+    b: np.ndarray
+    labels: np.ndarray | None
+    n_closed: int
+    out_dtype: np.dtype
+
+
+def _check_finite(name: str, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _as_vector(name: str, v, n: int) -> np.ndarray:
+    arr = np.asarray(v)
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real; complex systems are not supported")
+    if arr.dtype.kind not in "iufb":
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if arr.shape not in ((n,), (n, 1)):
+        raise ValueError(f"{name} must have shape ({n},) or ({n}, 1) to match A, got {arr.shape}")
+    arr = arr.reshape(n)
+    _check_finite(name, arr)
+    return arr
+
+
+def _check_symmetric_sparse(A: sp.csr_matrix, rtol: float = 1e-10) -> None:
+    asym = abs(A - A.T)
+    scale = abs(A).max()
+    if asym.nnz and asym.max() > rtol * scale:
+        raise ValueError(
+            f"A is not symmetric (max |A - Aᵀ| = {asym.max():.3e}, max |A| = {scale:.3e}); "
+            "the deepcd solvers need a symmetric positive (semi)definite matrix"
+        )
+
+
+def _check_symmetric_probe(op: Operator, rtol: float = 1e-8) -> None:
+    """Two random probes: u·(Av) == v·(Au) for symmetric A (catches non-symmetry cheaply)."""
+    rng = np.random.default_rng(12345)
+    u, v = rng.standard_normal(op.n), rng.standard_normal(op.n)
+    av, au = op.matvec(v), op.matvec(u)
+    lhs, rhs = float(u @ av), float(v @ au)
+    scale = np.linalg.norm(u) * np.linalg.norm(av) + np.linalg.norm(v) * np.linalg.norm(au)
+    if abs(lhs - rhs) > rtol * max(scale, 1e-300):
+        raise ValueError(
+            f"A is not symmetric: uᵀAv = {lhs:.6e} but vᵀAu = {rhs:.6e} for random u, v"
+        )
+
+
+def prepare_system(A, b, *, check_symmetry: bool = True) -> PreparedSystem:
+    """Validate A and b and wrap A as an operator. See `solve` for what A may be."""
+    if isinstance(A, Problem):
+        op: Operator = A.stencil
+        b = A.b if b is None else b
+        labels, n_closed = A.closed_regions
+        out_dtype = np.dtype(np.float64)
+    else:
+        if b is None:
+            raise TypeError("b is required unless A is a deepcd Problem")
+        if isinstance(A, np.ndarray | np.matrix) or sp.issparse(A):
+            if A.ndim != 2 or A.shape[0] != A.shape[1]:
+                raise ValueError(f"A must be square, got shape {A.shape}")
+            if A.dtype.kind == "c":
+                raise TypeError("A must be real; complex systems are not supported")
+            if A.dtype.kind not in "iufb":
+                raise TypeError(f"A must be numeric, got dtype {A.dtype}")
+            A = sp.csr_matrix(A, dtype=np.float64)
+            A.sum_duplicates()
+            _check_finite("A", A.data)
+            diag = A.diagonal()
+            if np.any(diag < 0):
+                row = int(np.flatnonzero(diag < 0)[0])
+                raise ValueError(
+                    f"A has a negative diagonal entry A[{row}, {row}] = {diag[row]}: "
+                    "it is not positive (semi)definite"
+                )
+            if check_symmetry:
+                _check_symmetric_sparse(A)
+            op = CSROperator(A)
+            labels, n_closed = closed_components(A)
+        elif isinstance(A, spla.LinearOperator) or hasattr(A, "matvec"):
+            if len(A.shape) != 2 or A.shape[0] != A.shape[1]:
+                raise ValueError(f"A must be square, got shape {A.shape}")
+            op = LinearOperatorAdapter(A)
+            if check_symmetry:
+                _check_symmetric_probe(op)
+            labels, n_closed = None, 0
+        else:
+            raise TypeError(
+                "A must be a scipy sparse matrix, a dense array, a LinearOperator or a "
+                f"deepcd Problem, got {type(A).__name__}"
+            )
+        out_dtype = np.result_type(getattr(A, "dtype", np.float64), np.asarray(b).dtype)
+    b = _as_vector("b", b, op.n)
+    out_dtype = np.dtype(np.float32 if out_dtype == np.float32 else np.float64)
+    return PreparedSystem(
+        op, np.ascontiguousarray(b, dtype=np.float64), labels, n_closed, out_dtype
+    )
+
+
+def _run_method(
+    method: str, op: Operator, b, x0, *, rtol, atol, maxiter, callback, monitor, M, options
+) -> SolveResult:
+    common = dict(rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, monitor=monitor)
+    if M is not None and method != "cg":
+        raise ValueError(f'M= is a user preconditioner for method="cg", not for {method!r}')
+    if method == "cg":
+        pre = UserPreconditioner(M, op.n) if M is not None else None
+        return cg(op, b, x0, M=pre, method="cg" if M is None else "cg+M", **common)
+    if method in ("jacobi", "ic0", "mic0"):
+        pre = make_preconditioner(method, op, **options)
+        return cg(op, b, x0, M=pre, method=method, **common)
+    if method in ("amg-sa", "amg-rs"):
+        accel = options.pop("accel", "cg")
+        if accel not in ("cg", None, "none"):
+            raise ValueError(f'accel must be "cg" or None (a standalone cycle), got {accel!r}')
+        pre = make_preconditioner(method, op, **options)
+        if accel == "cg":
+            return cg(op, b, x0, M=pre, method=method, **common)
+        return stationary(op, b, x0, M=pre, method=f"{method}-cycle", **common)
+    if method == "newton":
+        hessian = options.pop("hessian", "ic0")
+        if hessian not in NEWTON_HESSIANS:
+            raise ValueError(f"hessian must be one of {NEWTON_HESSIANS}, got {hessian!r}")
+        newton_opts = {k: options.pop(k) for k in ("gamma0", "max_trials") if k in options}
+        H = make_preconditioner(hessian, op, **options)
+        return newton(op, b, x0, H=H, method=f"newton-{hessian}", **newton_opts, **common)
+    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+_METHOD_OPTIONS = {
+    "cg": set(),
+    "jacobi": set(),
+    "ic0": set(),
+    "mic0": {"tau"},
+    "amg-sa": {"accel", "cycle"},
+    "amg-rs": {"accel", "cycle"},
+    "newton": {"hessian", "gamma0", "max_trials", "tau", "cycle"},
+}
+
+
+def solve_result(
+    A,
+    b=None,
+    x0=None,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    callback: Callable[[np.ndarray], None] | None = None,
+    method: str = "cg",
+    M=None,
+    monitor: Monitor | None = None,
+    check_symmetry: bool = True,
+    **options,
+) -> SolveResult:
+    """Like `solve`, but return the full `SolveResult` (history, timings, settings)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    unknown = set(options) - _METHOD_OPTIONS[method]
+    if unknown:
+        raise TypeError(f"method {method!r} got unexpected options: {', '.join(sorted(unknown))}")
+    if not (rtol >= 0 and atol >= 0):
+        raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
+    if maxiter is not None and int(maxiter) < 1:
+        raise ValueError(f"maxiter must be >= 1, got {maxiter}")
+    system = prepare_system(A, b, check_symmetry=check_symmetry)
+    op, b = system.op, system.b
+    if x0 is not None:
+        x0 = _as_vector("x0", x0, op.n).astype(np.float64)
+    note = ""
+    if system.n_closed:
+        b = remove_region_means(b, system.labels, system.n_closed)
+        note = (
+            f"A is singular: {system.n_closed} closed region(s) with no Dirichlet boundary; "
+            "b was projected onto the range (mean removed per region) and x normalized to "
+            "zero mean per region"
+        )
+        warnings.warn(note, SingularSystemWarning, stacklevel=3)
+    result = _run_method(
+        method,
+        op,
+        b,
+        x0,
+        rtol=rtol,
+        atol=atol,
+        maxiter=maxiter,
+        callback=callback,
+        monitor=monitor,
+        M=M,
+        options=dict(options),
+    )
+    if system.n_closed:
+        result.x = remove_region_means(result.x, system.labels, system.n_closed)
+        result.message = "; ".join(m for m in (result.message, note) if m)
+        result.settings["closed_regions"] = system.n_closed
+    result.x = result.x.astype(system.out_dtype, copy=False)
+    return result
+
+
+def solve(
+    A,
+    b=None,
+    x0=None,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    callback: Callable[[np.ndarray], None] | None = None,
+    method: str = "cg",
+    M=None,
+    residuals: list | None = None,
+    **options,
+) -> tuple[np.ndarray, int]:
+    """Solve A x = b for a symmetric positive (semi)definite pressure matrix, scipy-style.
+
+    A: a scipy sparse matrix, a dense array, a LinearOperator or a `deepcd.problems.Problem`
+    (then b defaults to the problem's right-hand side). b: (n,) or (n, 1).
+    Stops when ‖b - Ax‖ <= max(rtol·‖b‖, atol), checked on the true residual.
+    method: "cg", "jacobi", "ic0", "mic0" (PCG), "amg-sa", "amg-rs" (pyamg smoothed
+    aggregation / Ruge–Stüben preconditioning CG; `accel=None` runs the cycle standalone),
+    "newton" (approximate-Hessian Newton; `hessian="ic0"|"jacobi"|"mic0"|"amg-sa"|"amg-rs"`).
+    M: a user preconditioner ≈ A⁻¹ for "cg", as in scipy. callback(xk): once per iteration.
+    residuals: a list, filled with the residual 2-norm history (initial residual first).
+
+    Returns (x, info): info 0 converged, > 0 the iteration count when not converged,
+    < 0 breakdown (-1 A not positive definite, -2 M not positive definite, -3 NaN/Inf,
+    -4 no progress). x is float32 when A and b are, float64 otherwise. Singular systems
+    (closed regions with no Dirichlet boundary) are solved in the least-squares sense with a
+    `SingularSystemWarning`.
+    """
+    result = solve_result(
+        A,
+        b,
+        x0,
+        rtol=rtol,
+        atol=atol,
+        maxiter=maxiter,
+        callback=callback,
+        method=method,
+        M=M,
+        **options,
+    )
+    if residuals is not None:
+        residuals[:] = result.residuals.tolist()
+    return result.x, result.info

@@ -1,0 +1,197 @@
+"""Benchmark runner: scenes × shapes × solvers -> run records (plain dicts, JSON-ready)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import multiprocessing as mp
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deepcd._version import __version__
+from deepcd.bench.solvers import needs_csr, run_solver
+from deepcd.problems import load_problem, save_problem, scene
+from deepcd.problems.problem import Problem
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _progress_monitor(bar, r0: float, rtol: float):
+    """Map the residual to percent of the way (in log scale) from r0 to rtol·r0."""
+    span = -math.log10(rtol) if rtol > 0 else 16.0
+
+    def monitor(k: int, rnorm: float) -> None:
+        if k % 8:
+            return
+        done = 0.0 if rnorm <= 0 else math.log10(r0 / rnorm) / span if r0 > 0 else 1.0
+        bar.n = int(100 * min(max(done, 0.0), 1.0))
+        bar.set_postfix_str(f"it={k} rel={rnorm / r0:.1e}", refresh=False)
+        bar.refresh()
+
+    return monitor
+
+
+def run_one(
+    name: str,
+    problem: Problem,
+    *,
+    rtol: float,
+    maxiter: int | None,
+    progress: bool = False,
+    assembly_s: float = 0.0,
+) -> dict:
+    """Run one solver on one problem and return its record."""
+    monitor = bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=100, desc=f"  {name}", unit="%", leave=False)
+        monitor = _progress_monitor(bar, float(np.linalg.norm(problem.b)), rtol)
+    try:
+        res = run_solver(name, problem, rtol=rtol, maxiter=maxiter, monitor=monitor)
+    finally:
+        if bar is not None:
+            bar.close()
+    bnorm = float(np.linalg.norm(problem.b)) or 1.0
+    return {
+        "solver": name,
+        "scene": problem.generator,
+        "shape": list(problem.shape),
+        "seed": problem.seed,
+        "unknowns": problem.n,
+        "iterations": res.iterations,
+        "setup_s": res.setup_s,
+        "solve_s": res.solve_s,
+        "total_s": res.total_s,
+        "s_per_iteration": res.solve_s / res.iterations if res.iterations else None,
+        "final_relres": res.final_relres,
+        "converged": bool(res.converged),
+        "info": int(res.info),
+        "residuals": (res.residuals / bnorm).tolist(),
+        "times": res.times.tolist(),
+        "settings": _jsonable(res.settings),
+        "message": res.message,
+        "csr_assembly_s": assembly_s if needs_csr(name) else 0.0,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
+
+
+def _run_isolated(path: str, name: str, rtol: float, maxiter: int | None) -> dict:
+    """Child-process entry: load the problem file, assemble if needed, run, report."""
+    problem = load_problem(path)
+    assembly_s = 0.0
+    if needs_csr(name):
+        t = time.perf_counter()
+        problem.A  # noqa: B018 - assemble now so the time is measured separately
+        assembly_s = time.perf_counter() - t
+    return run_one(name, problem, rtol=rtol, maxiter=maxiter, assembly_s=assembly_s)
+
+
+def environment() -> dict:
+    """What the numbers were measured on."""
+    import numba
+    import pyamg
+    import scipy
+
+    return {
+        "deepcd": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pyamg": pyamg.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": mp.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def run_benchmark(
+    scene_names: list[str],
+    shapes: list[tuple[int, ...]],
+    solvers: list[str],
+    *,
+    rtol: float = 1e-6,
+    maxiter: int | None = None,
+    seed: int = 0,
+    isolate: bool = False,
+    scratch: Path | None = None,
+    progress: bool = True,
+    log=print,
+) -> tuple[list[dict], list[dict]]:
+    """Run every solver on every (scene, shape). Returns (runs, problems).
+
+    isolate: each solver runs in a fresh process that loads the problem from an HDF5 file in
+    `scratch`, so `peak_rss_mb` is that run's own peak (problem + solver), not the suite's.
+    """
+    from tqdm.auto import tqdm
+
+    runs: list[dict] = []
+    problems: list[dict] = []
+    combos = [(s, sh) for s in scene_names for sh in shapes]
+    total = len(combos) * len(solvers)
+    with tqdm(total=total, desc="benchmark", unit="run", disable=not progress) as outer:
+        for name, shape in combos:
+            t = time.perf_counter()
+            problem = scene(name, shape, seed=seed)
+            gen_s = time.perf_counter() - t
+            info = {
+                "scene": name,
+                "shape": list(shape),
+                "seed": seed,
+                "unknowns": problem.n,
+                "generate_s": gen_s,
+                "singular": problem.is_singular,
+            }
+            log(
+                f"{name} {'x'.join(map(str, shape))}: {problem.n:,} unknowns, "
+                f"generated in {gen_s:.1f} s"
+            )
+            path = None
+            if isolate:
+                scratch = Path(scratch or "benchmarks/scratch")
+                path = scratch / f"{name}_{'x'.join(map(str, shape))}_s{seed}.h5"
+                save_problem(path, problem)
+            elif any(needs_csr(s) for s in solvers):
+                t = time.perf_counter()
+                problem.A  # noqa: B018
+                info["csr_assembly_s"] = time.perf_counter() - t
+            problems.append(info)
+            for solver in solvers:
+                outer.set_postfix_str(f"{name} {shape} {solver}")
+                if isolate:
+                    ctx = mp.get_context("spawn")
+                    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                        rec = pool.submit(_run_isolated, str(path), solver, rtol, maxiter).result()
+                    rec["isolated"] = True
+                else:
+                    rec = run_one(
+                        solver,
+                        problem,
+                        rtol=rtol,
+                        maxiter=maxiter,
+                        progress=progress,
+                        assembly_s=info.get("csr_assembly_s", 0.0),
+                    )
+                    rec["isolated"] = False
+                runs.append(rec)
+                log(
+                    f"  {solver:>14}: {rec['iterations']:>6} it  setup {rec['setup_s']:7.2f} s"
+                    f"  solve {rec['solve_s']:8.2f} s  relres {rec['final_relres']:.1e}"
+                    + ("" if rec["converged"] else f"  NOT CONVERGED ({rec['message']})")
+                )
+                outer.update(1)
+    return runs, problems

@@ -1,0 +1,99 @@
+"""The benchmark's solver catalogue: a name -> how to run it on a Problem."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import scipy.sparse.linalg as spla
+
+from deepcd.api import solve_result
+from deepcd.iterative.krylov import Monitor
+from deepcd.iterative.result import History, SolveResult
+from deepcd.problems.problem import Problem
+
+# name -> (solve() method, options); every entry is one line of the benchmark table.
+SOLVERS: dict[str, tuple[str, dict]] = {
+    "cg": ("cg", {}),
+    "jacobi": ("jacobi", {}),
+    "ic0": ("ic0", {}),
+    "mic0": ("mic0", {}),
+    "amg-sa": ("amg-sa", {}),
+    "amg-rs": ("amg-rs", {}),
+    "amg-sa-cycle": ("amg-sa", {"accel": None}),
+    "amg-rs-cycle": ("amg-rs", {"accel": None}),
+    "newton-jacobi": ("newton", {"hessian": "jacobi"}),
+    "newton-ic0": ("newton", {"hessian": "ic0"}),
+    "newton-amg": ("newton", {"hessian": "amg-sa"}),
+}
+REFERENCE_SOLVERS = ("scipy-cg",)  # measured for comparison, not deepcd methods
+DEFAULT_SOLVERS = ("cg", "ic0", "mic0", "amg-sa", "amg-rs", "newton-amg")
+
+
+def solver_names() -> list[str]:
+    return [*SOLVERS, *REFERENCE_SOLVERS]
+
+
+def needs_csr(name: str) -> bool:
+    """Whether the solver works on the assembled matrix (else the matrix-free stencil)."""
+    return name not in ("cg", "jacobi")
+
+
+def run_solver(
+    name: str,
+    problem: Problem,
+    *,
+    rtol: float,
+    maxiter: int | None,
+    monitor: Monitor | None = None,
+) -> SolveResult:
+    """Run catalogue solver `name` on `problem` from x0 = 0."""
+    if name == "scipy-cg":
+        return _scipy_cg(problem, rtol=rtol, maxiter=maxiter, monitor=monitor)
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; choose from {', '.join(solver_names())}")
+    method, options = SOLVERS[name]
+    result = solve_result(
+        problem, rtol=rtol, maxiter=maxiter, method=method, monitor=monitor, **options
+    )
+    result.method = name
+    return result
+
+
+def _scipy_cg(problem: Problem, *, rtol: float, maxiter: int | None, monitor) -> SolveResult:
+    """scipy.sparse.linalg.cg on the CSR matrix. The residual history is computed inside the
+    callback, and the callback's own time is subtracted from the timestamps and the total."""
+    A, b = problem.A, problem.b
+    bnorm = float(np.linalg.norm(b))
+    t0 = time.perf_counter()
+    hist = History(t0)
+    hist.append(bnorm, t0)
+    excluded = 0.0
+
+    def callback(xk):
+        nonlocal excluded
+        t_in = time.perf_counter()
+        rnorm = float(np.linalg.norm(b - A @ xk))
+        hist.append(rnorm, t_in - excluded)
+        if monitor is not None:
+            monitor(hist.size - 1, rnorm)
+        excluded += time.perf_counter() - t_in
+
+    x, info = spla.cg(A, b, rtol=rtol, maxiter=maxiter, callback=callback)
+    solve_s = time.perf_counter() - t0 - excluded
+    final = float(np.linalg.norm(b - A @ x)) / bnorm
+    return SolveResult(
+        x=x,
+        converged=info == 0,
+        info=int(info),
+        iterations=hist.size - 1,
+        residuals=hist.residuals,
+        times=hist.times,
+        setup_s=0.0,
+        solve_s=solve_s,
+        final_relres=final,
+        method="scipy-cg",
+        settings={"rtol": rtol, "maxiter": maxiter},
+        message="" if math.isfinite(final) else "non-finite result",
+    )

@@ -1,0 +1,79 @@
+"""Matrix-free 7-point pressure Laplacian on a fluid-index grid (numba, parallel).
+
+The stencil form is `index` (int32 grid, -1 off FLUID cells) plus `diag` (uint8 per unknown,
+the count of non-SOLID neighbours): about 5 bytes per cell instead of ~90 per CSR row.
+2D grids use a (nx, ny, 1) view of the index.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(inline="always")
+def _row(index, diag, x, i, j, k, n):
+    nx, ny, nz = index.shape
+    s = diag[n] * x[n]
+    if i > 0:
+        m = index[i - 1, j, k]
+        if m >= 0:
+            s -= x[m]
+    if i < nx - 1:
+        m = index[i + 1, j, k]
+        if m >= 0:
+            s -= x[m]
+    if j > 0:
+        m = index[i, j - 1, k]
+        if m >= 0:
+            s -= x[m]
+    if j < ny - 1:
+        m = index[i, j + 1, k]
+        if m >= 0:
+            s -= x[m]
+    if k > 0:
+        m = index[i, j, k - 1]
+        if m >= 0:
+            s -= x[m]
+    if k < nz - 1:
+        m = index[i, j, k + 1]
+        if m >= 0:
+            s -= x[m]
+    return s
+
+
+@nb.njit(parallel=True, cache=True)
+def stencil_matvec(index, diag, x, out):
+    """out = A x. index: int grid (nx, ny, nz); diag: uint8 (n,); x, out: float64 (n,)."""
+    nx, ny, nz = index.shape
+    for ij in nb.prange(nx * ny):
+        i = ij // ny
+        j = ij - i * ny
+        for k in range(nz):
+            n = index[i, j, k]
+            if n >= 0:
+                out[n] = _row(index, diag, x, i, j, k, n)
+
+
+@nb.njit(parallel=True, cache=True)
+def stencil_matvec_dot(index, diag, x, out):
+    """out = A x and return x·(A x) in the same pass (the curvature CG needs)."""
+    nx, ny, nz = index.shape
+    total = 0.0
+    for ij in nb.prange(nx * ny):
+        i = ij // ny
+        j = ij - i * ny
+        part = 0.0
+        for k in range(nz):
+            n = index[i, j, k]
+            if n >= 0:
+                s = _row(index, diag, x, i, j, k, n)
+                out[n] = s
+                part += x[n] * s
+        total += part
+    return total
+
+
+def stencil_index_3d(index: np.ndarray) -> np.ndarray:
+    """The (nx, ny, nz) view the kernels take; a 2D index gets a trailing axis of 1."""
+    return index[:, :, None] if index.ndim == 2 else index

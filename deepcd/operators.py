@@ -1,0 +1,120 @@
+"""Linear operators the solvers iterate with: CSR (numba), matrix-free stencil, any LinearOperator.
+
+All share one small interface: `n`, `matvec(x, out)`, `matvec_dot(x, out) -> x·Ax`,
+`diagonal()` and `csr` (the scipy matrix, or a TypeError where there is none).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from deepcd.kernels.csr import csr_matvec, csr_matvec_dot
+from deepcd.kernels.stencil import stencil_index_3d, stencil_matvec, stencil_matvec_dot
+
+
+class Operator:
+    """Base of the solver-facing operators: y = A x on float64 (n,) vectors."""
+
+    n: int
+    kind: str = "operator"
+
+    def matvec(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def matvec_dot(self, x: np.ndarray, out: np.ndarray) -> float:
+        """out = A x; return x·out."""
+        self.matvec(x, out)
+        return float(np.dot(x, out))
+
+    def diagonal(self) -> np.ndarray:
+        raise TypeError(
+            f"the diagonal of a {self.kind} operator is unknown: pass a sparse matrix or a Problem"
+        )
+
+    @property
+    def csr(self) -> sp.csr_matrix:
+        raise TypeError(
+            f"this method needs the assembled matrix, and a {self.kind} operator has none: "
+            "pass a scipy sparse matrix or a deepcd Problem"
+        )
+
+    def as_linear_operator(self) -> spla.LinearOperator:
+        return spla.LinearOperator((self.n, self.n), matvec=self.matvec, dtype=np.float64)
+
+
+class CSROperator(Operator):
+    """A scipy CSR matrix applied by the numba kernel (float64 data, int32/int64 indices)."""
+
+    kind = "CSR"
+
+    def __init__(self, A: sp.spmatrix | sp.sparray):
+        A = sp.csr_matrix(A, dtype=np.float64)
+        self._csr = A
+        self.n = A.shape[0]
+        self._arrays = (A.indptr, A.indices, A.data)
+
+    def matvec(self, x, out=None):
+        out = np.empty(self.n) if out is None else out
+        csr_matvec(*self._arrays, np.ascontiguousarray(x, dtype=np.float64), out)
+        return out
+
+    def matvec_dot(self, x, out):
+        return csr_matvec_dot(*self._arrays, x, out)
+
+    def diagonal(self):
+        return self._csr.diagonal()
+
+    @property
+    def csr(self):
+        return self._csr
+
+
+class StencilOperator(Operator):
+    """The pressure Laplacian applied matrix-free from a fluid-index grid and a uint8 diagonal.
+
+    `csr_factory`, when given, assembles the equivalent CSR matrix on demand (for IC, AMG).
+    """
+
+    kind = "stencil"
+
+    def __init__(self, index: np.ndarray, diag: np.ndarray, csr_factory=None):
+        self.index = stencil_index_3d(np.ascontiguousarray(index))
+        self.diag = np.ascontiguousarray(diag, dtype=np.uint8)
+        self.n = self.diag.size
+        self._csr_factory = csr_factory
+
+    def matvec(self, x, out=None):
+        out = np.empty(self.n) if out is None else out
+        stencil_matvec(self.index, self.diag, np.ascontiguousarray(x, dtype=np.float64), out)
+        return out
+
+    def matvec_dot(self, x, out):
+        return stencil_matvec_dot(self.index, self.diag, x, out)
+
+    def diagonal(self):
+        return self.diag.astype(np.float64)
+
+    @property
+    def csr(self):
+        if self._csr_factory is None:
+            return super().csr
+        return self._csr_factory()
+
+
+class LinearOperatorAdapter(Operator):
+    """Any scipy LinearOperator (or object with matvec) applied through its own matvec."""
+
+    kind = "LinearOperator"
+
+    def __init__(self, A: spla.LinearOperator):
+        self._op = A
+        self.n = A.shape[0]
+
+    def matvec(self, x, out=None):
+        y = np.asarray(self._op.matvec(x), dtype=np.float64).reshape(-1)
+        if out is None:
+            return y
+        out[:] = y
+        return out

@@ -1,0 +1,101 @@
+"""HDF5 storage of problems: one file per problem, written atomically.
+
+Layout: datasets `flags` (int8 grid) and `rhs` (float64 over the fluid cells), chunked and
+gzip-compressed; attributes `format`, `deepcd_version`, `generator`, `params` (JSON),
+`seed`, `boundary`. A file is written under a temporary name and renamed when complete, so
+an interrupted write never leaves a file that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from deepcd._version import __version__
+from deepcd.problems.problem import Problem
+
+FORMAT = "deepcd-problem-v1"
+
+
+def _chunks(shape: tuple[int, ...], target: int = 1 << 20) -> tuple[int, ...]:
+    """About `target` elements per chunk, whole trailing axes where possible."""
+    chunks = list(shape)
+    i = 0
+    while np.prod(chunks) > target and i < len(chunks):
+        chunks[i] = max(1, min(chunks[i], int(target // max(np.prod(chunks[i + 1 :]), 1))))
+        i += 1
+    return tuple(max(1, c) for c in chunks)
+
+
+def atomic_h5(path: str | os.PathLike):
+    """Context manager: an h5py.File open for writing under a temporary name, renamed at exit."""
+    return _AtomicH5(Path(path))
+
+
+class _AtomicH5:
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+
+    def __enter__(self) -> h5py.File:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.tmp, "w")
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.file.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def save_problem(path: str | os.PathLike, problem: Problem) -> Path:
+    """Write `problem` to an HDF5 file at `path` (atomically). Returns the path."""
+    path = Path(path)
+    with atomic_h5(path) as f:
+        f.create_dataset(
+            "flags", data=problem.flags, chunks=_chunks(problem.shape), compression="gzip"
+        )
+        f.create_dataset("rhs", data=problem.b, chunks=_chunks(problem.b.shape), compression="gzip")
+        f.attrs["format"] = FORMAT
+        f.attrs["deepcd_version"] = __version__
+        f.attrs["generator"] = problem.generator
+        f.attrs["params"] = json.dumps(problem.params)
+        f.attrs["seed"] = -1 if problem.seed is None else int(problem.seed)
+        f.attrs["boundary"] = np.asarray(problem.boundary, dtype=np.int8)
+    return path
+
+
+def load_problem(path: str | os.PathLike) -> Problem:
+    """Read a problem written by `save_problem`; a clear ValueError for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no problem file at {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise ValueError(
+                    f"{path} is not a deepcd problem file (format attribute "
+                    f"{f.attrs.get('format')!r}, expected {FORMAT!r})"
+                )
+            missing = [k for k in ("flags", "rhs") if k not in f]
+            if missing:
+                raise ValueError(f"{path} is incomplete: missing dataset(s) {missing}")
+            flags = f["flags"][...]
+            rhs = f["rhs"][...]
+            seed = int(f.attrs["seed"])
+            return Problem(
+                flags,
+                rhs,
+                tuple(int(v) for v in f.attrs["boundary"]),
+                generator=str(f.attrs["generator"]),
+                params=json.loads(f.attrs["params"]),
+                seed=None if seed < 0 else seed,
+            )
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read as HDF5 (corrupt or truncated?): {err}") from err

@@ -1,0 +1,141 @@
+"""`Problem`: a pressure system on a flag grid, in CSR and matrix-free stencil form."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from deepcd.problems import assembly
+from deepcd.problems.flags import FLUID, SOLID, normalize_boundary, validate_flags
+
+
+@dataclass(eq=False)
+class Problem:
+    """A pressure Poisson system A p = b over the FLUID cells of a cell-flag grid.
+
+    flags: int8 grid (nx, ny) or (nx, ny, nz) of FLUID/SOLID/AIR.
+    b: float64 (n,) right-hand side over the fluid cells, in C order of the grid.
+    boundary: flag of the cells outside the grid, per face (x-lo, x-hi, y-lo, y-hi[, z-lo, z-hi]).
+    generator/params/seed: where the problem came from (kept in HDF5 files and benchmarks).
+    """
+
+    flags: np.ndarray
+    b: np.ndarray
+    boundary: tuple[int, ...] = ()
+    generator: str = "user"
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.flags = validate_flags(self.flags)
+        self.boundary = normalize_boundary(
+            self.boundary if self.boundary != () else SOLID, self.flags.ndim
+        )
+        n = int(np.count_nonzero(self.flags == FLUID))
+        if n == 0:
+            raise ValueError("flags contain no FLUID cell: there is nothing to solve for")
+        b = np.asarray(self.b)
+        if b.dtype.kind not in "iuf":
+            raise TypeError(f"b must be a real array, got dtype {b.dtype}")
+        if b.shape == self.flags.shape:
+            b = b[self.flags == FLUID]
+        if b.shape != (n,):
+            raise ValueError(
+                f"b must have one value per FLUID cell ({n},) or the grid's shape "
+                f"{self.flags.shape}, got {b.shape}"
+            )
+        if not np.all(np.isfinite(b)):
+            raise ValueError("b contains NaN or Inf")
+        self.b = np.ascontiguousarray(b, dtype=np.float64)
+        json.dumps(self.params)  # params must survive an HDF5 round trip
+
+    # -- shape -----------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.flags.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.flags.ndim
+
+    @property
+    def n(self) -> int:
+        """Number of unknowns (FLUID cells)."""
+        return self.b.size
+
+    # -- forms -----------------------------------------------------------------------------
+    @cached_property
+    def index(self) -> np.ndarray:
+        """int32 grid of unknown numbers, -1 off FLUID cells."""
+        return assembly.fluid_index(self.flags)[0]
+
+    @cached_property
+    def diagonal(self) -> np.ndarray:
+        """uint8 (n,): the Laplacian's diagonal, the count of non-SOLID neighbours."""
+        return assembly.stencil_diagonal(self.flags, self.boundary)
+
+    @cached_property
+    def A(self) -> sp.csr_matrix:
+        """The Laplacian as scipy CSR (float64, sorted indices); assembled on first use."""
+        return assembly.laplacian_csr(self.flags, self.boundary)
+
+    @cached_property
+    def stencil(self):
+        """The matrix-free form: a `StencilOperator` applying A with a numba kernel."""
+        from deepcd.operators import StencilOperator
+
+        return StencilOperator(self.index, self.diagonal, csr_factory=lambda: self.A)
+
+    @cached_property
+    def closed_regions(self) -> tuple[np.ndarray, int]:
+        """(labels over unknowns, count) of fluid regions touching no AIR; see assembly."""
+        return assembly.closed_regions(self.flags, self.boundary)
+
+    @property
+    def is_singular(self) -> bool:
+        """True when some fluid region touches no AIR (A has a constant null vector there)."""
+        return self.closed_regions[1] > 0
+
+    # -- layouts ---------------------------------------------------------------------------
+    def to_grid(self, v: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """Scatter a fluid vector (n,) onto the grid; non-FLUID cells get `fill`."""
+        v = np.asarray(v)
+        if v.shape != (self.n,):
+            raise ValueError(f"expected a fluid vector of shape ({self.n},), got {v.shape}")
+        out = np.full(self.shape, fill, dtype=np.result_type(v.dtype, np.float64))
+        out[self.flags == FLUID] = v
+        return out
+
+    def from_grid(self, g: np.ndarray) -> np.ndarray:
+        """Gather the FLUID cells of a grid array into a fluid vector (n,), C order."""
+        g = np.asarray(g)
+        if g.shape != self.shape:
+            raise ValueError(f"expected a grid of shape {self.shape}, got {g.shape}")
+        return np.ascontiguousarray(g[self.flags == FLUID])
+
+    def with_rhs(self, b: np.ndarray) -> Problem:
+        """The same grid with another right-hand side (shares the assembled forms' inputs)."""
+        return Problem(self.flags, b, self.boundary, self.generator, dict(self.params), self.seed)
+
+    def __repr__(self) -> str:
+        return (
+            f"Problem(generator={self.generator!r}, shape={self.shape}, n={self.n}, "
+            f"boundary={self.boundary}, seed={self.seed})"
+        )
+
+
+def from_flags(flags: np.ndarray, rhs: np.ndarray | None = None, *, boundary=SOLID) -> Problem:
+    """A `Problem` from a user's own int8 flag grid (0 = FLUID, 1 = SOLID, 2 = AIR).
+
+    rhs: float64 over the fluid cells (n,) or on the grid; default ones (a uniform source).
+    boundary: flag outside the grid, one for all faces or one per face; SOLID by default.
+    """
+    flags = validate_flags(flags)
+    if rhs is None:
+        rhs = np.ones(int(np.count_nonzero(flags == FLUID)))
+    return Problem(flags, rhs, boundary)
