@@ -88,6 +88,7 @@ def prepare_system(A, b, *, check_symmetry: bool = True) -> PreparedSystem:
     else:
         if b is None:
             raise TypeError("b is required unless A is a deepcd Problem")
+        out_dtype = np.result_type(getattr(A, "dtype", np.float64), np.asarray(b).dtype)
         if isinstance(A, np.ndarray | np.matrix) or sp.issparse(A):
             if A.ndim != 2 or A.shape[0] != A.shape[1]:
                 raise ValueError(f"A must be square, got shape {A.shape}")
@@ -121,7 +122,6 @@ def prepare_system(A, b, *, check_symmetry: bool = True) -> PreparedSystem:
                 "A must be a scipy sparse matrix, a dense array, a LinearOperator or a "
                 f"deepcd Problem, got {type(A).__name__}"
             )
-        out_dtype = np.result_type(getattr(A, "dtype", np.float64), np.asarray(b).dtype)
     b = _as_vector("b", b, op.n)
     out_dtype = np.dtype(np.float32 if out_dtype == np.float32 else np.float64)
     return PreparedSystem(

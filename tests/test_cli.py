@@ -1,0 +1,151 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deepcd.cli import main
+from deepcd.problems import load_problem
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_writes_results_table_and_plots(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(
+        [
+            "bench",
+            "--scene",
+            "smoke-obstacles",
+            "--shape",
+            "12",
+            "--shape",
+            "16x12",
+            "--solvers",
+            "cg,ic0,amg-sa,newton-amg,scipy-cg",
+            "--rtol",
+            "1e-6",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    runs = data["runs"]
+    assert len(runs) == 2 * 5
+    required = {
+        "solver",
+        "scene",
+        "shape",
+        "unknowns",
+        "iterations",
+        "setup_s",
+        "solve_s",
+        "final_relres",
+        "converged",
+        "residuals",
+    }
+    for run in runs:
+        assert required <= set(run)
+        assert run["converged"] and run["final_relres"] <= 1e-6
+        assert len(run["residuals"]) == run["iterations"] + 1
+        assert run["residuals"][0] == pytest.approx(1.0)
+    assert {tuple(r["shape"]) for r in runs} == {(12, 12, 12), (16, 12)}
+    assert "deepcd bench" in data["meta"]["command"]
+    pngs = sorted(out.glob("residuals_*.png"))
+    assert len(pngs) == 2
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+    table = (out / "results.md").read_text()
+    assert "| smoke-obstacles |" in table and "amg-sa" in table
+    assert "true relres" in capsys.readouterr().out
+
+
+def test_bench_isolated_reports_per_run_memory(tmp_path):
+    out = tmp_path / "bench"
+    code = main(
+        [
+            "bench",
+            "--scene",
+            "pool",
+            "--shape",
+            "10",
+            "--solvers",
+            "cg,amg-rs",
+            "--out",
+            str(out),
+            "--isolate",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert all(r["isolated"] and r["peak_rss_mb"] > 10 for r in runs)
+
+
+def test_generate_then_solve(tmp_path, capsys):
+    path = tmp_path / "p.h5"
+    assert (
+        main(
+            [
+                "generate",
+                "problem",
+                "--scene",
+                "bunny",
+                "--shape",
+                "16",
+                "--dim",
+                "2",
+                "--seed",
+                "3",
+                "--out",
+                str(path),
+            ]
+        )
+        == 0
+    )
+    problem = load_problem(path)
+    assert problem.shape == (16, 16) and problem.generator == "bunny" and problem.seed == 3
+    save = tmp_path / "p.npy"
+    assert main(["solve", str(path), "--method", "mic0", "--save", str(save)]) == 0
+    assert "converged" in capsys.readouterr().out
+    assert np.load(save).shape == (16, 16)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--scene", "nope", "--out", "x"], "unknown scene"),
+        (["bench", "--solvers", "cg,nope", "--out", "x"], "unknown solver"),
+        (["bench", "--shape", "12x", "--out", "x"], "shape"),
+        (["solve", "missing.h5"], "no problem file"),
+        (
+            [
+                "generate",
+                "problem",
+                "--scene",
+                "box",
+                "--shape",
+                "12",
+                "--param",
+                "bogus=1",
+                "--out",
+                "x.h5",
+            ],
+            "bogus",
+        ),
+    ],
+)
+def test_cli_errors_are_clear(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "deepcd.cli", "info"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "smoke-obstacles" in out and "amg-sa" in out
