@@ -116,7 +116,7 @@ def test_user_preconditioner(small_problem):
 
 
 def test_maxiter_gives_positive_info(small_problem):
-    x, info = deepcd.solve(small_problem, rtol=1e-12, maxiter=3)
+    _x, info = deepcd.solve(small_problem, rtol=1e-12, maxiter=3)
     assert info == 3
 
 
@@ -148,7 +148,7 @@ def test_indefinite_matrix_is_a_breakdown():
     # diagonal -1 is caught before iterating; an indefinite matrix with a positive
     # diagonal is caught by CG's curvature test:
     B = sp.csr_matrix(np.array([[1.0, 2.0], [2.0, 1.0]]))
-    x, info = deepcd.solve(B, np.array([1.0, -1.0]))
+    _x, info = deepcd.solve(B, np.array([1.0, -1.0]))
     assert info == -1
     with pytest.raises(ValueError, match="negative diagonal"):
         deepcd.solve(A, np.ones(4))
