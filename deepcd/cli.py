@@ -15,7 +15,8 @@ DEFAULT_SCENE = "smoke-obstacles"
 def _shapes(args) -> list[tuple[int, ...]]:
     from deepcd.problems import parse_shape
 
-    return [parse_shape(s, args.dim) for s in args.shape]
+    shapes = [args.shape] if isinstance(args.shape, str) else args.shape
+    return [parse_shape(s, args.dim) for s in shapes]
 
 
 def _params(items: list[str]) -> dict:
@@ -46,7 +47,7 @@ def cmd_bench(args) -> int:
     if bad:
         raise ValueError(f"unknown scene(s) {bad}; choose from {', '.join(scenes())}")
     out = Path(args.out)
-    command = "deepcd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "deepcd " + " ".join(shlex.quote(a) for a in args.argv)
     runs, problems = run_benchmark(
         args.scene,
         _shapes(args),
@@ -181,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if getattr(args, "command", None) == "bench":
         args.scene = args.scene or [DEFAULT_SCENE]
         args.shape = args.shape or ["64"]

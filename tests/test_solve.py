@@ -207,3 +207,27 @@ def test_bad_input_raises_clearly(dirichlet_box, case):
     A, b, kwargs, err, match = _bad_cases(dirichlet_box)[case]
     with pytest.raises(err, match=match):
         deepcd.solve(A, b, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(24, 20), (12, 10, 14)], ids=["2d", "3d"])
+@pytest.mark.parametrize(
+    "name", ["box", "smoke-plume", "smoke-obstacles", "bunny", "pool", "poisson-box", "closed-box"]
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_scene_and_method_solves_the_system(name, shape, method):
+    import warnings
+
+    from deepcd.problems import scene
+
+    problem = scene(name, shape, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", deepcd.SingularSystemWarning)
+        res = deepcd.solve_result(problem, rtol=1e-8, method=method, maxiter=20000)
+    assert res.converged, res.message
+    if problem.is_singular:
+        b = problem.b - problem.b.mean()
+        np.testing.assert_allclose(problem.A @ res.x, b, atol=1e-7 * np.abs(b).max())
+        assert abs(res.x.mean()) < 1e-10
+    else:
+        x_ref = reference(problem)
+        np.testing.assert_allclose(res.x, x_ref, atol=1e-6 * np.abs(x_ref).max())

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The committed CPU benchmarks, in the order they were run. Needs ./scripts/bootstrap.sh first.
+# Each writes <dir>/results.json, results.md and plots; scratch problem files are git-ignored.
+set -u
+cd "$(dirname "$0")/.."
+deepcd=.venv/bin/deepcd
+# 1. CG per iteration vs scipy and the bandwidth floor (128³ Dirichlet box).
+.venv/bin/python benchmarks/cg_kernels.py --n 128 --repeats 3
+# 2. Anchors: 128³ Dirichlet box, white-noise rhs (DESIGN.md §8).
+$deepcd bench --scene poisson-box --shape 128 --no-progress --out benchmarks/poisson-box-128 \
+    --solvers scipy-cg,cg,jacobi,ic0,mic0,amg-sa,amg-rs,amg-sa-cycle,amg-rs-cycle,newton-ic0,newton-amg
+# 3. The physical scenes at 64³, every solver.
+$deepcd bench --scene smoke-plume --scene smoke-obstacles --scene bunny --scene pool --shape 64 \
+    --no-progress --out benchmarks/scenes-64 \
+    --solvers cg,jacobi,ic0,mic0,amg-sa,amg-rs,amg-sa-cycle,newton-ic0,newton-amg
+# 4. 256³ smoke with obstacles (16.7 M cells), each solver in its own process (peak memory).
+$deepcd bench --scene smoke-obstacles --shape 256 --isolate --no-progress \
+    --out benchmarks/smoke-obstacles-256 --solvers cg,mic0,amg-sa,amg-rs
