@@ -1,0 +1,238 @@
+"""The Deep Conjugate Direction Method with a safeguard that makes stagnation impossible.
+
+Each iteration (float64 vectors; the direction source may be a network in any precision):
+
+1. q = f(r / ‖r‖): the learned direction; z = M⁻¹ r: the classical one (Jacobi, MIC(0), an AMG
+   cycle, or r itself when M is None).
+2. Both are A-orthogonalized against the last k search directions (stored with A·p, so this
+   costs no matvec): u = q - Σ (qᵀAp_j / p_jᵀAp_j) p_j, v likewise from z.
+3. The step minimizes the energy over span{u, v} (a 2×2 Galerkin system): p = a·u + c·v,
+   x += p, r -= A p. When q is unusable (NaN/Inf, zero, or no curvature left after the
+   orthogonalization) the step falls back to v alone.
+
+Why this cannot stall: by induction r is orthogonal to every stored direction (each new p is
+A-orthogonal to them and the Galerkin step makes r ⊥ p), so vᵀr = zᵀr and vᵀAv <= zᵀAz, and the
+energy decrease of a step is at least (zᵀr)²/(zᵀAz) — that of preconditioned steepest descent
+with M, which converges linearly for any SPD M. When the network contributes nothing, the
+steps are those of truncated flexible CG with a fixed preconditioner, i.e. PCG with M (for
+k >= 1). So convergence never depends on the network; the network only decides how fast.
+
+A step is counted as a *safeguard step* when the classical direction alone would have reduced
+the energy more than the network direction alone (or the network direction was unusable).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from deepcd.iterative.krylov import Monitor, _finish, _start
+from deepcd.iterative.preconditioners import Preconditioner
+from deepcd.iterative.result import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, History, SolveResult
+from deepcd.kernels.vector import dot, residual
+from deepcd.operators import Operator
+
+Direction = Callable[[np.ndarray], np.ndarray]
+REFRESH_EVERY = 50  # recompute the true residual this often (the recurrence drifts slowly)
+
+
+class _DirectionStore:
+    """The last k search directions p_j with A·p_j and p_jᵀA p_j (a ring buffer)."""
+
+    def __init__(self, n: int, k: int):
+        self.p = np.empty((k, n))
+        self.ap = np.empty((k, n))
+        self.pap = np.zeros(k)
+        self.k = k
+        self.count = 0
+
+    def orthogonalize(self, w: np.ndarray, aw: np.ndarray) -> None:
+        """w -= Σ (wᵀAp_j / p_jᵀAp_j) p_j, and A·w alongside (in place)."""
+        for j in range(min(self.count, self.k)):
+            coef = dot(aw, self.p[j]) / self.pap[j]
+            w -= coef * self.p[j]
+            aw -= coef * self.ap[j]
+
+    def push(self, p: np.ndarray, ap: np.ndarray, pap: float) -> None:
+        if self.k == 0:
+            return
+        slot = self.count % self.k
+        self.p[slot], self.ap[slot], self.pap[slot] = p, ap, pap
+        self.count += 1
+
+    def clear(self) -> None:
+        self.count = 0
+
+
+def _usable(u: np.ndarray, au: np.ndarray, scale: float) -> float:
+    """uᵀAu when u is a finite direction with curvature relative to `scale`, else 0."""
+    uau = dot(u, au)
+    if not math.isfinite(uau) or uau <= 1e-28 * scale:
+        return 0.0
+    return uau
+
+
+def dcdm(
+    op: Operator,
+    b: np.ndarray,
+    x0: np.ndarray | None = None,
+    *,
+    direction: Direction,
+    M: Preconditioner | None = None,
+    k: int = 2,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    callback: Callable[[np.ndarray], None] | None = None,
+    monitor: Monitor | None = None,
+    method: str = "dcdm",
+) -> SolveResult:
+    """Safeguarded DCDM for SPD (or consistent PSD) A; see the module docstring.
+
+    direction: maps the normalized residual (float64 (n,)) to a search direction (n,).
+    M: the safeguard's classical preconditioner (None: the residual itself).
+    k: how many previous directions each new one is A-orthogonalized against (paper: 2).
+    maxiter defaults to 10·n. settings reports network_steps, safeguard_steps,
+    rejected_directions and the time spent in the direction source.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (the safeguard's guarantee needs it), got {k}")
+    t0 = time.perf_counter()
+    n = op.n
+    maxiter = 10 * n if maxiter is None else int(maxiter)
+    settings = {"rtol": rtol, "atol": atol, "maxiter": maxiter, "k": k}
+    settings.update(M.settings() if M is not None else {"preconditioner": "none"})
+    settings["safeguard"] = settings.pop("preconditioner")
+    finish = dict(
+        method=method, setup_s=M.setup_s if M is not None else 0.0, t0=t0, settings=settings
+    )
+    x, r, rr = _start(op, b, x0)
+    tol = max(rtol * float(np.linalg.norm(b)), atol)
+    hist = History(t0)
+    hist.append(math.sqrt(rr), time.perf_counter())
+
+    store = _DirectionStore(n, k)
+    au, av, z = np.empty(n), np.empty(n), np.empty(n)
+    stats = {"network_steps": 0, "safeguard_steps": 0, "rejected_directions": 0, "direction_s": 0.0}
+
+    def done(**kw) -> SolveResult:
+        settings.update(stats)
+        return _finish(op, b, x, hist, **kw, **finish)
+
+    for it in range(1, maxiter + 1):
+        rnorm = math.sqrt(rr)
+        if rnorm <= tol:
+            rr = residual(b, op.matvec(x), r)  # never declare convergence on a drifted r
+            if math.sqrt(rr) <= tol:
+                return done(converged=True, info=0, iterations=it - 1)
+            store.clear()
+            rnorm = math.sqrt(rr)
+
+        # the learned direction
+        t_net = time.perf_counter()
+        u = np.asarray(direction(r / rnorm), dtype=np.float64).reshape(-1)
+        stats["direction_s"] += time.perf_counter() - t_net
+        if u.shape != (n,):
+            raise ValueError(f"the direction source returned shape {u.shape}, expected ({n},)")
+        u = u.copy()
+        if np.all(np.isfinite(u)) and np.any(u):
+            op.matvec(u, au)
+            store.orthogonalize(u, au)
+            uau = _usable(u, au, dot(u, u))
+        else:
+            uau = 0.0
+        if uau == 0.0:  # unusable: make sure no NaN/Inf leaks into the combination below
+            u.fill(0.0)
+            au.fill(0.0)
+
+        # the classical direction
+        if M is None:
+            z[:] = r
+        else:
+            M.apply(r, z)
+        v = z
+        op.matvec(v, av)
+        store.orthogonalize(v, av)
+        vav = dot(v, av)
+        if not math.isfinite(vav):
+            return done(
+                converged=False,
+                info=BREAKDOWN_NONFINITE,
+                iterations=it - 1,
+                message="NaN/Inf in the classical direction",
+            )
+        if vav <= 0.0:
+            return done(
+                converged=False,
+                info=BREAKDOWN_INDEFINITE,
+                iterations=it - 1,
+                message=f"breakdown at iteration {it}: vᵀAv = {vav:.3e}, A is not "
+                "positive definite (or M is not)",
+            )
+
+        ur, vr = dot(u, r), dot(v, r)
+        gain_v = vr * vr / vav
+        if uau == 0.0:
+            stats["rejected_directions"] += 1
+            stats["safeguard_steps"] += 1
+            a, c = 0.0, vr / vav
+        else:
+            gain_u = ur * ur / uau
+            if gain_v > gain_u:
+                stats["safeguard_steps"] += 1
+            else:
+                stats["network_steps"] += 1
+            # Galerkin on span{u, v}, in A-normalized coordinates for conditioning
+            su, sv = 1.0 / math.sqrt(uau), 1.0 / math.sqrt(vav)
+            g12 = dot(u, av) * su * sv
+            det = 1.0 - g12 * g12
+            if det > 1e-10:
+                gu, gv = ur * su, vr * sv
+                a = (gu - g12 * gv) / det * su
+                c = (gv - g12 * gu) / det * sv
+            elif gain_u >= gain_v:
+                a, c = ur / uau, 0.0
+            else:
+                a, c = 0.0, vr / vav
+        # p = a u + c v (reuse u's buffer), A p likewise
+        u *= a
+        u += c * v
+        au *= a
+        au += c * av
+        pap = dot(u, au)
+        if not pap > 0.0:
+            return done(
+                converged=False,
+                info=BREAKDOWN_INDEFINITE,
+                iterations=it - 1,
+                message=f"breakdown at iteration {it}: pᵀAp = {pap:.3e}",
+            )
+        x += u
+        r -= au
+        store.push(u, au, pap)
+        if it % REFRESH_EVERY == 0:
+            rr = residual(b, op.matvec(x), r)
+        else:
+            rr = dot(r, r)
+        hist.append(math.sqrt(rr), time.perf_counter())
+        if callback is not None:
+            callback(x)
+        if monitor is not None:
+            monitor(it, math.sqrt(rr))
+        if not math.isfinite(rr):
+            return done(
+                converged=False,
+                info=BREAKDOWN_NONFINITE,
+                iterations=it,
+                message="NaN/Inf in the residual",
+            )
+    converged = math.sqrt(residual(b, op.matvec(x), r)) <= tol
+    return done(
+        converged=converged,
+        info=0 if converged else maxiter,
+        iterations=maxiter,
+        message="" if converged else f"not converged in maxiter={maxiter} iterations",
+    )

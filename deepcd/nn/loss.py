@@ -1,0 +1,63 @@
+"""The DCDM training loss (Kaneda et al., ICML 2023, DESIGN.md §4).
+
+For a right-hand side b and a network direction q = f(b), the exact line search picks
+α = (qᵀb)/(qᵀAq) and the loss is the squared residual left after that step, ‖b − αAq‖². The
+free scalar of the approximate inverse — including its sign — is absorbed by α: q, 5q and −q
+give the same loss, and q = c·A⁻¹b gives zero for every c ≠ 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deepcd.nn.stencil import GridLaplacian
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def dcdm_loss(
+    q: torch.Tensor, b: torch.Tensor, laplacian: GridLaplacian, reduction: str = "mean"
+) -> torch.Tensor:
+    """‖b − αAq‖² per sample with α = (qᵀb)/(qᵀAq), reduced over the batch.
+
+    q, b: (B, 1, *grid) fields on the grid; `laplacian` applies A (one matrix for the batch or
+    one per sample, see `GridLaplacian`). Only FLUID cells count: b and q are masked to them.
+    b is used as given — it is NOT normalized here. Training data normalizes each b (DESIGN §4),
+    and then the loss of a sample is its relative squared residual, 1 for the zero step.
+
+    Precision: the reductions run in float32 at least (float64 inputs stay float64), so a
+    bf16/float16 network output still gets an accurate α and loss.
+
+    Degenerate directions: when qᵀAq ≤ 16·eps·‖q‖² (with q restricted to the FLUID cells; eps of
+    the compute dtype) — q = 0, q supported only off the FLUID cells, q in the null space of a
+    singular (closed) region, or a non-positive curvature from rounding — the step is taken as
+    α = 0, so that sample's loss is ‖b‖² (the residual left by not moving), finite, and its
+    gradient with respect to q is zero. NaN/Inf in q or b propagate (they are bugs upstream).
+
+    reduction: "mean" (average over the batch, the paper's loss), "sum", or "none" (shape (B,)).
+    """
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if q.shape != b.shape:
+        raise ValueError(f"q and b must have the same shape, got {tuple(q.shape)} and {tuple(b.shape)}")
+    if q.ndim != laplacian.dim + 2:
+        raise ValueError(f"q must have shape (B, 1, *grid), got {tuple(q.shape)}")
+    cdt = torch.promote_types(torch.promote_types(q.dtype, b.dtype), torch.float32)
+    fluid = laplacian.fluid.to(cdt)
+    qc = q.to(cdt) * fluid
+    bc = b.to(cdt) * fluid
+    Aq = laplacian(qc)
+    axes = tuple(range(1, q.ndim))
+    qb = (qc * bc).sum(dim=axes)
+    qAq = (qc * Aq).sum(dim=axes)
+    qq = (qc * qc).sum(dim=axes)
+    ok = qAq > 16 * torch.finfo(cdt).eps * qq
+    alpha = torch.where(ok, qb / torch.where(ok, qAq, torch.ones_like(qAq)), torch.zeros_like(qAq))
+    shape = (-1,) + (1,) * (q.ndim - 1)
+    res = bc - alpha.view(shape) * Aq
+    per_sample = (res * res).sum(dim=axes)
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample

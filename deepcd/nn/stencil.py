@@ -1,0 +1,275 @@
+"""The pressure Laplacian applied on the grid, as a torch module (matrix-free, batched).
+
+`GridLaplacian` applies the same operator as `deepcd.problems.assembly.laplacian_csr` to fields
+laid out on the cell grid: for a FLUID cell, (A x)[c] = diag[c]·x[c] − Σ x[n] over its FLUID
+neighbours n, where diag[c] is the number of non-SOLID neighbours (cells outside the grid take
+the boundary flag of their face). The result is zero on every non-FLUID cell, and values of x
+off FLUID cells are ignored, so A x on the grid equals `problem.to_grid(problem.A @ v)` for
+`x = problem.to_grid(v)`.
+
+Layout: fields are (B, C, *grid) — C is usually 1; the operator acts on each channel. The
+operator holds its masks with a leading batch axis of size Bf: Bf = 1 applies one matrix to a
+whole batch (broadcast), Bf = B applies a different matrix (flags, boundary) to each sample —
+the form training batches that mix scenes need (`GridLaplacian.stack`).
+
+Buffers (not part of any state_dict, they are derived data; `.to(device/dtype)` moves them and
+casts the float ones):
+  flags   int8  (Bf, 1, *grid)   the cell flags
+  fluid   float (Bf, 1, *grid)   1 on FLUID cells, 0 elsewhere
+  diag    float (Bf, 1, *grid)   the diagonal on FLUID cells, 0 elsewhere
+  link_x, link_y[, link_z]  float (Bf, 1, *grid with that axis one shorter):
+          1 where the face between cells i and i+1 along that axis joins two FLUID cells —
+          the "neighbour is FLUID" mask of both cells at once (the off-diagonal −1 entries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepcd.problems.flags import AIR, FLUID, SOLID
+
+_AXIS_NAMES = ("x", "y", "z")
+
+
+def _as_flag_tensor(flags, device) -> torch.Tensor:
+    if isinstance(flags, torch.Tensor):
+        t = flags.detach()
+        if t.is_floating_point() or t.is_complex():
+            raise TypeError(f"flags must be an integer tensor of cell flags, got {t.dtype}")
+        t = t.to(device=device if device is not None else t.device, dtype=torch.int8)
+    else:
+        arr = np.asarray(flags)
+        if arr.dtype.kind not in "iub":
+            raise TypeError(f"flags must be an integer array of cell flags, got dtype {arr.dtype}")
+        t = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.int8), device=device)
+    if t.numel() and (int(t.min()) < FLUID or int(t.max()) > AIR):
+        raise ValueError("flags may only hold FLUID=0, SOLID=1, AIR=2")
+    return t
+
+
+def _boundary_table(boundary, batch: int, dim: int) -> np.ndarray:
+    """(batch, 2*dim) int8 table of face flags from a scalar, one per-face sequence (shared by
+    the batch) or a sequence of `batch` entries (each a scalar or a per-face sequence)."""
+    faces = 2 * dim
+
+    def one(entry) -> list[int]:
+        if np.isscalar(entry):
+            row = [int(entry)] * faces
+        else:
+            row = [int(f) for f in entry]
+        if len(row) != faces:
+            raise ValueError(f"boundary needs one flag per face ({faces} for {dim}D), got {row}")
+        if any(f not in (SOLID, AIR) for f in row):
+            raise ValueError(f"boundary faces must be SOLID=1 or AIR=2, got {row}")
+        return row
+
+    if isinstance(boundary, torch.Tensor):
+        boundary = boundary.tolist()
+    if np.isscalar(boundary):
+        rows = [one(boundary)] * batch
+    else:
+        entries = list(boundary)
+        nested = any(not np.isscalar(e) for e in entries)
+        if not nested:  # a flat per-face tuple shared by every sample
+            rows = [one(entries)] * batch
+        elif len(entries) != batch:
+            raise ValueError(f"boundary has {len(entries)} per-sample entries for a batch of {batch}")
+        else:
+            rows = [one(e) for e in entries]
+    return np.asarray(rows, dtype=np.int8).reshape(batch, faces)
+
+
+def _neighbour(f: torch.Tensor, axis: int, step: int, fill: torch.Tensor) -> torch.Tensor:
+    """out[c] = f[c + step·e_axis]; the slab outside the grid takes `fill` (one value per
+    sample, shape (B,)). f is (B, *grid)."""
+    n = f.shape[axis]
+    slab_shape = list(f.shape)
+    slab_shape[axis] = 1
+    slab = fill.view(-1, *([1] * (f.ndim - 1))).expand(slab_shape)
+    if step > 0:
+        return torch.cat([f.narrow(axis, 1, n - 1), slab], dim=axis)
+    return torch.cat([slab, f.narrow(axis, 0, n - 1)], dim=axis)
+
+
+class GridLaplacian(nn.Module):
+    """The 5/7-point pressure Laplacian over FLUID cells, applied to grid fields (B, C, *grid).
+
+    flags: integer array/tensor of FLUID/SOLID/AIR, either one grid (*grid) — then the grid's
+        dimension is flags.ndim — or a batch (B, *grid) together with `dim=len(grid)`.
+    boundary: flag of the cells outside the grid: one flag for every face, one per face
+        (x-lo, x-hi, y-lo, y-hi[, z-lo, z-hi]) shared by the batch, or — for batched flags — a
+        sequence of B entries, each a flag or a per-face sequence. SOLID or AIR. Default SOLID.
+    dim: 2 or 3; required for batched flags (a (B, nx, ny) batch and an (nx, ny, nz) grid
+        cannot be told apart otherwise).
+    device, dtype: where the buffers live and the float type of the masks (float32 default;
+        `forward` casts them to the input's dtype, so one operator serves float32/64/bf16).
+
+    `forward(x)` returns A x with zeros on non-FLUID cells; x's batch size must equal the
+    operator's (`batch_size`) or the operator must be unbatched (batch_size 1).
+    """
+
+    flags: torch.Tensor
+    fluid: torch.Tensor
+    diag: torch.Tensor
+
+    def __init__(
+        self,
+        flags,
+        boundary=SOLID,
+        *,
+        dim: int | None = None,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        f = _as_flag_tensor(flags, device)
+        if dim is None:
+            if f.ndim not in (2, 3):
+                raise ValueError(
+                    f"flags must be a 2D or 3D grid (or pass dim= for a batch), got shape "
+                    f"{tuple(f.shape)}"
+                )
+            dim = f.ndim
+            f = f.unsqueeze(0)
+        else:
+            if dim not in (2, 3):
+                raise ValueError(f"dim must be 2 or 3, got {dim}")
+            if f.ndim == dim:
+                f = f.unsqueeze(0)
+            elif f.ndim != dim + 1:
+                raise ValueError(
+                    f"flags must have shape (*grid) or (B, *grid) with {dim} grid axes, "
+                    f"got {tuple(f.shape)}"
+                )
+        if min(f.shape) < 1:
+            raise ValueError(f"flags has an empty axis: shape {tuple(f.shape)}")
+        batch = f.shape[0]
+        bc = torch.as_tensor(_boundary_table(boundary, batch, dim), device=f.device)
+        self.dim = dim
+        self.grid_shape = tuple(int(s) for s in f.shape[1:])
+
+        fluid = f == FLUID
+        diag = torch.zeros(f.shape, dtype=torch.int8, device=f.device)
+        for axis in range(dim):
+            for side, step in ((0, -1), (1, +1)):
+                nb = _neighbour(f, axis + 1, step, bc[:, 2 * axis + side])
+                diag += (nb != SOLID).to(torch.int8)
+        diag = torch.where(fluid, diag, torch.zeros_like(diag))
+
+        self.register_buffer("flags", f.unsqueeze(1).contiguous(), persistent=False)
+        self.register_buffer("boundary", bc, persistent=False)
+        self.register_buffer("fluid", fluid.unsqueeze(1).to(dtype), persistent=False)
+        self.register_buffer("diag", diag.unsqueeze(1).to(dtype), persistent=False)
+        for axis in range(dim):
+            n = f.shape[axis + 1]
+            link = fluid.narrow(axis + 1, 0, n - 1) & fluid.narrow(axis + 1, 1, n - 1)
+            self.register_buffer(
+                f"link_{_AXIS_NAMES[axis]}", link.unsqueeze(1).to(dtype), persistent=False
+            )
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_problem(cls, problem, device=None, dtype: torch.dtype = torch.float32):
+        """The operator of one deepcd `Problem` (its flags and boundary)."""
+        return cls(problem.flags, problem.boundary, device=device, dtype=dtype)
+
+    @classmethod
+    def stack(cls, items: Iterable, device=None, dtype: torch.dtype | None = None):
+        """One batched operator from Problems and/or GridLaplacians of the same grid shape.
+
+        Batched GridLaplacians contribute all their samples, in order. device/dtype default to
+        those of the first GridLaplacian given (else CPU, float32).
+        """
+        items = list(items)
+        if not items:
+            raise ValueError("stack needs at least one Problem or GridLaplacian")
+        flags, bcs = [], []
+        for it in items:
+            if isinstance(it, GridLaplacian):
+                flags.append(it.flags[:, 0])
+                bcs.extend(it.boundary.tolist())
+                if device is None:
+                    device = it.flags.device
+                if dtype is None:
+                    dtype = it.diag.dtype
+            elif hasattr(it, "flags") and hasattr(it, "boundary"):
+                flags.append(_as_flag_tensor(it.flags, None).unsqueeze(0))
+                bcs.append(list(it.boundary))
+            else:
+                raise TypeError(f"stack takes Problems or GridLaplacians, got {type(it).__name__}")
+        shapes = {tuple(f.shape[1:]) for f in flags}
+        if len(shapes) != 1:
+            raise ValueError(f"stack needs one grid shape, got {sorted(shapes)}")
+        dim = len(next(iter(shapes)))
+        batch = torch.cat([f.to(device=device) for f in flags], dim=0)
+        return cls(batch, bcs, dim=dim, device=device, dtype=dtype or torch.float32)
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        """Number of distinct matrices held (1: one matrix broadcast over any batch)."""
+        return self.flags.shape[0]
+
+    def links(self) -> list[torch.Tensor]:
+        """The per-axis FLUID–FLUID face masks, x first."""
+        return [getattr(self, f"link_{_AXIS_NAMES[a]}") for a in range(self.dim)]
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid_shape}, batch_size={self.batch_size}"
+
+    # -- application -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != self.dim + 2 or tuple(x.shape[2:]) != self.grid_shape:
+            raise ValueError(
+                f"x must have shape (B, C, *{self.grid_shape}), got {tuple(x.shape)}"
+            )
+        if self.batch_size not in (1, x.shape[0]):
+            raise ValueError(
+                f"x has batch size {x.shape[0]} but the operator holds {self.batch_size} "
+                "matrices (1 broadcasts)"
+            )
+        dt = x.dtype
+        y = self.diag.to(dt) * x
+        nd = x.ndim
+        for axis, link in enumerate(self.links()):
+            ax = axis + 2
+            n = x.shape[ax]
+            if n < 2:
+                continue
+            link = link.to(dt)
+            # Coupling across each interior face: lower cell gets −x[upper], upper gets −x[lower].
+            from_upper = link * x.narrow(ax, 1, n - 1)
+            from_lower = link * x.narrow(ax, 0, n - 1)
+            # F.pad lists (lo, hi) pairs from the last axis backwards.
+            pad_hi = [0] * (2 * (nd - 2))
+            pad_lo = [0] * (2 * (nd - 2))
+            k = 2 * (nd - 1 - ax)
+            pad_hi[k + 1] = 1
+            pad_lo[k] = 1
+            y = y - F.pad(from_upper, pad_hi) - F.pad(from_lower, pad_lo)
+        return y
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        """x with its non-FLUID cells zeroed."""
+        return x * self.fluid.to(x.dtype)
+
+
+def problem_to_tensor(
+    problem, v: np.ndarray | Sequence[float], device=None, dtype=torch.float32
+) -> torch.Tensor:
+    """A fluid vector (n,) of `problem` as a grid tensor (1, 1, *grid), zeros off FLUID."""
+    g = problem.to_grid(np.asarray(v))
+    return torch.as_tensor(g, device=device).to(dtype)[None, None]
+
+
+def tensor_to_problem(problem, x: torch.Tensor) -> np.ndarray:
+    """The FLUID cells of a grid tensor (1, 1, *grid) or (*grid) as a float64 fluid vector."""
+    g = x.detach().reshape(problem.shape).to("cpu", torch.float64).numpy()
+    return problem.from_grid(g)
