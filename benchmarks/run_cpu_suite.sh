@@ -16,3 +16,6 @@ $deepcd bench --scene smoke-plume --scene smoke-obstacles --scene bunny --scene 
 # 4. 256³ smoke with obstacles (16.7 M cells), each solver in its own process (peak memory).
 $deepcd bench --scene smoke-obstacles --shape 256 --isolate --no-progress \
     --out benchmarks/smoke-obstacles-256 --solvers cg,mic0,amg-sa,amg-rs
+# 5. A 2D scene at 1024² (1 M cells).
+$deepcd bench --scene smoke-obstacles --shape 1024 --dim 2 --no-progress \
+    --out benchmarks/smoke-obstacles-1024-2d --solvers cg,ic0,mic0,amg-sa,amg-rs,newton-amg

@@ -33,8 +33,18 @@ def adversaries(problem):
 @pytest.mark.parametrize("shape", [(20, 18), (12, 11, 10)], ids=["2d", "3d"])
 @pytest.mark.parametrize("safeguard", ["none", "jacobi", "mic0"])
 @pytest.mark.parametrize(
-    "name", ["fixed-vector", "orthogonal-to-r", "minus-r", "zero", "nan", "inf-spikes",
-             "random", "huge-scale"])
+    "name",
+    [
+        "fixed-vector",
+        "orthogonal-to-r",
+        "minus-r",
+        "zero",
+        "nan",
+        "inf-spikes",
+        "random",
+        "huge-scale",
+    ],
+)
 def test_adversarial_directions_still_converge(shape, safeguard, name):
     problem = scene("smoke-obstacles", shape, seed=2)
     op = problem.stencil
@@ -69,8 +79,13 @@ def test_energy_norm_error_never_grows():
     x_ref = spla.spsolve(problem.A.tocsc(), problem.b)
     errors = []
     rng = np.random.default_rng(1)
-    dcdm(problem.stencil, problem.b, direction=lambda r: rng.standard_normal(r.size),
-         rtol=1e-9, callback=lambda x: errors.append((x - x_ref) @ (problem.A @ (x - x_ref))))
+    dcdm(
+        problem.stencil,
+        problem.b,
+        direction=lambda r: rng.standard_normal(r.size),
+        rtol=1e-9,
+        callback=lambda x: errors.append((x - x_ref) @ (problem.A @ (x - x_ref))),
+    )
     assert np.all(np.diff(errors) <= 1e-12 * errors[0])
 
 

@@ -83,6 +83,14 @@ def run_one(
     }
 
 
+def warm_up(solvers: list[str], ndim: int) -> None:
+    """Run every solver once on a tiny problem so JIT compilation and cache loading (numba,
+    pyamg's first calls) are not timed as part of the first real run."""
+    tiny = scene("poisson-box", (8,) * ndim, seed=0)
+    for name in solvers:
+        run_solver(name, tiny, rtol=1e-6, maxiter=None)
+
+
 def _jsonable(d: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
@@ -90,6 +98,7 @@ def _jsonable(d: dict) -> dict:
 def _run_isolated(path: str, name: str, rtol: float, maxiter: int | None) -> dict:
     """Child-process entry: load the problem file, assemble if needed, run, report."""
     problem = load_problem(path)
+    warm_up([name], problem.ndim)
     assembly_s = 0.0
     if needs_csr(name):
         t = time.perf_counter()
@@ -142,6 +151,9 @@ def run_benchmark(
     runs: list[dict] = []
     problems: list[dict] = []
     combos = [(s, sh) for s in scene_names for sh in shapes]
+    if not isolate:
+        for ndim in sorted({len(sh) for sh in shapes}):
+            warm_up(solvers, ndim)
     total = len(combos) * len(solvers)
     with tqdm(total=total, desc="benchmark", unit="run", disable=not progress) as outer:
         for name, shape in combos:

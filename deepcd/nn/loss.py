@@ -39,7 +39,9 @@ def dcdm_loss(
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if q.shape != b.shape:
-        raise ValueError(f"q and b must have the same shape, got {tuple(q.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"q and b must have the same shape, got {tuple(q.shape)} and {tuple(b.shape)}"
+        )
     if q.ndim != laplacian.dim + 2:
         raise ValueError(f"q must have shape (B, 1, *grid), got {tuple(q.shape)}")
     cdt = torch.promote_types(torch.promote_types(q.dtype, b.dtype), torch.float32)

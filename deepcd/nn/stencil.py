@@ -75,10 +75,14 @@ def _boundary_table(boundary, batch: int, dim: int) -> np.ndarray:
     else:
         entries = list(boundary)
         nested = any(not np.isscalar(e) for e in entries)
-        if not nested:  # a flat per-face tuple shared by every sample
-            rows = [one(entries)] * batch
+        if not nested and (len(entries) == faces or len(entries) != batch):
+            rows = [one(entries)] * batch  # one per-face tuple shared by every sample
+        elif not nested:
+            rows = [one(e) for e in entries]  # one flag per sample
         elif len(entries) != batch:
-            raise ValueError(f"boundary has {len(entries)} per-sample entries for a batch of {batch}")
+            raise ValueError(
+                f"boundary has {len(entries)} per-sample entries for a batch of {batch}"
+            )
         else:
             rows = [one(e) for e in entries]
     return np.asarray(rows, dtype=np.int8).reshape(batch, faces)
@@ -103,7 +107,8 @@ class GridLaplacian(nn.Module):
         dimension is flags.ndim — or a batch (B, *grid) together with `dim=len(grid)`.
     boundary: flag of the cells outside the grid: one flag for every face, one per face
         (x-lo, x-hi, y-lo, y-hi[, z-lo, z-hi]) shared by the batch, or — for batched flags — a
-        sequence of B entries, each a flag or a per-face sequence. SOLID or AIR. Default SOLID.
+        sequence of B entries, each a flag or a per-face sequence (B flat flags when B equals
+        the number of faces read as one per-face tuple). SOLID or AIR. Default SOLID.
     dim: 2 or 3; required for batched flags (a (B, nx, ny) batch and an (nx, ny, nz) grid
         cannot be told apart otherwise).
     device, dtype: where the buffers live and the float type of the masks (float32 default;
@@ -227,9 +232,7 @@ class GridLaplacian(nn.Module):
     # -- application -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != self.dim + 2 or tuple(x.shape[2:]) != self.grid_shape:
-            raise ValueError(
-                f"x must have shape (B, C, *{self.grid_shape}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must have shape (B, C, *{self.grid_shape}), got {tuple(x.shape)}")
         if self.batch_size not in (1, x.shape[0]):
             raise ValueError(
                 f"x has batch size {x.shape[0]} but the operator holds {self.batch_size} "

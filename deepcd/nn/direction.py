@@ -1,0 +1,48 @@
+"""A trained network as DCDM's direction source: fluid vector in, fluid vector out."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from deepcd.problems.flags import FLUID
+from deepcd.problems.problem import Problem
+
+
+class NetworkDirection:
+    """q = f(r) for `dcdm`: scatters r (float64 (n,)) onto the grid, runs the network on
+    `device` in `dtype` under inference mode, gathers the FLUID cells back as float64.
+
+    The grid buffer and the index of the fluid cells are allocated once per problem.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        problem: Problem,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        dim = getattr(model, "dim", None)
+        if dim is not None and dim != problem.ndim:
+            raise ValueError(
+                f"the model is for {dim}D grids but the problem is {problem.ndim}D "
+                f"(shape {problem.shape}); use a {problem.ndim}D model"
+            )
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.index = torch.as_tensor(
+            np.flatnonzero(problem.flags.ravel() == FLUID), device=self.device
+        )
+        self.flags = torch.as_tensor(problem.flags, device=self.device)[None, None]
+        self.grid = torch.zeros((1, 1, *problem.shape), dtype=dtype, device=self.device)
+        self.n = problem.n
+
+    @torch.inference_mode()
+    def __call__(self, r: np.ndarray) -> np.ndarray:
+        flat = self.grid.view(-1)
+        flat[self.index] = torch.from_numpy(np.ascontiguousarray(r)).to(self.device, self.dtype)
+        q = self.model(self.grid, self.flags)
+        return q.reshape(-1)[self.index].to("cpu", torch.float64).numpy()

@@ -1,0 +1,458 @@
+"""Fully convolutional networks mapping a residual on the grid to a search direction.
+
+Every network maps r of shape (B, 1, *grid) — optionally with the cell flags — to q of shape
+(B, 1, *grid), in 2D (Conv2d) or 3D (Conv3d) by `dim`, for any grid size: an axis of odd
+length is zero-padded by one cell before each 2× average pooling and the upsampled result is
+cropped back, so no size constraint reaches the caller.
+
+    net = build_network("multilevel", dim=3, channels=[4, 8, 16])
+    q = net(r, flags)                 # flags: (B, 1, *grid), (B, *grid) or (*grid), ints
+
+When `flags` is given the output is zeroed off FLUID cells. With `use_flags=True` the network
+also reads two input channels derived from it — the FLUID mask and the SOLID mask — and then
+`flags` is required. Outside the grid the convolutions see zeros (both masks 0: AIR-like).
+
+Every network keeps `.arch` and `.config`, a JSON-serializable dict with which
+`build_network(net.arch, **net.config)` rebuilds it exactly (same modules, same state_dict
+keys and shapes).
+
+Architectures (`ARCHITECTURES`):
+
+paper-64 / paper-128: the DCDM layout (DESIGN.md §4): a linear 3^d input conv to 16 channels;
+    residual pairs at full resolution; one 2× average pool; pairs at the coarse level; nearest
+    upsampling plus the fine-level features (additive skip); more pairs; a linear 1×1
+    projection to one channel. Pairs (fine, coarse, post) = (2, 3, 2) for paper-64 (97,457
+    parameters in 3D) and (3, 5, 3) for paper-128 (152,881). A residual pair is
+    x + act(conv₂(act(conv₁(x)))) — ReLU after every conv and the skip added after the
+    activation, as in the paper's reference code (its convs are all `relu` except the linear
+    first one and the linear 1×1 output).
+
+multilevel: a U-Net/V-cycle whose depth follows the grid. Each axis is halved (with the odd
+    padding above) until it is ≤ `coarsest`; an axis that is already small stops being pooled
+    (semi-coarsening), so depth = max over axes of the halvings needed. Level l has width
+    channels[min(l, len(channels) − 1)]; the modules of every level ≥ len(channels) − 1 are
+    the SAME modules (shared weights), so one parameter set serves any depth, i.e. any grid
+    size — the property multigrid's flat iteration counts come from (DESIGN §4, "Resolution
+    is the hard part"). Per level: `smooth` pre-activation residual convs x + conv(act(x))
+    going down, a linear conv after the average pool ("restriction", width l → l+1), at the
+    coarsest level the pre then the post block, and going up a linear conv at the coarse
+    level, nearest upsampling, addition to the level's pre-smoothed features, and `smooth`
+    post residual convs. activation="none" makes the whole network linear (bias defaults to
+    False then, so f(a·r + b·s) = a·f(r) + b·f(s) exactly; True otherwise). The shared
+    transition (width c_last → c_last) is only used once the grid needs ≥ len(channels)
+    halvings; the modules exist (and are counted) at every size.
+
+`count_parameters(model)` and `flops_per_unknown(model, shape)` (conv multiply-adds per grid
+cell of one forward pass, counted with forward hooks on the convs actually executed; bias,
+activations, pooling and additions are not counted) describe the cost.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepcd.problems.flags import FLUID, SOLID
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "none": nn.Identity,
+}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
+    return _ACTIVATIONS[name]()
+
+
+_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.aten, "mkldnn_convolution")
+
+
+class _CpuFastConv:
+    """Conv forward that sends CPU float32 inputs to oneDNN directly.
+
+    torch's dispatch heuristic picks its slow im2col kernel for a batch-1 Conv3d whose
+    channels × first two spatial sizes are small (e.g. 4 channels at 64³), which is 5–8× slower
+    than oneDNN there. Same parameters, state_dict and autograd; any other device or dtype takes
+    the stock path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _MKLDNN and x.device.type == "cpu" and x.dtype == torch.float32:
+            return torch.ops.aten.mkldnn_convolution(
+                x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
+            )
+        return super().forward(x)
+
+
+class Conv2d(_CpuFastConv, nn.Conv2d):
+    pass
+
+
+class Conv3d(_CpuFastConv, nn.Conv3d):
+    pass
+
+
+def _conv(dim: int, cin: int, cout: int, kernel_size: int, bias: bool = True) -> nn.Module:
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    cls = Conv2d if dim == 2 else Conv3d
+    return cls(cin, cout, kernel_size, padding=kernel_size // 2, bias=bias)
+
+
+def _check_dim(dim: int) -> int:
+    if dim not in (2, 3):
+        raise ValueError(f"dim must be 2 or 3, got {dim}")
+    return int(dim)
+
+
+def _pool(x: torch.Tensor, axes: Sequence[bool]) -> torch.Tensor:
+    """2× average pooling along the spatial axes flagged in `axes`; an odd axis is first
+    zero-padded by one cell at its high end. avg_pool where torch has the kernel; a reshape and
+    a mean otherwise (CPU avg_pool3d has no bfloat16 kernel)."""
+    nd = x.ndim
+    pad = [0] * (2 * (nd - 2))
+    for i, (on, n) in enumerate(zip(axes, x.shape[2:], strict=True)):
+        if on and n % 2:
+            pad[2 * (nd - 3 - i) + 1] = 1
+    if any(pad):
+        x = F.pad(x, pad)
+    if x.device.type != "cpu" or x.dtype in (torch.float32, torch.float64):
+        kernel = tuple(2 if on else 1 for on in axes)
+        pool = F.avg_pool2d if nd == 4 else F.avg_pool3d
+        return pool(x, kernel, kernel)
+    split, reduce = list(x.shape[:2]), []
+    for on, n in zip(axes, x.shape[2:], strict=True):
+        if on:
+            split += [n // 2, 2]
+            reduce.append(len(split) - 1)
+        else:
+            split.append(n)
+    return x.reshape(split).mean(dim=reduce)
+
+
+def _upsample(x: torch.Tensor, axes: Sequence[bool], size: Sequence[int]) -> torch.Tensor:
+    """Nearest 2× upsampling along the flagged axes, cropped to `size`."""
+    scale = tuple(2.0 if on else 1.0 for on in axes)
+    y = F.interpolate(x, scale_factor=scale, mode="nearest")
+    for i, n in enumerate(size):
+        if y.shape[2 + i] != n:
+            y = y.narrow(2 + i, 0, n)
+    return y
+
+
+def _flag_batch(flags: torch.Tensor, dim: int, grid: tuple[int, ...]) -> torch.Tensor:
+    """flags as (B or 1, 1, *grid)."""
+    if flags.ndim == dim:
+        flags = flags[None, None]
+    elif flags.ndim == dim + 1:
+        flags = flags[:, None]
+    if flags.ndim != dim + 2 or tuple(flags.shape[2:]) != grid or flags.shape[1] != 1:
+        raise ValueError(
+            f"flags must have shape (B, 1, *{grid}), (B, *{grid}) or {grid}, "
+            f"got {tuple(flags.shape)}"
+        )
+    return flags
+
+
+class GridNet(nn.Module):
+    """Base of the direction networks: input channels, flag masks, output masking.
+
+    Subclasses build their layers from `self.in_channels` and implement `_body(x)` on
+    (B, in_channels, *grid) → (B, 1, *grid) for any grid size.
+    """
+
+    arch: str = ""
+
+    def __init__(self, dim: int, use_flags: bool) -> None:
+        super().__init__()
+        self.dim = _check_dim(dim)
+        self.use_flags = bool(use_flags)
+        self.in_channels = 3 if self.use_flags else 1
+        self.config: dict[str, Any] = {}
+
+    def forward(self, r: torch.Tensor, flags: torch.Tensor | None = None) -> torch.Tensor:
+        if r.ndim != self.dim + 2 or r.shape[1] != 1:
+            raise ValueError(
+                f"r must have shape (B, 1, *grid) with {self.dim} grid axes, got {tuple(r.shape)}"
+            )
+        grid = tuple(r.shape[2:])
+        fluid = None
+        x = r
+        if flags is not None:
+            flags = _flag_batch(flags, self.dim, grid)
+            if flags.shape[0] not in (1, r.shape[0]):
+                raise ValueError(f"flags batch {flags.shape[0]} does not match r's {r.shape[0]}")
+            fluid = (flags == FLUID).to(r.dtype)
+            if self.use_flags:
+                solid = (flags == SOLID).to(r.dtype)
+                expand = (r.shape[0], 1, *grid)
+                x = torch.cat([r, fluid.expand(expand), solid.expand(expand)], dim=1)
+        elif self.use_flags:
+            raise ValueError(f"{self.arch} was built with use_flags=True: pass flags")
+        q = self._body(x)
+        if fluid is not None:
+            q = q * fluid
+        return q
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, config={self.config}"
+
+
+class ResidualPair(nn.Module):
+    """x + act(conv₂(act(conv₁(x)))): two same-width convs with a skip around them."""
+
+    def __init__(self, dim: int, channels: int, kernel_size: int, activation: str) -> None:
+        super().__init__()
+        self.conv1 = _conv(dim, channels, channels, kernel_size)
+        self.conv2 = _conv(dim, channels, channels, kernel_size)
+        self.act = _activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.conv2(self.act(self.conv1(x))))
+
+
+class PaperNet(GridNet):
+    """The DCDM paper's network (see the module docstring)."""
+
+    def __init__(
+        self,
+        dim: int = 3,
+        *,
+        channels: int = 16,
+        kernel_size: int = 3,
+        pairs: Sequence[int] = (2, 3, 2),
+        activation: str = "relu",
+        use_flags: bool = False,
+        arch: str = "paper-64",
+    ) -> None:
+        super().__init__(dim, use_flags)
+        pairs = [int(p) for p in pairs]
+        if len(pairs) != 3 or min(pairs) < 0:
+            raise ValueError(f"pairs must be three counts (fine, coarse, post), got {pairs}")
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}")
+        _activation(activation)
+        self.arch = arch
+        self.config = {
+            "dim": self.dim,
+            "channels": int(channels),
+            "kernel_size": int(kernel_size),
+            "pairs": pairs,
+            "activation": activation,
+            "use_flags": self.use_flags,
+        }
+        c = int(channels)
+        self.lift = _conv(self.dim, self.in_channels, c, kernel_size)
+
+        def block(n: int) -> nn.Sequential:
+            return nn.Sequential(
+                *(ResidualPair(self.dim, c, kernel_size, activation) for _ in range(n))
+            )
+
+        self.fine = block(pairs[0])
+        self.coarse = block(pairs[1])
+        self.post = block(pairs[2])
+        self.project = _conv(self.dim, c, 1, 1)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        axes = [True] * self.dim
+        fine = self.fine(self.lift(x))
+        coarse = self.coarse(_pool(fine, axes))
+        up = _upsample(coarse, axes, fine.shape[2:]) + fine
+        return self.project(self.post(up))
+
+
+class PreResidual(nn.Module):
+    """x + conv(act(x)) repeated `n` times (a smoother-like block; linear if act is none)."""
+
+    def __init__(
+        self, dim: int, channels: int, kernel_size: int, activation: str, n: int, bias: bool
+    ) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            _conv(dim, channels, channels, kernel_size, bias) for _ in range(n)
+        )
+        self.act = _activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = x + conv(self.act(x))
+        return x
+
+
+def coarsening_plan(shape: Sequence[int], coarsest: int) -> list[tuple[bool, ...]]:
+    """Per level, which axes are halved: an axis is halved (ceil) while it is > `coarsest`."""
+    if coarsest < 1:
+        raise ValueError(f"coarsest must be ≥ 1, got {coarsest}")
+    sizes = [int(n) for n in shape]
+    plan = []
+    while any(n > coarsest for n in sizes):
+        axes = tuple(n > coarsest for n in sizes)
+        plan.append(axes)
+        sizes = [math.ceil(n / 2) if on else n for n, on in zip(sizes, axes, strict=True)]
+    return plan
+
+
+class MultilevelNet(GridNet):
+    """A V-cycle-shaped network whose depth follows the grid (see the module docstring)."""
+
+    arch = "multilevel"
+
+    def __init__(
+        self,
+        dim: int = 3,
+        *,
+        channels: Sequence[int] = (4, 8, 16),
+        kernel_size: int = 3,
+        activation: str = "relu",
+        coarsest: int = 4,
+        smooth: int = 1,
+        bias: bool | None = None,
+        use_flags: bool = False,
+    ) -> None:
+        super().__init__(dim, use_flags)
+        if bias is None:
+            bias = activation != "none"
+        widths = [int(c) for c in channels]
+        if not widths or min(widths) < 1:
+            raise ValueError(f"channels must be a non-empty sequence of widths, got {channels}")
+        if smooth < 1:
+            raise ValueError(f"smooth must be ≥ 1, got {smooth}")
+        if coarsest < 1:
+            raise ValueError(f"coarsest must be ≥ 1, got {coarsest}")
+        _activation(activation)
+        self.config = {
+            "dim": self.dim,
+            "channels": widths,
+            "kernel_size": int(kernel_size),
+            "activation": activation,
+            "coarsest": int(coarsest),
+            "smooth": int(smooth),
+            "bias": bool(bias),
+            "use_flags": self.use_flags,
+        }
+        self.widths = widths
+        self.coarsest = int(coarsest)
+        J = len(widths)
+        k, d = int(kernel_size), self.dim
+        nxt = [widths[min(i + 1, J - 1)] for i in range(J)]
+        b = bool(bias)
+        self.lift = _conv(d, self.in_channels, widths[0], k, b)
+        self.pre = nn.ModuleList(PreResidual(d, w, k, activation, smooth, b) for w in widths)
+        self.post = nn.ModuleList(PreResidual(d, w, k, activation, smooth, b) for w in widths)
+        self.down = nn.ModuleList(_conv(d, widths[i], nxt[i], k, b) for i in range(J))
+        self.up = nn.ModuleList(_conv(d, nxt[i], widths[i], k, b) for i in range(J))
+        self.project = _conv(d, widths[0], 1, 1, b)
+
+    def _level(self, level: int) -> int:
+        return min(level, len(self.widths) - 1)
+
+    def depth(self, shape: Sequence[int]) -> int:
+        """Number of coarsenings used on a grid of this shape."""
+        return len(coarsening_plan(shape, self.coarsest))
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        plan = coarsening_plan(x.shape[2:], self.coarsest)
+        x = self.lift(x)
+        skips = []
+        for level, axes in enumerate(plan):
+            i = self._level(level)
+            x = self.pre[i](x)
+            skips.append(x)
+            x = self.down[i](_pool(x, axes))
+        i = self._level(len(plan))
+        x = self.post[i](self.pre[i](x))
+        for level in reversed(range(len(plan))):
+            i = self._level(level)
+            skip = skips[level]
+            x = _upsample(self.up[i](x), plan[level], skip.shape[2:]) + skip
+            x = self.post[i](x)
+        return self.project(x)
+
+
+def _paper(defaults_pairs: tuple[int, int, int], name: str):
+    def make(dim: int, **config) -> PaperNet:
+        config.setdefault("pairs", defaults_pairs)
+        return PaperNet(dim, arch=name, **config)
+
+    return make
+
+
+ARCHITECTURES: dict[str, Callable[..., GridNet]] = {
+    "paper-64": _paper((2, 3, 2), "paper-64"),
+    "paper-128": _paper((3, 5, 3), "paper-128"),
+    "multilevel": lambda dim, **config: MultilevelNet(dim, **config),
+}
+
+
+def build_network(
+    arch: str, dim: int, *, device=None, dtype: torch.dtype | None = None, **config
+) -> GridNet:
+    """A direction network by architecture name (see `ARCHITECTURES`), dimension and config.
+
+    `build_network(net.arch, **net.config)` rebuilds `net`'s structure exactly (fresh random
+    weights; load a state_dict for the trained ones). device/dtype place the parameters; they
+    are not part of the config.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    net = ARCHITECTURES[arch](_check_dim(dim), **config)
+    if device is not None or dtype is not None:
+        net = net.to(device=device, dtype=dtype)
+    return net
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters (shared modules counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _conv_macs_hook(counter: list[int]):
+    def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+        per_output = (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        counter[0] += output.numel() * per_output
+
+    return hook
+
+
+def flops_per_unknown(model: nn.Module, shape: Sequence[int]) -> float:
+    """Convolution multiply-adds per grid cell of one forward pass at `shape` (batch 1).
+
+    Counted from the conv layers actually executed (a hook adds output elements × kernel
+    volume × input channels per group), so shared modules count once per use and the odd-size
+    padding counts as the work it is. Runs on a copy of the model on the meta device: no data,
+    no memory, no time.
+    """
+    shape = tuple(int(n) for n in shape)
+    meta = copy.deepcopy(model).to("meta")
+    counter = [0]
+    handles = [
+        m.register_forward_hook(_conv_macs_hook(counter))
+        for m in meta.modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    ]
+    try:
+        r = torch.zeros((1, 1, *shape), device="meta")
+        args = [r]
+        if getattr(meta, "use_flags", False):
+            args.append(torch.zeros(shape, dtype=torch.int8, device="meta"))
+        with torch.no_grad():
+            meta(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return counter[0] / math.prod(shape)

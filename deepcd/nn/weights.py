@@ -1,0 +1,127 @@
+"""Trained solvers on disk: safetensors weights plus a JSON card, loaded without unpickling.
+
+A solver is a folder `NAME/` with `weights.safetensors` and `card.json`. The card holds the
+architecture and the config that rebuilds it, the SHA-256 of the weights file, and the
+training record (recipe, command, wall time, hardware, losses, measured iterations).
+Loading checks the hash, the tensor names and shapes against the rebuilt module, and refuses
+anything that is not a safetensors file (pickles included) with a clear ValueError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "weights.safetensors"
+CARD = "card.json"
+CARD_FORMAT = "deepcd-solver-v1"
+# Shipped solvers live in the repository's solvers/ folder (and in the wheel beside the package).
+SOLVER_DIRS = (
+    Path(__file__).resolve().parents[2] / "solvers",
+    Path(__file__).resolve().parents[1] / "solvers",
+)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_solver(directory: str | os.PathLike, model: torch.nn.Module, card: dict[str, Any]) -> Path:
+    """Write `model` (with `.arch` and `.config`) and its card into `directory` atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = directory / f".{WEIGHTS}.partial-{os.getpid()}"
+    save_file(tensors, str(tmp), metadata={"format": CARD_FORMAT, "arch": model.arch})
+    os.replace(tmp, directory / WEIGHTS)
+    full = {
+        **card,
+        "format": CARD_FORMAT,
+        "arch": model.arch,
+        "config": model.config,
+        "weights_sha256": sha256(directory / WEIGHTS),
+        "parameters": int(sum(t.numel() for t in tensors.values())),
+    }
+    tmp_card = directory / f".{CARD}.partial-{os.getpid()}"
+    tmp_card.write_text(json.dumps(full, indent=1) + "\n")
+    os.replace(tmp_card, directory / CARD)
+    return directory
+
+
+def resolve_solver(name_or_path: str | os.PathLike) -> Path:
+    """A solver folder from a path or the name of a shipped solver."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    for root in SOLVER_DIRS:
+        if (root / str(name_or_path) / CARD).exists():
+            return root / str(name_or_path)
+    shipped = sorted({p.parent.name for root in SOLVER_DIRS for p in root.glob(f"*/{CARD}")})
+    raise FileNotFoundError(
+        f"no solver folder {name_or_path!r}; shipped solvers: {', '.join(shipped) or 'none'}"
+    )
+
+
+def read_card(directory: Path) -> dict[str, Any]:
+    try:
+        card = json.loads((directory / CARD).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{directory} has no {CARD}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{directory / CARD} is not valid JSON: {err}") from err
+    if card.get("format") != CARD_FORMAT:
+        raise ValueError(
+            f"{directory / CARD} is not a deepcd solver card (format "
+            f"{card.get('format')!r}, expected {CARD_FORMAT!r})"
+        )
+    for key in ("arch", "config", "weights_sha256"):
+        if key not in card:
+            raise ValueError(f"{directory / CARD} lacks {key!r}")
+    return card
+
+
+def load_solver(
+    name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(model in eval mode on `device`, card). Never unpickles; refuses tampered weights."""
+    from deepcd.nn.networks import build_network
+
+    directory = resolve_solver(name_or_path)
+    card = read_card(directory)
+    weights = directory / WEIGHTS
+    if not weights.exists():
+        raise FileNotFoundError(f"{directory} has no {WEIGHTS}")
+    digest = sha256(weights)
+    if digest != card["weights_sha256"]:
+        raise ValueError(
+            f"{weights} does not match its card (sha256 {digest[:12]}…, card says "
+            f"{card['weights_sha256'][:12]}…): the file was changed or replaced"
+        )
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{weights} is not a valid safetensors file: {err}") from err
+    model = build_network(card["arch"], **card["config"])
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))[:3]
+        extra = sorted(set(found) - set(expected))[:3]
+        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])[:3]
+        raise ValueError(
+            f"{weights} does not fit architecture {card['arch']!r}: missing {missing}, "
+            f"unexpected {extra}, wrong shapes {wrong}"
+        )
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), card
