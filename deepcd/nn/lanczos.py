@@ -13,8 +13,7 @@ Numerics
     Lanczos vector used by the recurrence, so T is the projection of A on exactly the basis
     that is kept (up to the rounding of one float32 step, ~6e-8 relative per vector).
   * Full reorthogonalization: every new vector is Gram–Schmidt-orthogonalized against all
-    stored vectors (block modified Gram–Schmidt, float64 accumulation in a parallel numba
-    kernel), with a second pass when the first removed more than 1/√2 of its norm (the DGKS
+    stored vectors (block modified Gram–Schmidt, float64 accumulation in a numba kernel), with a second pass when the first removed more than 1/√2 of its norm (the DGKS
     "twice is enough" test).
   * Range(A): for matrices with closed (all-Neumann) regions, each new vector has its mean
     removed per closed region, so the basis stays in range(A) and no Ritz value drifts to 0.
@@ -53,46 +52,55 @@ from scipy.linalg import eigh_tridiagonal
 
 DEFAULT_STEPS = 800
 DEFAULT_ZERO_RTOL = 1e-7
-_CHUNK = 4096  # w entries per parallel work item (32 KiB of float64: stays in L1)
-_GS_BLOCK = 16  # basis rows per Gram–Schmidt block (16 · n · 4 bytes: L3 at 64³)
+_GS_BLOCK = 8  # basis rows per Gram–Schmidt block
 
 
 # ---------------------------------------------------------------------------------------------
 # kernels
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(fastmath=True, cache=True)
 def _gs_pass(Q, k, w, h, block):
-    """w -= Q[:k]ᵀ (Q[:k] w), block by block (block modified Gram–Schmidt); h = coefficients.
+    """w -= Q[:k]ᵀ (Q[:k] w), `block` rows at a time (block modified Gram–Schmidt).
 
-    Q is float32 or float64 (k_total, n), w float64 (n,), h float64 (>= k,). Accumulation in
-    float64; the chunking is fixed, so the result does not depend on the thread count.
+    Q is float32 or float64 (>= k, n), w float64 (n,), h float64 (>= k,) gets the coefficients.
+    Float64 accumulation. Serial on purpose: one core already streams the basis at the memory
+    bandwidth, and a parallel region per block stalls on a busy machine.
     """
     n = w.size
-    nchunk = (n + _CHUNK - 1) // _CHUNK
-    part = np.empty((nchunk, block))
     for j0 in range(0, k, block):
-        b = min(block, k - j0)
-        for c in nb.prange(nchunk):
-            i0 = c * _CHUNK
-            i1 = min(n, i0 + _CHUNK)
-            for jj in range(b):
-                s = 0.0
-                for i in range(i0, i1):
-                    s += Q[j0 + jj, i] * w[i]
-                part[c, jj] = s
-        for jj in range(b):
+        j1 = min(k, j0 + block)
+        for j in range(j0, j1):
+            q = Q[j]
             s = 0.0
-            for c in range(nchunk):
-                s += part[c, jj]
-            h[j0 + jj] = s
-        for c in nb.prange(nchunk):
-            i0 = c * _CHUNK
-            i1 = min(n, i0 + _CHUNK)
-            for jj in range(b):
-                coef = h[j0 + jj]
-                for i in range(i0, i1):
-                    w[i] -= coef * Q[j0 + jj, i]
+            for i in range(n):
+                s += q[i] * w[i]
+            h[j] = s
+        for j in range(j0, j1):
+            q = Q[j]
+            c = h[j]
+            for i in range(n):
+                w[i] -= c * q[i]
+
+
+@nb.njit(fastmath=True, cache=True)
+def _norm(w):
+    """‖w‖₂ (serial: BLAS threads stall on a busy machine, and one core streams fast enough)."""
+    s = 0.0
+    for i in range(w.size):
+        s += w[i] * w[i]
+    return np.sqrt(s)
+
+
+@nb.njit(fastmath=True, cache=True)
+def _recurrence(w, q, q_prev, beta_prev):
+    """w = A q on entry; returns alpha = q·w and leaves w - alpha q - beta_prev q_prev in w."""
+    a = 0.0
+    for i in range(w.size):
+        a += q[i] * w[i]
+    for i in range(w.size):
+        w[i] -= a * q[i] + beta_prev * q_prev[i]
+    return a
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,18 +112,17 @@ def _operator(A) -> tuple[int, Callable[[np.ndarray], np.ndarray], tuple | None]
 
     nullspace is (labels, count) of closed regions when known (see deepcd.iterative.nullspace).
     """
-    from deepcd.operators import CSROperator
-
     if hasattr(A, "closed_regions") and hasattr(A, "flags") and hasattr(A, "A"):  # a Problem
-        op = CSROperator(A.A)
-        return op.n, op.matvec, A.closed_regions
+        csr = A.A
+        return csr.shape[0], csr.dot, A.closed_regions
     if sp.issparse(A):
         if A.ndim != 2 or A.shape[0] != A.shape[1]:
             raise ValueError(f"A must be square, got shape {A.shape}")
         from deepcd.iterative.nullspace import closed_components
 
-        op = CSROperator(A)
-        return op.n, op.matvec, closed_components(op.csr)
+        # scipy's serial CSR product: parallel kernels only stall on a busy 2-core machine
+        csr = sp.csr_matrix(A, dtype=np.float64)
+        return csr.shape[0], csr.dot, closed_components(csr)
     if hasattr(A, "matvec"):
         if hasattr(A, "shape"):
             if len(A.shape) != 2 or A.shape[0] != A.shape[1]:
@@ -458,14 +465,14 @@ def lanczos(
         """Project w off the null space and the basis; return its norm."""
         _remove_null(w, null)
         if basis.k == 0:
-            return float(np.linalg.norm(w))
-        before = float(np.linalg.norm(w))
+            return float(_norm(w))
+        before = float(_norm(w))
         basis.orthogonalize(w, h, block)
-        after = float(np.linalg.norm(w))
+        after = float(_norm(w))
         if force_twice or reorth == "twice" or (reorth == "auto" and after < 0.7071 * before):
             basis.orthogonalize(w, h, block)
             _remove_null(w, null)
-            after = float(np.linalg.norm(w))
+            after = float(_norm(w))
         return after
 
     def fresh(first: bool) -> tuple[np.ndarray, float, float]:
@@ -478,7 +485,7 @@ def lanczos(
             w = rng.standard_normal(n)
             if start == "A":
                 w = matvec(w)
-        before = float(np.linalg.norm(w))
+        before = float(_norm(w))
         after = orthogonalize(w, force_twice=True)
         return w, after, before
 
@@ -495,12 +502,12 @@ def lanczos(
     try:
         q = basis.append(w / norm)
         for j in range(m):
-            w = matvec(q)
-            a = float(np.dot(q, w))
+            w = np.array(matvec(q), dtype=np.float64, copy=True).reshape(n)
+            if q_prev is None:
+                a = float(_recurrence(w, q, q, 0.0))
+            else:
+                a = float(_recurrence(w, q, q_prev, beta[-1]))
             alpha.append(a)
-            w -= a * q
-            if q_prev is not None:
-                w -= beta[-1] * q_prev
             b = orthogonalize(w)
             tnorm = max(tnorm, abs(a) + b + (beta[-1] if beta else 0.0))
             if tick is not None:
