@@ -19,9 +19,14 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
         "${pip[@]}" install "torch>=2.4"
     else
         echo "bootstrap: no GPU, installing the CPU build of torch"
-        # A local wheel (pip's find-links) first, then PyTorch's CPU index.
-        "${pip[@]}" install --no-index "torch==2.13.0" 2>/dev/null \
-            || "${pip[@]}" install "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
+        # A CPU wheel on this machine (pip's find-links) first — installed without its
+        # dependencies, which then come from the index; else PyTorch's CPU index.
+        if "${pip[@]}" install --no-deps --no-index "torch==2.13.0" 2>/dev/null; then
+            "${pip[@]}" install "torch==2.13.0"
+        else
+            "${pip[@]}" install "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu \
+                --extra-index-url https://pypi.org/simple
+        fi
     fi
 fi
 echo "bootstrap: installing deepcd and its dependencies"
