@@ -17,12 +17,19 @@ def plot_problem(runs: list[dict], path: Path, rtol: float | None = None) -> Pat
     The time axis starts at 0 = start of setup, so setup cost shows as a late first point.
     """
     fig, (ax_it, ax_t) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
-    for run in runs:
+    colors = plt.get_cmap("tab20").colors
+    for i, run in enumerate(runs):
         res = np.asarray(run["residuals"])
         t = run["setup_s"] + np.asarray(run["times"])
         style = "-" if run["converged"] else ":"
-        (line,) = ax_it.semilogy(np.arange(res.size), res, style, label=run["solver"], lw=1.4)
-        ax_t.semilogy(t, res, style, color=line.get_color(), lw=1.4)
+        color = colors[(2 * i) % 20 + (i // 10) % 2]  # 20 distinct colours, dark ones first
+        ax_it.semilogy(np.arange(res.size), res, style, color=color, label=run["solver"], lw=1.4)
+        ax_t.semilogy(t, res, style, color=color, lw=1.4)
+    converged = [r for r in runs if r["converged"]]
+    if converged and len(converged) < len(runs):
+        # an unconverged run would squash the others: show the converged ones in full
+        ax_it.set_xlim(0, 1.15 * max(len(r["residuals"]) for r in converged))
+        ax_t.set_xlim(0, 1.15 * max(r["setup_s"] + r["solve_s"] for r in converged))
     for ax in (ax_it, ax_t):
         if rtol:
             ax.axhline(rtol, color="0.5", lw=0.8, ls="--")
