@@ -1,4 +1,4 @@
-"""The `deepcd` command: bench, generate, solve, info."""
+"""The `deepcd` command: bench, generate, solve, train, info."""
 
 from __future__ import annotations
 
@@ -81,6 +81,32 @@ def cmd_generate_problem(args) -> int:
     return 0
 
 
+def cmd_generate_dataset(args) -> int:
+    from deepcd.nn.dataset import PoissonDataset, generate_dataset, load_recipe
+
+    recipe = load_recipe(args.recipe)
+    out = Path(args.out or recipe.out or "")
+    if not str(out) or out == Path("."):
+        raise ValueError(f"recipe {args.recipe} names no `out` file: pass --out")
+    print(
+        f"dataset {recipe.name!r}: {len(recipe.matrices)} matrices "
+        f"({len(recipe.split('val'))} held out for validation), "
+        f"{recipe.lanczos['steps']} Lanczos steps each -> {out}",
+        file=sys.stderr,
+    )
+    t = time.perf_counter()
+    path = generate_dataset(recipe, out, resume=not args.no_resume, progress=not args.no_progress)
+    with PoissonDataset(path) as data:
+        train = sum(m.samples for m in data.matrices.values() if m.split == "train")
+        val = len(data) - train
+    size = path.stat().st_size / 2**20
+    print(
+        f"wrote {path} ({size:.1f} MiB): {train} train / {val} val samples "
+        f"in {time.perf_counter() - t:.1f} s"
+    )
+    return 0
+
+
 def cmd_solve(args) -> int:
     import numpy as np
 
@@ -98,6 +124,78 @@ def cmd_solve(args) -> int:
         np.save(args.save, problem.to_grid(result.x))
         print(f"wrote the pressure grid to {args.save}")
     return 0 if result.converged else 1
+
+
+def _json_params(items: list[str], flag: str) -> dict:
+    params = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE (VALUE in JSON), got {item!r}")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value  # a bare word: activation=relu
+    return params
+
+
+def cmd_train(args) -> int:
+    from deepcd.nn.train import TrainConfig, train
+
+    val_scenes = None
+    if args.val_scene:
+        val_scenes = [] if args.val_scene == ["none"] else list(args.val_scene)
+    config = TrainConfig(
+        dataset=args.dataset,
+        arch=args.arch,
+        out=args.out,
+        config=_json_params(args.config, "--config"),
+        use_flags=args.use_flags,
+        device=args.device,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        bf16=args.bf16,
+        tf32=args.tf32,
+        seed=args.seed,
+        threads=args.threads,
+        eval_every=args.eval_every,
+        val_scenes=val_scenes,
+        val_samples=args.val_samples,
+        val_maxiter=args.val_maxiter,
+        safeguard=args.safeguard,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        stop_at=args.stop_at,
+        progress=not args.no_progress,
+        command="deepcd " + " ".join(shlex.quote(a) for a in args.argv),
+    )
+    result = train(config)
+    if result.model is None:  # a rank other than 0 of a distributed run
+        return 0
+    state = "finished" if result.finished else "stopped"
+    print(
+        f"{state} at step {result.steps}/{result.total_steps} in {result.wall_s:.1f} s "
+        f"({result.samples_per_s:.2f} samples/s); train loss {result.train_loss:.4g}"
+        + (f", val loss {result.val_loss:.4g}" if result.val_loss is not None else "")
+    )
+    if result.best:
+        rows = result.best.get("scenes", [])
+        its = ", ".join(
+            f"{r['scene']}:{'x'.join(map(str, r['shape']))} DCDM {r['dcdm_iterations']} "
+            f"(CG {r['cg_iterations']})"
+            for r in rows
+        )
+        print(f"best model: step {result.best['step']}" + (f" — {its}" if its else ""))
+    if result.best_dir:
+        print(f"wrote {result.best_dir}" + (f" and {result.last_dir}" if result.last_dir else ""))
+    print(f"log: {result.out / 'log.csv'}, {result.out / 'log.json'}")
+    return 0
 
 
 def cmd_info(args) -> int:
@@ -165,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--param", action="append", default=[], help="scene parameter KEY=VALUE")
     gp.add_argument("--out", required=True, help="output .h5 file")
     gp.set_defaults(func=cmd_generate_problem)
+    gd = gsub.add_parser("dataset", help="DCDM training data from a recipe (datasets/*.toml)")
+    gd.add_argument("--recipe", required=True, help="recipe file, e.g. datasets/smoke-64.toml")
+    gd.add_argument("--out", help="output .h5 file (default: the recipe's `out`)")
+    gd.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over instead of continuing OUT.partial from an interrupted run",
+    )
+    gd.add_argument("--no-progress", action="store_true")
+    gd.set_defaults(func=cmd_generate_dataset)
 
     s = sub.add_parser("solve", help="solve a problem file and report")
     s.add_argument("file")
@@ -174,6 +282,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--option", action="append", default=[], help="method option KEY=VALUE")
     s.add_argument("--save", help="write the pressure grid to this .npy file")
     s.set_defaults(func=cmd_solve)
+
+    t = sub.add_parser(
+        "train",
+        help="train a DCDM direction network on a dataset",
+        description="Train a DCDM network; select the model by DCDM iterations on held-out "
+        "scenes; write DIR/best, DIR/last, DIR/log.csv, DIR/log.json and DIR/checkpoint/.",
+    )
+    t.add_argument("--dataset", required=True, help="HDF5 dataset (deepcd generate dataset)")
+    t.add_argument("--arch", required=True, help="network architecture (paper-64, multilevel, ...)")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument(
+        "--config", action="append", default=[], help="network setting KEY=JSON; repeatable"
+    )
+    t.add_argument("--use-flags", action="store_true", help="feed the cell flags to the network")
+    t.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    t.add_argument("--batch-size", type=int, default=4, help="global batch (default 4)")
+    length = t.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000)")
+    length.add_argument("--epochs", type=float, default=None, help="passes over the train split")
+    t.add_argument(
+        "--lr", type=float, default=None, help="learning rate (adam/diffgrad 1e-4, lion 3e-5)"
+    )
+    t.add_argument("--optimizer", default="adam", choices=("adam", "lion", "diffgrad"))
+    t.add_argument("--schedule", default="constant", choices=("constant", "linear", "cosine"))
+    t.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast for the network (GPU)")
+    t.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (GPU)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
+    t.add_argument("--eval-every", type=int, default=500, help="validate every N steps")
+    t.add_argument(
+        "--val-scene",
+        action="append",
+        default=[],
+        metavar="NAME:SHAPE:SEED",
+        help="validation scene, e.g. bunny:32:1001; repeatable; 'none' for none",
+    )
+    t.add_argument("--val-samples", type=int, default=256, help="val-split samples per eval")
+    t.add_argument("--val-maxiter", type=int, default=2000, help="DCDM iteration cap in eval")
+    t.add_argument("--safeguard", default="none", choices=("none", "jacobi", "mic0"))
+    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint")
+    t.add_argument(
+        "--stop-at", type=int, default=None, help="stop after this step (checkpointed), resumable"
+    )
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
 
     i = sub.add_parser("info", help="version, methods, scenes")
     i.set_defaults(func=cmd_info)

@@ -13,8 +13,9 @@ Numerics
     Lanczos vector used by the recurrence, so T is the projection of A on exactly the basis
     that is kept (up to the rounding of one float32 step, ~6e-8 relative per vector).
   * Full reorthogonalization: every new vector is Gram–Schmidt-orthogonalized against all
-    stored vectors (block modified Gram–Schmidt, float64 accumulation in a numba kernel), with a second pass when the first removed more than 1/√2 of its norm (the DGKS
-    "twice is enough" test).
+    stored vectors (block modified Gram–Schmidt, float64 accumulation in a serial numba
+    kernel that streams the basis at memory bandwidth), with a second pass when the first
+    removed more than 1/√2 of its norm (the DGKS "twice is enough" test).
   * Range(A): for matrices with closed (all-Neumann) regions, each new vector has its mean
     removed per closed region, so the basis stays in range(A) and no Ritz value drifts to 0.
     The start vector is random with that projection applied (``start="range"``), or A times a
@@ -32,10 +33,13 @@ Memory (n unknowns, m steps; 64³: n = 262,144, about 1 MiB per float32 vector)
   * T's eigenvectors: m² · 8 bytes (8 MiB for m = 1000, 32 MiB for m = 2000);
   * work: a few float64 n-vectors, and while forming combinations a float64 (batch, n) output
     plus one float64 slab of ``block_bytes``.
-  The default m (`DEFAULT_STEPS` = 800) needs about 0.8 GiB at 64³: far inside a 24 GiB
-  machine. Time is O(n · m²) — the reorthogonalization reads the whole basis once or twice
-  per step — so time, not memory, limits m: at 64³ on 2 busy cores m = 800 took about 2
-  minutes, m = 2000 about 4× that (see tests/test_dataset.py and the dataset recipes).
+  The default m (`DEFAULT_STEPS` = 1000) needs about 1 GiB at 64³: far inside a 24 GiB
+  machine. Time is O(n · m²) — the reorthogonalization streams the whole basis once (rarely
+  twice) per step — so time, not memory, limits m. Measured at 64³ (smoke-obstacles seed 1,
+  n = 247,599) on the 2-core development machine while a benchmark loaded both cores:
+  m = 1000: 45 s, peak RSS 1.33 GiB (0.39 GiB of it the interpreter with numpy/scipy/torch);
+  m = 2000: 169 s, peak RSS 2.30 GiB. Forming 64 combinations of all Ritz vectors: ~1 s
+  (m = 1000), ~2 s (m = 2000).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import eigh_tridiagonal
 
-DEFAULT_STEPS = 800
+DEFAULT_STEPS = 1000
 DEFAULT_ZERO_RTOL = 1e-7
 _GS_BLOCK = 8  # basis rows per Gram–Schmidt block
 
