@@ -289,11 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a DCDM network; select the model by DCDM iterations on held-out "
         "scenes; write DIR/best, DIR/last, DIR/log.csv, DIR/log.json and DIR/checkpoint/.",
     )
-    t.add_argument("--dataset", required=True, help="HDF5 dataset (deepcd generate dataset)")
-    t.add_argument("--arch", required=True, help="network architecture (paper-64, multilevel, ...)")
-    t.add_argument("--out", required=True, help="run folder")
     t.add_argument(
-        "--config", action="append", default=[], help="network setting KEY=JSON; repeatable"
+        "--dataset", required=True, metavar="FILE", help="HDF5 dataset (deepcd generate dataset)"
+    )
+    t.add_argument(
+        "--arch",
+        required=True,
+        metavar="NAME",
+        help="network architecture (paper-64, multilevel, ...)",
+    )
+    t.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    t.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="network setting, VALUE in JSON; repeatable",
     )
     t.add_argument("--use-flags", action="store_true", help="feed the cell flags to the network")
     t.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
