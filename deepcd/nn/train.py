@@ -89,6 +89,7 @@ import torch
 from torch import nn
 
 from deepcd._version import __version__
+from deepcd.nn.weights import sha256
 
 OPTIMIZERS = ("adam", "lion", "diffgrad")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -380,14 +381,6 @@ def _decode(obj, tensors: dict[str, torch.Tensor]):
     return obj
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -442,7 +435,7 @@ def save_checkpoint(
         **record,
         "optimizer": opt_tree,
         "scheduler": sched_tree,
-        "files": {name: _sha256(tmp / name) for name in (MODEL_FILE, STATE_TENSORS)},
+        "files": {name: sha256(tmp / name) for name in (MODEL_FILE, STATE_TENSORS)},
     }
     _write_json(tmp / STATE_JSON, state)  # the commit marker of this folder
     _fsync_dir(tmp)
@@ -494,7 +487,7 @@ def load_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str
         f = path / name
         if not f.exists():
             raise ValueError(f"{where} is incomplete: {name} is missing")
-        if files.get(name) != _sha256(f):
+        if files.get(name) != sha256(f):
             raise ValueError(
                 f"{where} is corrupt: {name} does not match the hash recorded in {STATE_JSON} "
                 "(truncated or modified)"
