@@ -1,0 +1,95 @@
+"""Iterations to rtol 1e-6 of DCDM with a trained solver against CG and the safeguard's PCG.
+
+Run:  .venv/bin/python benchmarks/dcdm_eval.py SOLVER --shape 64 --shape 128 [--out DIR]
+Held-out scenes (seeds the training recipes do not use): bunny 7, smoke-obstacles 11, pool 13.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from deepcd.iterative.dcdm import dcdm
+from deepcd.iterative.krylov import cg
+from deepcd.iterative.preconditioners import make_preconditioner
+from deepcd.nn.direction import NetworkDirection
+from deepcd.nn.weights import load_solver
+from deepcd.problems import scene
+
+HELD_OUT = (("bunny", 7), ("smoke-obstacles", 11), ("pool", 13))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("solver")
+    ap.add_argument("--shape", type=int, action="append", default=[])
+    ap.add_argument("--rtol", type=float, default=1e-6)
+    ap.add_argument("--maxiter", type=int, default=3000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    model, card = load_solver(args.solver)
+    rows = []
+    for size in args.shape or [64]:
+        for name, seed in HELD_OUT:
+            p = scene(name, (size,) * model.dim, seed=seed)
+            op = p.stencil
+            mic0 = make_preconditioner("mic0", op)
+            row = {"scene": name, "seed": seed, "shape": size, "unknowns": p.n}
+            for key in ("cg", "mic0-pcg", "dcdm", "dcdm+mic0"):
+                torch.set_num_threads(args.threads)  # numba resets it
+                t = time.perf_counter()
+                common = dict(rtol=args.rtol, maxiter=args.maxiter)
+                if key == "cg":
+                    res = cg(op, p.b, **common)
+                elif key == "mic0-pcg":
+                    res = cg(op, p.b, M=mic0, **common)
+                else:
+                    M = mic0 if key == "dcdm+mic0" else None
+                    res = dcdm(op, p.b, direction=NetworkDirection(model, p), M=M, **common)
+                row[key] = {
+                    "iterations": res.iterations,
+                    "converged": res.converged,
+                    "seconds": time.perf_counter() - t,
+                    "final_relres": res.final_relres,
+                }
+                if key.startswith("dcdm"):
+                    row[key]["safeguard_steps"] = res.settings["safeguard_steps"]
+            rows.append(row)
+            print(
+                json.dumps(
+                    {k: (v["iterations"] if isinstance(v, dict) else v) for k, v in row.items()}
+                ),
+                flush=True,
+            )
+    command = "python benchmarks/dcdm_eval.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    lines = [
+        f"`{command}` (rtol {args.rtol}; iterations, seconds in brackets)",
+        "",
+        "| scene | seed | shape | CG | MIC(0)-PCG | DCDM (no safeguard M) | DCDM + MIC(0) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [
+            f"{r[k]['iterations']}{'' if r[k]['converged'] else ' (no)'} ({r[k]['seconds']:.1f} s)"
+            for k in ("cg", "mic0-pcg", "dcdm", "dcdm+mic0")
+        ]
+        lines.append(f"| {r['scene']} | {r['seed']} | {r['shape']}³ | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "dcdm_eval.json").write_text(
+            json.dumps({"command": command, "solver": card.get("arch"), "rows": rows}, indent=1)
+        )
+        (out / "dcdm_eval.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
