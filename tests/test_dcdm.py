@@ -52,8 +52,8 @@ def test_adversarial_directions_still_converge(shape, safeguard, name):
     res = dcdm(op, problem.b, direction=adversaries(problem)[name], M=M, rtol=1e-8)
     assert res.converged and res.final_relres <= 1e-8
     pcg = cg(op, problem.b, M=M, rtol=1e-8)
-    # mixing in junk directions costs speed (measured up to ~2.1x), never convergence
-    assert res.iterations <= 3 * pcg.iterations + 10
+    # a direction that keeps losing is switched off after `patience` losses: then it is PCG
+    assert res.iterations <= pcg.iterations + 15
     assert res.settings["safeguard_steps"] + res.settings["network_steps"] == res.iterations
 
 

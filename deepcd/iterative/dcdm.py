@@ -6,19 +6,21 @@ Each iteration (float64 vectors; the direction source may be a network in any pr
    cycle, or r itself when M is None).
 2. Both are A-orthogonalized against the last k search directions (stored with A·p, so this
    costs no matvec): u = q - Σ (qᵀAp_j / p_jᵀAp_j) p_j, v likewise from z.
-3. The step minimizes the energy over span{u, v} (a 2×2 Galerkin system): p = a·u + c·v,
-   x += p, r -= A p. When q is unusable (NaN/Inf, zero, or no curvature left after the
-   orthogonalization) the step falls back to v alone.
+3. If the network direction alone would reduce the energy at least WIN_MARGIN times as much
+   as the classical one, the step minimizes the energy over span{u, v} (a 2×2 Galerkin system): p = a·u + c·v;
+   otherwise — or when q is unusable (NaN/Inf, zero, no curvature left after the
+   orthogonalization) — the step takes v alone. Then x += p, r -= A p.
 
 Why this cannot stall: by induction r is orthogonal to every stored direction (each new p is
 A-orthogonal to them and the Galerkin step makes r ⊥ p), so vᵀr = zᵀr and vᵀAv <= zᵀAz, and the
 energy decrease of a step is at least (zᵀr)²/(zᵀAz) — that of preconditioned steepest descent
-with M, which converges linearly for any SPD M. When the network contributes nothing, the
-steps are those of truncated flexible CG with a fixed preconditioner, i.e. PCG with M (for
-k >= 1). So convergence never depends on the network; the network only decides how fast.
+with M, which converges linearly for any SPD M. Consecutive classical steps are those of
+truncated flexible CG with a fixed preconditioner, i.e. PCG with M (for k >= 1): a network that
+never wins gives exactly PCG. So convergence never depends on the network; the network only
+decides how fast.
 
-A step is counted as a *safeguard step* when the classical direction alone would have reduced
-the energy more than the network direction alone (or the network direction was unusable).
+A step is a *safeguard step* when the network direction was unusable, switched off, or would
+not have reduced the energy at least WIN_MARGIN times as much as the classical direction.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from deepcd.kernels.vector import dot, residual
 from deepcd.operators import Operator
 
 Direction = Callable[[np.ndarray], np.ndarray]
+# The network's step must reduce the energy this much more than the classical step to be used:
+# a direction that merely ties (e.g. -r against Jacobi) would otherwise keep breaking PCG.
+WIN_MARGIN = 1.1
 REFRESH_EVERY = 50  # recompute the true residual this often (the recurrence drifts slowly)
 
 
@@ -83,6 +88,7 @@ def dcdm(
     direction: Direction,
     M: Preconditioner | None = None,
     k: int = 2,
+    patience: int = 3,
     rtol: float = 1e-5,
     atol: float = 0.0,
     maxiter: int | None = None,
@@ -95,6 +101,8 @@ def dcdm(
     direction: maps the normalized residual (float64 (n,)) to a search direction (n,).
     M: the safeguard's classical preconditioner (None: the residual itself).
     k: how many previous directions each new one is A-orthogonalized against (paper: 2).
+    patience: after the network direction has lost to the classical one this many times,
+    the network is no longer evaluated and the iteration continues as PCG with M.
     maxiter defaults to 10·n. settings reports network_steps, safeguard_steps,
     rejected_directions and the time spent in the direction source.
     """
@@ -115,8 +123,14 @@ def dcdm(
     hist.append(math.sqrt(rr), time.perf_counter())
 
     store = _DirectionStore(n, k)
-    au, av, z = np.empty(n), np.empty(n), np.empty(n)
-    stats = {"network_steps": 0, "safeguard_steps": 0, "rejected_directions": 0, "direction_s": 0.0}
+    u, au, av, z = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    stats = {
+        "network_steps": 0,
+        "safeguard_steps": 0,
+        "rejected_directions": 0,
+        "network_losses": 0,
+        "direction_s": 0.0,
+    }
 
     def done(**kw) -> SolveResult:
         settings.update(stats)
@@ -131,20 +145,21 @@ def dcdm(
             store.clear()
             rnorm = math.sqrt(rr)
 
-        # the learned direction
-        t_net = time.perf_counter()
-        u = np.asarray(direction(r / rnorm), dtype=np.float64).reshape(-1)
-        stats["direction_s"] += time.perf_counter() - t_net
-        if u.shape != (n,):
-            raise ValueError(f"the direction source returned shape {u.shape}, expected ({n},)")
-        u = u.copy()
-        if np.all(np.isfinite(u)) and np.any(u):
-            op.matvec(u, au)
-            store.orthogonalize(u, au)
-            uau = _usable(u, au, dot(u, u))
-        else:
-            uau = 0.0
-        if uau == 0.0:  # unusable: make sure no NaN/Inf leaks into the combination below
+        # the learned direction, until it has lost to the classical one `patience` times
+        network_on = stats["network_losses"] < patience
+        uau = 0.0
+        if network_on:
+            t_net = time.perf_counter()
+            q = np.asarray(direction(r / rnorm), dtype=np.float64).reshape(-1)
+            stats["direction_s"] += time.perf_counter() - t_net
+            if q.shape != (n,):
+                raise ValueError(f"the direction source returned shape {q.shape}, expected ({n},)")
+            if np.all(np.isfinite(q)) and np.any(q):
+                u[:] = q
+                op.matvec(u, au)
+                store.orthogonalize(u, au)
+                uau = _usable(u, au, dot(u, u))
+        if uau == 0.0:  # unusable or switched off: no NaN/Inf may leak into the step below
             u.fill(0.0)
             au.fill(0.0)
 
@@ -176,27 +191,30 @@ def dcdm(
         ur, vr = dot(u, r), dot(v, r)
         gain_v = vr * vr / vav
         if uau == 0.0:
-            stats["rejected_directions"] += 1
+            stats["rejected_directions"] += network_on
             stats["safeguard_steps"] += 1
             a, c = 0.0, vr / vav
         else:
             gain_u = ur * ur / uau
-            if gain_v > gain_u:
+            if gain_u < WIN_MARGIN * gain_v:
+                stats["network_losses"] += 1
+                # The network loses to the classical direction: take the classical step alone.
+                # Mixing in a poor direction would break the conjugacy that makes repeated
+                # classical steps PCG (measured: a half-trained net took CG from 220 to >600).
                 stats["safeguard_steps"] += 1
+                a, c = 0.0, vr / vav
             else:
                 stats["network_steps"] += 1
-            # Galerkin on span{u, v}, in A-normalized coordinates for conditioning
-            su, sv = 1.0 / math.sqrt(uau), 1.0 / math.sqrt(vav)
-            g12 = dot(u, av) * su * sv
-            det = 1.0 - g12 * g12
-            if det > 1e-10:
-                gu, gv = ur * su, vr * sv
-                a = (gu - g12 * gv) / det * su
-                c = (gv - g12 * gu) / det * sv
-            elif gain_u >= gain_v:
-                a, c = ur / uau, 0.0
-            else:
-                a, c = 0.0, vr / vav
+                # Galerkin on span{u, v}, in A-normalized coordinates for conditioning
+                su, sv = 1.0 / math.sqrt(uau), 1.0 / math.sqrt(vav)
+                g12 = dot(u, av) * su * sv
+                det = 1.0 - g12 * g12
+                if det > 1e-10:
+                    gu, gv = ur * su, vr * sv
+                    a = (gu - g12 * gv) / det * su
+                    c = (gv - g12 * gu) / det * sv
+                else:
+                    a, c = ur / uau, 0.0
         # p = a u + c v (reuse u's buffer), A p likewise
         u *= a
         u += c * v
