@@ -7,9 +7,10 @@ Each iteration (float64 vectors; the direction source may be a network in any pr
 2. Both are A-orthogonalized against the last k search directions (stored with A·p, so this
    costs no matvec): u = q - Σ (qᵀAp_j / p_jᵀAp_j) p_j, v likewise from z.
 3. If the network direction alone would reduce the energy at least WIN_MARGIN times as much
-   as the classical one, the step minimizes the energy over span{u, v} (a 2×2 Galerkin system): p = a·u + c·v;
-   otherwise — or when q is unusable (NaN/Inf, zero, no curvature left after the
-   orthogonalization) — the step takes v alone. Then x += p, r -= A p.
+   as the classical one, the step minimizes the energy over span{u, v} (a 2×2 Galerkin
+   system), p = a·u + c·v; otherwise — or when q is unusable (NaN/Inf, zero, no curvature left
+   after the orthogonalization) — the step takes v alone. Then x += p, r -= A p. After
+   `patience` losses the network is switched off and the iteration is PCG with M.
 
 Why this cannot stall: by induction r is orthogonal to every stored direction (each new p is
 A-orthogonal to them and the Galerkin step makes r ⊥ p), so vᵀr = zᵀr and vᵀAv <= zᵀAz, and the
