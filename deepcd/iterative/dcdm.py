@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deepcd.iterative.krylov import Monitor, _finish, _start
+from deepcd.iterative.krylov import Monitor, finish_result, start_iteration
 from deepcd.iterative.preconditioners import Preconditioner
 from deepcd.iterative.result import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, History, SolveResult
 from deepcd.kernels.vector import dot, residual
@@ -118,7 +118,7 @@ def dcdm(
     finish = dict(
         method=method, setup_s=M.setup_s if M is not None else 0.0, t0=t0, settings=settings
     )
-    x, r, rr = _start(op, b, x0)
+    x, r, rr = start_iteration(op, b, x0)
     tol = max(rtol * float(np.linalg.norm(b)), atol)
     hist = History(t0)
     hist.append(math.sqrt(rr), time.perf_counter())
@@ -135,7 +135,7 @@ def dcdm(
 
     def done(**kw) -> SolveResult:
         settings.update(stats)
-        return _finish(op, b, x, hist, **kw, **finish)
+        return finish_result(op, b, x, hist, **kw, **finish)
 
     for it in range(1, maxiter + 1):
         rnorm = math.sqrt(rr)

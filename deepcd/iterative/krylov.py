@@ -27,7 +27,7 @@ from deepcd.operators import Operator
 Monitor = Callable[[int, float], None]
 
 
-def _start(op: Operator, b: np.ndarray, x0: np.ndarray | None):
+def start_iteration(op: Operator, b: np.ndarray, x0: np.ndarray | None):
     """x (a fresh copy), r = b - A x, and ‖r‖²."""
     if x0 is None:
         x = np.zeros(op.n)
@@ -39,7 +39,7 @@ def _start(op: Operator, b: np.ndarray, x0: np.ndarray | None):
     return x, r, rr
 
 
-def _finish(
+def finish_result(
     op, b, x, hist, *, converged, info, iterations, method, setup_s, t0, settings, message=""
 ) -> SolveResult:
     solve_s = time.perf_counter() - t0
@@ -86,13 +86,13 @@ def cg(
     setup_s = M.setup_s if M is not None else 0.0
     settings = {"rtol": rtol, "atol": atol, "maxiter": maxiter}
     settings.update(M.settings() if M is not None else {"preconditioner": "none"})
-    x, r, rr = _start(op, b, x0)
+    x, r, rr = start_iteration(op, b, x0)
     tol = max(rtol * float(np.linalg.norm(b)), atol)
     hist = History(t0)
     hist.append(math.sqrt(rr), time.perf_counter())
     finish = dict(method=method, setup_s=setup_s, t0=t0, settings=settings)
     if math.sqrt(rr) <= tol:
-        return _finish(op, b, x, hist, converged=True, info=0, iterations=0, **finish)
+        return finish_result(op, b, x, hist, converged=True, info=0, iterations=0, **finish)
 
     ap = np.empty(op.n)
     z = r if M is None else np.empty(op.n)
@@ -112,7 +112,7 @@ def cg(
                 if code == BREAKDOWN_NONFINITE
                 else "A is not positive definite (or not symmetric)"
             )
-            return _finish(
+            return finish_result(
                 op, b, x, hist, converged=False, info=code, iterations=k - 1, message=msg, **finish
             )
         alpha = rz / pap
@@ -124,7 +124,7 @@ def cg(
         if monitor is not None:
             monitor(k, rnorm)
         if not math.isfinite(rr):
-            return _finish(
+            return finish_result(
                 op,
                 b,
                 x,
@@ -139,14 +139,14 @@ def cg(
             rr = residual(b, op.matvec(x), r)  # the recurrence may have drifted: check
             if math.sqrt(rr) <= tol:
                 settings["restarts"] = restarts
-                return _finish(op, b, x, hist, converged=True, info=0, iterations=k, **finish)
+                return finish_result(op, b, x, hist, converged=True, info=0, iterations=k, **finish)
             restarts += 1
             rz = precondition()
             p[:] = z
             continue
         rz_new = precondition()
         if not rz_new > 0.0:
-            return _finish(
+            return finish_result(
                 op,
                 b,
                 x,
@@ -161,7 +161,7 @@ def cg(
         update_direction(p, z, rz_new / rz)
         rz = rz_new
     settings["restarts"] = restarts
-    return _finish(
+    return finish_result(
         op,
         b,
         x,
@@ -195,7 +195,7 @@ def stationary(
     maxiter = 500 if maxiter is None else int(maxiter)
     settings = {"rtol": rtol, "atol": atol, "maxiter": maxiter, **M.settings()}
     finish = dict(method=method, setup_s=M.setup_s, t0=t0, settings=settings)
-    x, r, rr = _start(op, b, x0)
+    x, r, rr = start_iteration(op, b, x0)
     tol = max(rtol * float(np.linalg.norm(b)), atol)
     hist = History(t0)
     hist.append(math.sqrt(rr), time.perf_counter())
@@ -203,7 +203,7 @@ def stationary(
     ax = np.empty(op.n)
     for k in range(1, maxiter + 1):
         if math.sqrt(rr) <= tol:
-            return _finish(op, b, x, hist, converged=True, info=0, iterations=k - 1, **finish)
+            return finish_result(op, b, x, hist, converged=True, info=0, iterations=k - 1, **finish)
         M.apply(r, z)
         x += z
         rr = residual(b, op.matvec(x, ax), r)
@@ -213,7 +213,7 @@ def stationary(
         if monitor is not None:
             monitor(k, math.sqrt(rr))
         if not math.isfinite(rr):
-            return _finish(
+            return finish_result(
                 op,
                 b,
                 x,
@@ -225,8 +225,8 @@ def stationary(
                 **finish,
             )
     if math.sqrt(rr) <= tol:
-        return _finish(op, b, x, hist, converged=True, info=0, iterations=maxiter, **finish)
-    return _finish(
+        return finish_result(op, b, x, hist, converged=True, info=0, iterations=maxiter, **finish)
+    return finish_result(
         op,
         b,
         x,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deepcd.iterative.krylov import Monitor, _finish, _start
+from deepcd.iterative.krylov import Monitor, finish_result, start_iteration
 from deepcd.iterative.preconditioners import Preconditioner
 from deepcd.iterative.result import (
     BREAKDOWN_NONFINITE,
@@ -58,7 +58,7 @@ def newton(
     maxiter = 1000 if maxiter is None else int(maxiter)
     settings = {"rtol": rtol, "atol": atol, "maxiter": maxiter, **H.settings(), "norm": "B = H"}
     finish = dict(method=method, setup_s=H.setup_s, t0=t0, settings=settings)
-    x, r, rr = _start(op, b, x0)
+    x, r, rr = start_iteration(op, b, x0)
     tol = max(rtol * float(np.linalg.norm(b)), atol)
     hist = History(t0)
     hist.append(math.sqrt(rr), time.perf_counter())
@@ -74,10 +74,12 @@ def newton(
             rr = residual(b, op.matvec(x), r)
             if math.sqrt(rr) <= tol:
                 settings.update(trials=trials, rejected=rejected, final_gamma=gamma)
-                return _finish(op, b, x, hist, converged=True, info=0, iterations=k - 1, **finish)
+                return finish_result(
+                    op, b, x, hist, converged=True, info=0, iterations=k - 1, **finish
+                )
             rd = H.apply_dot(r, d)
         if not rd > 0.0:
-            return _finish(
+            return finish_result(
                 op,
                 b,
                 x,
@@ -104,7 +106,7 @@ def newton(
             rejected += 1
             gamma *= 0.5
         else:
-            return _finish(
+            return finish_result(
                 op,
                 b,
                 x,
@@ -128,7 +130,7 @@ def newton(
         if monitor is not None:
             monitor(k, math.sqrt(rr))
         if not math.isfinite(rr):
-            return _finish(
+            return finish_result(
                 op,
                 b,
                 x,
@@ -141,7 +143,7 @@ def newton(
             )
     settings.update(trials=trials, rejected=rejected, final_gamma=gamma)
     converged = math.sqrt(rr) <= tol
-    return _finish(
+    return finish_result(
         op,
         b,
         x,
