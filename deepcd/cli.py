@@ -169,6 +169,7 @@ def cmd_train(args) -> int:
         val_samples=args.val_samples,
         val_maxiter=args.val_maxiter,
         safeguard=args.safeguard,
+        loss=args.loss,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         stop_at=args.stop_at,
@@ -334,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-samples", type=int, default=256, help="val-split samples per eval")
     t.add_argument("--val-maxiter", type=int, default=2000, help="DCDM iteration cap in eval")
     t.add_argument("--safeguard", default="none", choices=("none", "jacobi", "mic0"))
+    t.add_argument(
+        "--loss",
+        default="dcdm",
+        choices=("dcdm", "residual"),
+        help="dcdm: exact line search per sample (the paper); residual: unit step, "
+        "‖b − A f(b)‖² (for linear preconditioner networks such as vcycle)",
+    )
     t.add_argument("--checkpoint-every", type=int, default=1000)
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint")
     t.add_argument(

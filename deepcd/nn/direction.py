@@ -37,6 +37,7 @@ class NetworkDirection:
             np.flatnonzero(problem.flags.ravel() == FLUID), device=self.device
         )
         self.flags = torch.as_tensor(problem.flags, device=self.device)[None, None]
+        self.boundary = tuple(problem.boundary)
         self.grid = torch.zeros((1, 1, *problem.shape), dtype=dtype, device=self.device)
         self.n = problem.n
 
@@ -44,5 +45,5 @@ class NetworkDirection:
     def __call__(self, r: np.ndarray) -> np.ndarray:
         flat = self.grid.view(-1)
         flat[self.index] = torch.from_numpy(np.ascontiguousarray(r)).to(self.device, self.dtype)
-        q = self.model(self.grid, self.flags)
+        q = self.model(self.grid, self.flags, self.boundary)
         return q.reshape(-1)[self.index].to("cpu", torch.float64).numpy()

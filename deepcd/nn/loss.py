@@ -13,10 +13,20 @@ import torch
 from deepcd.nn.stencil import GridLaplacian
 
 _REDUCTIONS = ("mean", "sum", "none")
+# "dcdm": the paper's loss, the step length chosen per sample by exact line search.
+# "residual": the unit step, ‖b − Aq‖²: the residual left by one stationary iteration x = f(b).
+# For a linear f = M it is ‖(I − AM) b‖², whose average over b measures the spectrum of AM
+# around 1 — the quantity PCG's convergence depends on — where the line search lets each sample
+# pick its own scale and so leaves the relative scale of different modes free.
+LOSSES = ("dcdm", "residual")
 
 
 def dcdm_loss(
-    q: torch.Tensor, b: torch.Tensor, laplacian: GridLaplacian, reduction: str = "mean"
+    q: torch.Tensor,
+    b: torch.Tensor,
+    laplacian: GridLaplacian,
+    reduction: str = "mean",
+    step: str = "dcdm",
 ) -> torch.Tensor:
     """‖b − αAq‖² per sample with α = (qᵀb)/(qᵀAq), reduced over the batch.
 
@@ -35,7 +45,10 @@ def dcdm_loss(
     gradient with respect to q is zero. NaN/Inf in q or b propagate (they are bugs upstream).
 
     reduction: "mean" (average over the batch, the paper's loss), "sum", or "none" (shape (B,)).
+    step: "dcdm" (α by exact line search, the paper) or "residual" (α = 1, see `LOSSES`).
     """
+    if step not in LOSSES:
+        raise ValueError(f"step must be one of {LOSSES}, got {step!r}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if q.shape != b.shape:
@@ -55,6 +68,8 @@ def dcdm_loss(
     qq = (qc * qc).sum(dim=axes)
     ok = qAq > 16 * torch.finfo(cdt).eps * qq
     alpha = torch.where(ok, qb / torch.where(ok, qAq, torch.ones_like(qAq)), torch.zeros_like(qAq))
+    if step == "residual":
+        alpha = torch.ones_like(alpha)
     shape = (-1,) + (1,) * (q.ndim - 1)
     res = bc - alpha.view(shape) * Aq
     per_sample = (res * res).sum(dim=axes)

@@ -28,7 +28,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deepcd.problems.flags import AIR, FLUID, SOLID
@@ -238,30 +237,35 @@ class GridLaplacian(nn.Module):
                 f"x has batch size {x.shape[0]} but the operator holds {self.batch_size} "
                 "matrices (1 broadcasts)"
             )
-        dt = x.dtype
-        y = self.diag.to(dt) * x
-        nd = x.ndim
-        for axis, link in enumerate(self.links()):
-            ax = axis + 2
-            n = x.shape[ax]
-            if n < 2:
-                continue
-            link = link.to(dt)
-            # Coupling across each interior face: lower cell gets −x[upper], upper gets −x[lower].
-            from_upper = link * x.narrow(ax, 1, n - 1)
-            from_lower = link * x.narrow(ax, 0, n - 1)
-            # F.pad lists (lo, hi) pairs from the last axis backwards.
-            pad_hi = [0] * (2 * (nd - 2))
-            pad_lo = [0] * (2 * (nd - 2))
-            k = 2 * (nd - 1 - ax)
-            pad_hi[k + 1] = 1
-            pad_lo[k] = 1
-            y = y - F.pad(from_upper, pad_hi) - F.pad(from_lower, pad_lo)
-        return y
+        return stencil_apply(x, self.diag, self.links())
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         """x with its non-FLUID cells zeroed."""
         return x * self.fluid.to(x.dtype)
+
+
+def stencil_apply(
+    x: torch.Tensor, diag: torch.Tensor, links: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """y = diag·x − Σ_axis (w·x across each face), for fields x (B, C, *grid).
+
+    diag: (Bf, 1, *grid); links[a]: (Bf, 1, *grid with axis a one shorter), the coupling weight
+    of the face between cells i and i+1 along axis a (1 for the fine Laplacian's FLUID–FLUID
+    faces; any non-negative weight on Galerkin coarse levels). Bf is 1 or x's batch size.
+    Masks are cast to x's dtype.
+    """
+    dt = x.dtype
+    y = diag.to(dt) * x
+    for axis, link in enumerate(links):
+        ax = axis + 2
+        n = x.shape[ax]
+        if n < 2:
+            continue
+        link = link.to(dt)
+        # across each interior face: the lower cell gets −w·x[upper], the upper −w·x[lower]
+        y.narrow(ax, 0, n - 1).sub_(link * x.narrow(ax, 1, n - 1))
+        y.narrow(ax, 1, n - 1).sub_(link * x.narrow(ax, 0, n - 1))
+    return y
 
 
 def problem_to_tensor(

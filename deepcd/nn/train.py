@@ -156,6 +156,7 @@ class TrainConfig:
     val_samples: int = 256
     val_maxiter: int = 2000
     safeguard: str = "none"
+    loss: str = "dcdm"
     checkpoint_every: int = 1000
     resume: bool = False
     stop_at: int | None = None
@@ -244,6 +245,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ValueError(
             f"unknown safeguard {cfg.safeguard!r}; choose from {', '.join(SAFEGUARDS)}"
         )
+    from deepcd.nn.loss import LOSSES
+
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.loss!r}; choose from {', '.join(LOSSES)}")
     if cfg.device not in DEVICES and not str(cfg.device).startswith("cuda:"):
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
     if not isinstance(cfg.config, dict):
@@ -562,11 +567,12 @@ class _BatchLoss(nn.Module):
     network runs under bf16 autocast when asked, the loss always in float32. One module call
     per step so that DistributedDataParallel sees one forward per backward."""
 
-    def __init__(self, net: nn.Module, device_type: str, bf16: bool):
+    def __init__(self, net: nn.Module, device_type: str, bf16: bool, loss: str = "dcdm"):
         super().__init__()
         self.net = net
         self.device_type = device_type
         self.bf16 = bf16
+        self.loss = loss
 
     def forward(self, groups) -> torch.Tensor:
         from deepcd.nn.loss import dcdm_loss
@@ -574,8 +580,8 @@ class _BatchLoss(nn.Module):
         total = None
         for b, flags, lap in groups:
             with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
-                q = self.net(b, flags)
-            part = dcdm_loss(q.float(), b, lap, reduction="sum")
+                q = self.net(b, flags, lap.boundary)
+            part = dcdm_loss(q.float(), b, lap, reduction="sum", step=self.loss)
             total = part if total is None else total + part
         return total
 
@@ -590,9 +596,11 @@ class _InferenceNet(nn.Module):
         self.device_type = device_type
         self.bf16 = bf16
 
-    def forward(self, r: torch.Tensor, flags: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, r: torch.Tensor, flags: torch.Tensor | None = None, boundary=None
+    ) -> torch.Tensor:
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
-            q = self.net(r, flags)
+            q = self.net(r, flags, boundary)
         return q.float()
 
 
@@ -646,8 +654,10 @@ class _Validator:
                         with torch.autocast(
                             self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16
                         ):
-                            q = net(b, flags)
-                        total += float(dcdm_loss(q.float(), b, lap, reduction="sum"))
+                            q = net(b, flags, lap.boundary)
+                        total += float(
+                            dcdm_loss(q.float(), b, lap, reduction="sum", step=self.cfg.loss)
+                        )
                         count += b.shape[0]
         finally:
             net.train(was_training)
@@ -1007,7 +1017,7 @@ def _train(
     except TypeError as err:
         raise ValueError(f"--config does not fit architecture {cfg.arch!r}: {err}") from None
     net = net.to(device)
-    loss_module: nn.Module = _BatchLoss(net, device.type, cfg.bf16)
+    loss_module: nn.Module = _BatchLoss(net, device.type, cfg.bf16, cfg.loss)
     optimizer = make_optimizer(cfg.optimizer, net.parameters(), cfg.lr, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.schedule, cfg.warmup, total)
@@ -1087,6 +1097,7 @@ def _train(
                 "seed": cfg.seed,
                 "bf16": cfg.bf16,
                 "tf32": cfg.tf32,
+                "loss": cfg.loss,
                 "inference": "bf16-autocast" if cfg.bf16 else "float32",
             },
             "train_loss": rec.get("train_loss"),

@@ -1,0 +1,159 @@
+"""The learned V-cycle network: Galerkin levels, symmetry, linearity, caching, convergence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from deepcd.iterative.dcdm import dcdm
+from deepcd.iterative.krylov import cg
+from deepcd.nn import build_network, coarsening_plan, count_parameters, flops_per_unknown
+from deepcd.nn.direction import NetworkDirection
+from deepcd.nn.multigrid import build_hierarchy
+from deepcd.problems import AIR, FLUID, SOLID, from_flags, scene
+from deepcd.problems.problem import Problem
+
+
+def random_problem(shape, seed, boundary=SOLID) -> Problem:
+    rng = np.random.default_rng(seed)
+    flags = rng.choice([FLUID, SOLID, AIR], size=shape, p=[0.75, 0.15, 0.1]).astype(np.int8)
+    return from_flags(flags, boundary=boundary)
+
+
+def grid_matrix(problem: Problem) -> sp.csr_matrix:
+    """problem.A embedded in the whole grid (zero rows/columns off FLUID)."""
+    n = problem.flags.size
+    idx = np.flatnonzero(problem.flags.ravel() == FLUID)
+    a = problem.A.tocoo()
+    return sp.csr_matrix((a.data, (idx[a.row], idx[a.col])), shape=(n, n))
+
+
+def piecewise_constant(shape, halved) -> sp.csr_matrix:
+    """P₀: copies each coarse cell to its children (odd axes: the last coarse cell has one)."""
+    fine = np.indices(shape).reshape(len(shape), -1)
+    coarse_shape = tuple((n + 1) // 2 if on else n for n, on in zip(shape, halved, strict=True))
+    parent = np.stack([fine[a] // 2 if on else fine[a] for a, on in enumerate(halved)])
+    cols = np.ravel_multi_index(parent, coarse_shape)
+    n = int(np.prod(shape))
+    return sp.csr_matrix((np.ones(n), (np.arange(n), cols)), shape=(n, int(np.prod(coarse_shape))))
+
+
+@pytest.mark.parametrize(
+    "shape,boundary", [((9, 8, 11), SOLID), ((7, 12, 6), AIR), ((17, 10), SOLID), ((9, 13), AIR)]
+)
+def test_galerkin_levels_equal_scipy_products(shape, boundary):
+    problem = random_problem(shape, seed=len(shape), boundary=boundary)
+    flags = torch.as_tensor(problem.flags)[None]
+    plan = coarsening_plan(shape, 2)
+    levels = build_hierarchy(flags, problem.boundary, plan, dtype=torch.float64)
+    A = grid_matrix(problem)
+    fine_shape = shape
+    rng = np.random.default_rng(0)
+    for level, halved in zip(levels[1:], plan, strict=True):
+        P = piecewise_constant(fine_shape, halved)
+        A = (P.T @ A @ P).tocsr()
+        x = rng.standard_normal(level.shape)
+        got = level.apply(torch.as_tensor(x)[None, None])[0, 0].numpy()
+        np.testing.assert_allclose(got.ravel(), A @ x.ravel(), atol=1e-12)
+        fine_shape = level.shape
+    # every level is symmetric positive semidefinite
+    assert np.linalg.eigvalsh(A.toarray()).min() > -1e-10
+
+
+def perturbed(dim: int, seed: int = 0):
+    torch.manual_seed(seed)
+    net = build_network("vcycle", dim, coarsest=2, dtype=torch.float64)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("shape", [(9, 12, 15), (13, 17)])
+def test_symmetric_linear_and_masked(shape):
+    problem = random_problem(shape, seed=3, boundary=AIR)
+    net = perturbed(len(shape))
+    flags = torch.as_tensor(problem.flags)
+    u, v = torch.randn(2, 1, 1, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        mu, mv = net(u, flags, problem.boundary), net(v, flags, problem.boundary)
+        assert float((mu * v).sum()) == pytest.approx(float((mv * u).sum()), rel=1e-12)
+        torch.testing.assert_close(net(2 * u - 3 * v, flags, problem.boundary), 2 * mu - 3 * mv)
+        assert torch.all(mu[0, 0][flags != FLUID] == 0)
+
+
+@pytest.mark.parametrize("shape", [(9, 12, 15), (13, 17)])
+def test_inference_taps_equal_autograd_convolution(shape):
+    problem = random_problem(shape, seed=4)
+    net = perturbed(len(shape)).float()
+    flags = torch.as_tensor(problem.flags)
+    r = torch.randn(1, 1, *shape)
+    with torch.inference_mode():
+        fast = net(r, flags, problem.boundary)
+    slow = net(r, flags, problem.boundary)  # parameters require grad: torch's convolution
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_positive_definite_at_initialization():
+    problem = scene("smoke-obstacles", (12, 12, 12), seed=0)
+    net = build_network("vcycle", 3, coarsest=2, dtype=torch.float64)
+    flags = torch.as_tensor(problem.flags)
+    n = problem.n
+    basis = np.eye(n)
+    cols = []
+    with torch.no_grad():
+        for j in range(n):
+            g = torch.as_tensor(problem.to_grid(basis[j]))[None, None]
+            cols.append(problem.from_grid(net(g, flags, problem.boundary)[0, 0].numpy()))
+    M = np.array(cols).T
+    np.testing.assert_allclose(M, M.T, atol=1e-12)
+    assert np.linalg.eigvalsh(M).min() > 0
+
+
+def test_batch_of_different_flags_and_no_stale_cache():
+    a, b = random_problem((10, 9, 8), 5), random_problem((10, 9, 8), 6, boundary=AIR)
+    net = perturbed(3)
+    r = torch.randn(2, 1, 10, 9, 8, dtype=torch.float64)
+    fa, fb = torch.as_tensor(a.flags), torch.as_tensor(b.flags)
+    with torch.no_grad():
+        qa = net(r[:1], fa, a.boundary)
+        qa_again = net(r[:1], fa, a.boundary)  # cached hierarchy
+        qb = net(r[1:], fb, b.boundary)  # a different problem must not hit the cache
+        both = net(r, torch.stack([fa, fb]), torch.tensor([a.boundary, b.boundary]))
+        fresh = perturbed(3)(r[1:], fb, b.boundary)
+    torch.testing.assert_close(qa, qa_again)
+    torch.testing.assert_close(qb, fresh)
+    torch.testing.assert_close(both, torch.cat([qa, qb]))
+
+
+@pytest.mark.parametrize("name,shape", [("smoke-obstacles", (24, 24, 24)), ("pool", (48, 40))])
+def test_untrained_vcycle_in_dcdm_beats_cg(name, shape):
+    problem = scene(name, shape, seed=2)
+    net = build_network("vcycle", len(shape))
+    res = dcdm(problem.stencil, problem.b, direction=NetworkDirection(net, problem), rtol=1e-8)
+    base = cg(problem.stencil, problem.b, rtol=1e-8)
+    assert res.converged and res.final_relres <= 1e-8
+    assert res.iterations * 3 <= base.iterations
+    assert res.settings["safeguard_steps"] == 0
+
+
+def test_size_and_cost():
+    net = build_network("vcycle", 3)
+    assert count_parameters(net) == 4 * 27 + 3 * 27 + 3
+    cost = flops_per_unknown(net, (64, 64, 64))
+    assert 150 < cost < 300
+    assert flops_per_unknown(net, (256, 256, 256)) == pytest.approx(cost, rel=0.01)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="use_flags"):
+        build_network("vcycle", 3, use_flags=True)
+    with pytest.raises(ValueError, match="smooth"):
+        build_network("vcycle", 3, smooth=0)
+    net = build_network("vcycle", 2)
+    with pytest.raises(ValueError, match="pass flags"):
+        net(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="flags"):
+        net(torch.zeros(1, 1, 8, 8), torch.zeros(8, 7, dtype=torch.int8))
