@@ -20,9 +20,12 @@ from deepcd.iterative.nullspace import (
 from deepcd.iterative.preconditioners import UserPreconditioner, make_preconditioner
 from deepcd.iterative.result import SolveResult
 from deepcd.operators import CSROperator, LinearOperatorAdapter, Operator
+from deepcd.problems.flags import SOLID
 from deepcd.problems.problem import Problem
 
-METHODS = ("cg", "jacobi", "ic0", "mic0", "amg-sa", "amg-rs", "newton")
+METHODS = ("dcdm", "cg", "jacobi", "ic0", "mic0", "amg-sa", "amg-rs", "newton")
+DCDM_SAFEGUARDS = ("none", "jacobi", "mic0")
+DEVICES = ("auto", "cpu", "cuda")
 NEWTON_HESSIANS = ("jacobi", "ic0", "mic0", "amg-sa", "amg-rs")
 
 
@@ -129,12 +132,147 @@ def prepare_system(A, b, *, check_symmetry: bool = True) -> PreparedSystem:
     )
 
 
+def resolve_device(device: str) -> str:
+    """ "auto" → "cuda" when torch sees a GPU, else "cpu"; "cuda" without one is an error."""
+    import torch
+
+    if device not in DEVICES and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}, "
+            f"built with CUDA {torch.version.cuda}); use device='cpu' or 'auto'"
+        )
+    return str(device)
+
+
+def _grid_problem(A, op: Operator, flags, boundary) -> tuple[Problem, float]:
+    """The grid DCDM's network works on, and the factor s with A = s·L(flags) (0 when A is not
+    a multiple of the flags' Laplacian)."""
+    if isinstance(A, Problem):
+        if flags is not None:
+            raise TypeError("flags= is for a CSR matrix; a Problem carries its own flags")
+        return A, 1.0
+    if flags is None:
+        raise ValueError(
+            'method="dcdm" needs the grid the matrix came from: pass a deepcd Problem as A '
+            "(deepcd.problems.from_flags(flags, b)), or keep the matrix and add flags= (the "
+            "int8 cell flags, FLUID=0 cells numbered in C order) and boundary= if the outside "
+            'is not SOLID; or pick a grid-free method such as method="mic0" or "amg-sa"'
+        )
+    from deepcd.problems import from_flags
+
+    problem = from_flags(np.asarray(flags), boundary=SOLID if boundary is None else boundary)
+    if problem.n != op.n:
+        raise ValueError(
+            f"flags has {problem.n} FLUID cells but A has {op.n} rows: the matrix was not "
+            "assembled from these flags"
+        )
+    scale = 0.0
+    if isinstance(op, CSROperator):
+        L = problem.A
+        d = L.diagonal()
+        s = float(op.csr.diagonal()[d > 0].mean() / d[d > 0].mean()) if np.any(d > 0) else 0.0
+        if s > 0 and abs(op.csr - s * L).max() <= 1e-12 * s * max(d.max(), 1.0):
+            scale = s
+    return problem, scale
+
+
+def _dcdm(A, op, b, x0, *, rtol, atol, maxiter, callback, monitor, options) -> SolveResult:
+    import torch
+
+    from deepcd.iterative.dcdm import dcdm
+    from deepcd.iterative.dcdm_torch import dcdm_torch
+    from deepcd.nn.direction import NetworkDirection
+    from deepcd.nn.weights import default_solver, load_solver
+
+    problem, scale = _grid_problem(A, op, options.pop("flags", None), options.pop("boundary", None))
+    requested = options.pop("device", "auto")
+    device = resolve_device(requested)
+    safeguard = options.pop("safeguard", "none")
+    if safeguard not in DCDM_SAFEGUARDS:
+        raise ValueError(f"safeguard must be one of {DCDM_SAFEGUARDS}, got {safeguard!r}")
+    precision = options.pop("precision", "float32")
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of {tuple(dtypes)}, got {precision!r}")
+    model = options.pop("model", None)
+    if model is None:
+        model = default_solver(problem.ndim)
+    card: dict = {}
+    if isinstance(model, torch.nn.Module):
+        net = model.to(device)
+    else:
+        net, card = load_solver(model, device=device)
+    dim = getattr(net, "dim", None)
+    if dim is not None and dim != problem.ndim:
+        raise ValueError(
+            f"the model is for {dim}D grids but the problem is {problem.ndim}D "
+            f"(shape {problem.shape}); pass a {problem.ndim}D model"
+        )
+    solver_name = card.get("name", type(net).__name__)
+    common = dict(rtol=rtol, atol=atol, maxiter=maxiter)
+    loop = {key: options.pop(key) for key in ("k", "patience", "stall_window") if key in options}
+    if device == "cpu":
+        options.pop("check_every", None)
+        M = None if safeguard == "none" else make_preconditioner(safeguard, op)
+        direction = NetworkDirection(net, problem, device="cpu", dtype=dtypes[precision])
+        result = dcdm(
+            op,
+            b,
+            x0,
+            direction=direction,
+            M=M,
+            callback=callback,
+            monitor=monitor,
+            **loop,
+            **common,
+        )
+    else:
+        if callback is not None or monitor is not None:
+            raise ValueError(
+                "callback/monitor need the iterate on the host every iteration; the CUDA path "
+                "keeps it on the GPU (use device='cpu' for per-iteration callbacks)"
+            )
+        if scale == 0.0:
+            raise ValueError(
+                "the CUDA path applies the grid Laplacian of the flags on the GPU, but A is not "
+                "a positive multiple of it; use device='cpu' (any SPD A with a grid works there)"
+            )
+        result = dcdm_torch(
+            problem,
+            b,
+            x0,
+            network=net,
+            device=device,
+            network_dtype=dtypes[precision],
+            safeguard=safeguard,
+            scale=scale,
+            **loop,
+            **({"check_every": options.pop("check_every")} if "check_every" in options else {}),
+            **common,
+        )
+    result.settings.update(
+        {
+            "device": device,
+            "device_requested": requested,
+            "model": solver_name,
+            "precision": precision,
+        }
+    )
+    return result
+
+
 def _run_method(
-    method: str, op: Operator, b, x0, *, rtol, atol, maxiter, callback, monitor, M, options
+    method: str, op: Operator, b, x0, *, rtol, atol, maxiter, callback, monitor, M, options, A=None
 ) -> SolveResult:
     common = dict(rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, monitor=monitor)
     if M is not None and method != "cg":
         raise ValueError(f'M= is a user preconditioner for method="cg", not for {method!r}')
+    if method == "dcdm":
+        return _dcdm(A, op, b, x0, **common, options=options)
     if method == "cg":
         pre = UserPreconditioner(M, op.n) if M is not None else None
         return cg(op, b, x0, M=pre, method="cg" if M is None else "cg+M", **common)
@@ -160,6 +298,18 @@ def _run_method(
 
 
 _METHOD_OPTIONS = {
+    "dcdm": {
+        "model",
+        "flags",
+        "boundary",
+        "device",
+        "precision",
+        "safeguard",
+        "k",
+        "patience",
+        "stall_window",
+        "check_every",
+    },
     "cg": set(),
     "jacobi": set(),
     "ic0": set(),
@@ -179,7 +329,7 @@ def solve_result(
     atol: float = 0.0,
     maxiter: int | None = None,
     callback: Callable[[np.ndarray], None] | None = None,
-    method: str = "cg",
+    method: str = "dcdm",
     M=None,
     monitor: Monitor | None = None,
     check_symmetry: bool = True,
@@ -220,6 +370,7 @@ def solve_result(
         monitor=monitor,
         M=M,
         options=dict(options),
+        A=A,
     )
     if system.n_closed:
         result.x = remove_region_means(result.x, system.labels, system.n_closed)
@@ -238,7 +389,7 @@ def solve(
     atol: float = 0.0,
     maxiter: int | None = None,
     callback: Callable[[np.ndarray], None] | None = None,
-    method: str = "cg",
+    method: str = "dcdm",
     M=None,
     residuals: list | None = None,
     **options,
@@ -248,9 +399,18 @@ def solve(
     A: a scipy sparse matrix, a dense array, a LinearOperator or a `deepcd.problems.Problem`
     (then b defaults to the problem's right-hand side). b: (n,) or (n, 1).
     Stops when ‖b - Ax‖ <= max(rtol·‖b‖, atol), checked on the true residual.
-    method: "cg", "jacobi", "ic0", "mic0" (PCG), "amg-sa", "amg-rs" (pyamg smoothed
+    method: "dcdm" (default: the Deep Conjugate Direction Method with a shipped trained
+    solver; needs the grid — A a Problem, or a matrix with `flags=`), "cg", "jacobi", "ic0",
+    "mic0" (PCG), "amg-sa", "amg-rs" (pyamg smoothed
     aggregation / Ruge–Stüben preconditioning CG; `accel=None` runs the cycle standalone),
     "newton" (approximate-Hessian Newton; `hessian="ic0"|"jacobi"|"mic0"|"amg-sa"|"amg-rs"`).
+    DCDM options: model (a shipped solver's name, a solver folder, or a network; default the
+    shipped one for the grid's dimension), flags/boundary (the grid of a matrix A),
+    device ("auto" | "cpu" | "cuda"; settings["device"] says what auto chose), precision of
+    the network ("float32" | "bfloat16"), safeguard (the classical direction that guarantees
+    convergence: "none" = the residual, "jacobi", "mic0" (CPU only)), k, patience,
+    stall_window, check_every (CUDA: host checks every that many iterations). The result's
+    settings count network_steps and safeguard_steps.
     M: a user preconditioner ≈ A⁻¹ for "cg", as in scipy. callback(xk): once per iteration.
     residuals: a list, filled with the residual 2-norm history (initial residual first).
 

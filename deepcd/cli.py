@@ -116,10 +116,22 @@ def cmd_solve(args) -> int:
     problem = load_problem(args.file)
     print(repr(problem))
     options = _params(args.option)
+    if args.method == "dcdm":
+        options.setdefault("device", args.device)
+        if args.model:
+            options.setdefault("model", args.model)
+    elif args.model:
+        raise ValueError(f"--model is for --method dcdm, not {args.method!r}")
     result = solve_result(
         problem, method=args.method, rtol=args.rtol, maxiter=args.maxiter, **options
     )
     print(result.summary())
+    if args.method == "dcdm":
+        st = result.settings
+        print(
+            f"dcdm: model {st['model']} on {st['device']} (asked: {st['device_requested']}); "
+            f"{st['network_steps']} network steps, {st['safeguard_steps']} safeguard steps"
+        )
     if args.save:
         np.save(args.save, problem.to_grid(result.x))
         print(f"wrote the pressure grid to {args.save}")
@@ -204,12 +216,16 @@ def cmd_info(args) -> int:
 
     from deepcd import METHODS, __version__
     from deepcd.bench import solver_names
+    from deepcd.nn.weights import read_card, shipped_solvers
     from deepcd.problems import scenes
 
     print(f"deepcd {__version__}")
     print(f"methods:  {', '.join(METHODS)}")
     print(f"bench solvers: {', '.join(solver_names())}")
     print(f"scenes:   {', '.join(scenes())}")
+    for directory in shipped_solvers():
+        card = read_card(directory)
+        print(f"solver:   {directory.name} ({card['arch']}, {card['parameters']} parameters)")
     print(f"numba threads: {numba.get_num_threads()}")
     return 0
 
@@ -242,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     shape_args(b, many=True)
     b.add_argument(
         "--solvers",
-        default="cg,ic0,mic0,amg-sa,amg-rs,newton-amg",
+        default="dcdm,cg,ic0,mic0,amg-sa,amg-rs,newton-amg",
         help="comma-separated (see `deepcd info`)",
     )
     b.add_argument("--rtol", type=float, default=1e-6)
@@ -277,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("solve", help="solve a problem file and report")
     s.add_argument("file")
-    s.add_argument("--method", default="cg")
+    s.add_argument("--method", default="dcdm", help="see `deepcd info` (default dcdm)")
+    s.add_argument("--model", help="dcdm: a shipped solver's name or a solver folder")
+    s.add_argument("--device", default="auto", help="dcdm: auto, cpu or cuda")
     s.add_argument("--rtol", type=float, default=1e-6)
     s.add_argument("--maxiter", type=int, default=None)
     s.add_argument("--option", action="append", default=[], help="method option KEY=VALUE")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Set up the environment, then benchmark the solvers on the default scene (64³ smoke with
-# obstacles, rtol 1e-6). Writes bench-out/quickstart/{results.json,results.md,*.png}.
+# Set up the environment, then benchmark the shipped trained solver (DCDM) against the
+# classical solvers on the default scene (64³ smoke with obstacles, rtol 1e-6).
+# Writes bench-out/quickstart/{results.json,results.md,*.png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 exec "${DEEPCD_VENV:-.venv}/bin/deepcd" bench --scene smoke-obstacles --shape 64 \
-    --solvers cg,jacobi,ic0,mic0,amg-sa,amg-rs,newton-amg --rtol 1e-6 \
+    --solvers dcdm,cg,jacobi,ic0,mic0,amg-sa,amg-rs,newton-amg --rtol 1e-6 \
     --out bench-out/quickstart "$@"

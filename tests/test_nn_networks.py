@@ -36,8 +36,10 @@ def small(arch: str, dim: int, **config):
     """Every module used on the small odd grids: multilevel coarsens to 2 (three levels)."""
     if arch in ("multilevel", "vcycle"):
         config.setdefault("coarsest", 2)
-    if arch == "vcycle":
+    if arch == "vcycle":  # no flag channels and no kernel size: a polynomial degree instead
         config.pop("use_flags", None)
+        if config.pop("kernel_size", None):
+            config["degree"] = 4
     torch.manual_seed(0)
     return build_network(arch, dim, **config)
 

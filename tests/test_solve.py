@@ -71,14 +71,14 @@ def test_input_forms(small_problem, form):
         "linear-operator": spla.aslinearoperator(A),
         "csr-array": sp.csr_array(A),
     }[form]
-    x, info = deepcd.solve(A_in, small_problem.b, rtol=1e-10)
+    x, info = deepcd.solve(A_in, small_problem.b, rtol=1e-10, method="cg")
     assert info == 0
     np.testing.assert_allclose(A @ x, small_problem.b, atol=1e-8)
 
 
 def test_float32_in_float32_out(small_problem):
     A32 = small_problem.A.astype(np.float32)
-    x, info = deepcd.solve(A32, small_problem.b.astype(np.float32), rtol=1e-6)
+    x, info = deepcd.solve(A32, small_problem.b.astype(np.float32), rtol=1e-6, method="cg")
     assert info == 0 and x.dtype == np.float32
 
 
@@ -90,6 +90,7 @@ def test_x0_callback_and_b_column(small_problem):
         small_problem.b[:, None],
         x0=x_ref + 1e-3,
         rtol=1e-10,
+        method="cg",
         callback=lambda xk: seen.append(xk.copy()),
     )
     assert info == 0 and len(seen) >= 1
@@ -102,7 +103,7 @@ def test_exact_x0_needs_no_iteration(small_problem):
 
 
 def test_zero_rhs_gives_zero(small_problem):
-    x, info = deepcd.solve(small_problem.A, np.zeros(small_problem.n))
+    x, info = deepcd.solve(small_problem.A, np.zeros(small_problem.n), method="cg")
     assert info == 0 and not x.any()
 
 
@@ -138,7 +139,7 @@ def test_singular_system_is_projected_and_warned():
 def test_singular_csr_detected_without_a_grid():
     p = from_flags(np.zeros((6, 6), np.int8), np.arange(36.0))
     with pytest.warns(deepcd.SingularSystemWarning):
-        x, info = deepcd.solve(p.A, p.b, rtol=1e-10)
+        x, info = deepcd.solve(p.A, p.b, rtol=1e-10, method="cg")
     assert info == 0 and abs(x.mean()) < 1e-12
 
 
@@ -147,7 +148,7 @@ def test_indefinite_matrix_is_a_breakdown():
     # a negative diagonal is caught before iterating; an indefinite matrix with a positive
     # diagonal is caught by CG's curvature test:
     B = sp.csr_matrix(np.array([[1.0, 2.0], [2.0, 1.0]]))
-    _x, info = deepcd.solve(B, np.array([1.0, -1.0]))
+    _x, info = deepcd.solve(B, np.array([1.0, -1.0]), method="cg")
     assert info == -1
     with pytest.raises(ValueError, match="negative diagonal"):
         deepcd.solve(A, np.ones(4))

@@ -14,6 +14,7 @@ import numpy as np
 
 from deepcd._version import __version__
 from deepcd.bench.solvers import needs_csr, run_solver
+from deepcd.hardware import cpu_name
 from deepcd.problems import load_problem, save_problem, scene
 from deepcd.problems.problem import Problem
 
@@ -122,7 +123,7 @@ def environment() -> dict:
         "numba": numba.__version__,
         "numba_threads": numba.get_num_threads(),
         "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_name(),
         "cpu_count": mp.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }

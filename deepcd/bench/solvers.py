@@ -15,6 +15,9 @@ from deepcd.problems.problem import Problem
 
 # name -> (solve() method, options); every entry is one line of the benchmark table.
 SOLVERS: dict[str, tuple[str, dict]] = {
+    # the shipped trained solver; the safeguard direction alone is "cg" (none) / "mic0"
+    "dcdm": ("dcdm", {"safeguard": "none"}),
+    "dcdm-mic0": ("dcdm", {"safeguard": "mic0"}),
     "cg": ("cg", {}),
     "jacobi": ("jacobi", {}),
     "ic0": ("ic0", {}),
@@ -28,7 +31,7 @@ SOLVERS: dict[str, tuple[str, dict]] = {
     "newton-amg": ("newton", {"hessian": "amg-sa"}),
 }
 REFERENCE_SOLVERS = ("scipy-cg",)  # measured for comparison, not deepcd methods
-DEFAULT_SOLVERS = ("cg", "ic0", "mic0", "amg-sa", "amg-rs", "newton-amg")
+DEFAULT_SOLVERS = ("dcdm", "cg", "ic0", "mic0", "amg-sa", "amg-rs", "newton-amg")
 
 
 def solver_names() -> list[str]:
@@ -37,7 +40,7 @@ def solver_names() -> list[str]:
 
 def needs_csr(name: str) -> bool:
     """Whether the solver works on the assembled matrix (else the matrix-free stencil)."""
-    return name not in ("cg", "jacobi")
+    return name not in ("cg", "jacobi", "dcdm")
 
 
 def run_solver(

@@ -6,12 +6,14 @@ from deepcd.nn.networks import (
     GridNet,
     MultilevelNet,
     PaperNet,
+    VCycleNet,
     build_network,
     coarsening_plan,
     count_parameters,
     flops_per_unknown,
 )
 from deepcd.nn.stencil import GridLaplacian, problem_to_tensor, tensor_to_problem
+from deepcd.nn.weights import default_solver, load_solver, save_solver
 
 __all__ = [
     "ARCHITECTURES",
@@ -19,11 +21,15 @@ __all__ = [
     "GridNet",
     "MultilevelNet",
     "PaperNet",
+    "VCycleNet",
     "build_network",
     "coarsening_plan",
     "count_parameters",
     "dcdm_loss",
+    "default_solver",
     "flops_per_unknown",
+    "load_solver",
     "problem_to_tensor",
+    "save_solver",
     "tensor_to_problem",
 ]

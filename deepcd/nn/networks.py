@@ -42,6 +42,18 @@ multilevel: a U-Net/V-cycle whose depth follows the grid. Each axis is halved (w
     transition (width c_last → c_last) is only used once the grid needs ≥ len(channels)
     halvings; the modules exist (and are counted) at every size.
 
+vcycle: a learned multigrid V-cycle — a linear convolutional network that reads the cell
+    flags through its operator (it needs `flags`, and `boundary` when the outside is not
+    SOLID) and is symmetric positive definite for any parameter values. Levels: the flags'
+    pressure Laplacian and its exact Galerkin coarsenings P₀ᵀAP₀ (`deepcd.nn.multigrid`),
+    halving as in `multilevel`. Per level: `smooth` steps of a learned Chebyshev-polynomial
+    smoother of `degree` (see `VCycleNet._smoother`), the residual restricted by Pᵀ, the cycle
+    below, the correction prolonged by P (nearest upsampling then a learned symmetric 3^d
+    convolution, initially (bi/tri)linear interpolation) with a learned weight c > 0, and
+    `smooth` steps again; the coarsest level takes `coarse_sweeps` smoothing steps. Levels
+    ≥ `levels` − 1 share parameters, so one parameter set serves any depth. In DCDM its
+    steps are PCG steps with a learned SPD preconditioner. Trained with `--loss residual`.
+
 `count_parameters(model)` and `flops_per_unknown(model, shape)` (conv multiply-adds per grid
 cell of one forward pass, counted with forward hooks on the convs actually executed; bias,
 activations, pooling and additions are not counted) describe the cost.
@@ -390,7 +402,8 @@ class MultilevelNet(GridNet):
 
 
 class VCycleNet(GridNet):
-    """A learned, linear, symmetric multigrid V-cycle (see the module docstring)."""
+    """A learned multigrid V-cycle, symmetric positive definite for any parameters (see the
+    module docstring)."""
 
     arch = "vcycle"
     needs_boundary = True
@@ -400,11 +413,10 @@ class VCycleNet(GridNet):
         dim: int = 3,
         *,
         levels: int = 3,
-        kernel_size: int = 3,
+        degree: int = 3,
         smooth: int = 2,
         coarse_sweeps: int = 8,
         coarsest: int = 4,
-        omega: float = 2.0 / 3.0,
         use_flags: bool = False,
     ) -> None:
         super().__init__(dim, False)
@@ -414,34 +426,28 @@ class VCycleNet(GridNet):
             )
         for name, value in (
             ("levels", levels),
+            ("degree", degree),
             ("smooth", smooth),
             ("coarse_sweeps", coarse_sweeps),
+            ("coarsest", coarsest),
         ):
             if int(value) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {value}")
-        if coarsest < 1:
-            raise ValueError(f"coarsest must be ≥ 1, got {coarsest}")
-        k = int(kernel_size)
-        if k < 1 or k % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
         self.config = {
             "dim": self.dim,
             "levels": int(levels),
-            "kernel_size": k,
+            "degree": int(degree),
             "smooth": int(smooth),
             "coarse_sweeps": int(coarse_sweeps),
             "coarsest": int(coarsest),
-            "omega": float(omega),
             "use_flags": False,
         }
         self.coarsest = int(coarsest)
         self.smooth = int(smooth)
         self.coarse_sweeps = int(coarse_sweeps)
         d, J = self.dim, int(levels)
-        # damped Jacobi: a centred delta of weight omega
-        smoother = torch.zeros((1, 1) + (k,) * d)
-        smoother[(0, 0) + (k // 2,) * d] = float(omega)
-        self.smoothers = nn.ParameterList(nn.Parameter(smoother.clone()) for _ in range(J + 1))
+        # smoother polynomial weights (logits of a softmax), equal at the start
+        self.smoothers = nn.Parameter(torch.zeros(J + 1, int(degree)))
         # nearest upsampling followed by this kernel is (bi/tri)linear interpolation
         taps = torch.tensor([0.25, 0.5, 0.25])
         interp = taps
@@ -449,7 +455,8 @@ class VCycleNet(GridNet):
             interp = interp[..., None] * taps
         interp = interp.reshape((1, 1) + (3,) * d)
         self.prolongations = nn.ParameterList(nn.Parameter(interp.clone()) for _ in range(J))
-        self.corrections = nn.Parameter(torch.ones(J))
+        # coarse-correction weights c = softplus(θ) > 0, starting at 1
+        self.corrections = nn.Parameter(torch.full((J,), math.log(math.e - 1.0)))
         self._cache: tuple | None = None
 
     # -- symmetric building blocks -----------------------------------------------------------
@@ -458,6 +465,34 @@ class VCycleNet(GridNet):
         """(K + K reflected through its centre) / 2: convolution by it is self-adjoint."""
         spatial = tuple(range(2, kernel.ndim))
         return 0.5 * (kernel + kernel.flip(spatial))
+
+    def _smoother(self, level, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """S y for the learned polynomial smoother of `level`.
+
+        With Â = D^-½ A D^-½ (spectrum in [0, 2] on every level: all are weakly diagonally
+        dominant), a smoothing step x ← x + S(b − Ax) multiplies the error, in Â's eigenbasis,
+        by r(λ) = Σ_j w_j T_j(1 − cλ), j = 1…degree, with Chebyshev polynomials T_j, weights
+        w = softmax(logits) and c = 1 − 2⁻⁸. Since r(0) = 1, S = D^-½ q(Â) D^-½ with the
+        polynomial q(λ) = (1 − r(λ))/λ, applied by the recurrence of U_j = (1 − T_j)/λ:
+        U_0 = 0, U_1 = c, U_{j+1} = 2c + 2(1 − cÂ)U_j − U_{j−1}. For λ ∈ (0, 2],
+        |1 − cλ| < 1 so |r(λ)| < 1: every smoothing step is a strict A-norm contraction,
+        whatever the weights. With that and positive coarse-correction weights the symmetric
+        V-cycle is positive definite for ANY prolongation — the coarse correction
+        I − c·P M_c Pᵀ A never increases the A-norm when M_c is SPD, by induction from the
+        coarsest level — so DCDM with it never meets an indefinite preconditioner.
+        """
+        c = 1.0 - 2.0**-8
+        s = level.inv_sqrt_diag.to(y.dtype)
+        w = torch.softmax(logits, dim=0).to(y.dtype)
+        hat = s * y
+        u_prev = torch.zeros_like(hat)
+        u = c * hat
+        q = w[0] * u
+        for j in range(1, w.shape[0]):
+            a_u = s * level.apply(s * u)
+            u, u_prev = 2.0 * c * hat + 2.0 * (u - c * a_u) - u_prev, u
+            q = q + w[j] * u
+        return s * q
 
     def _conv(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """Zero-padded 'same' convolution of (B, 1, *g) by a (1, 1, k, …) kernel."""
@@ -488,11 +523,6 @@ class VCycleNet(GridNet):
         conv = F.conv2d if self.dim == 2 else F.conv3d
         return conv(x, kernel, padding=pad)
 
-    def _smoother(self, level, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """S x = D^-½ K D^-½ x on the level's unknowns: symmetric for a symmetric K."""
-        s = level.inv_sqrt_diag.to(x.dtype)
-        return s * self._conv(s * x, kernel)
-
     def _prolong(self, fine, xc: torch.Tensor, axes, kernel: torch.Tensor) -> torch.Tensor:
         up = _upsample(xc, axes, fine.shape)
         return fine.active.to(xc.dtype) * self._conv(up, kernel)
@@ -504,17 +534,20 @@ class VCycleNet(GridNet):
         return coarse.active.to(r.dtype) * (_pool(y, axes) * scale)
 
     def macs_per_unknown(self, shape: Sequence[int]) -> float:
-        """Multiply-adds per grid cell of one application at `shape`: the smoother and
-        transfer convolutions (k^d and 3^d taps) and the level stencils (2d+1 taps)."""
+        """Multiply-adds per grid cell of one application at `shape`: the level stencils
+        (2d+1 taps; degree − 1 per smoothing step plus one per residual) and the transfer
+        convolutions (3^d taps)."""
         plan = coarsening_plan(shape, self.coarsest)
-        k, d = self.config["kernel_size"], self.dim
-        conv, transfer, stencil = k**d, 3**d, 2 * d + 1
+        d, degree = self.dim, self.config["degree"]
+        transfer, stencil = 3**d, 2 * d + 1
+        per_smooth = (degree - 1) * stencil + 4  # plus the scalings and the weighted sum
         sizes, total = [int(n) for n in shape], 0.0
         for axes in plan:
             cells = math.prod(sizes)
-            total += cells * (2 * self.smooth * (conv + stencil) + 2 * transfer)
+            total += cells * (2 * self.smooth * (per_smooth + stencil) + 2 * transfer)
             sizes = [math.ceil(n / 2) if on else n for n, on in zip(sizes, axes, strict=True)]
-        total += math.prod(sizes) * (self.coarse_sweeps * conv + (self.coarse_sweeps - 1) * stencil)
+        sweeps = self.coarse_sweeps
+        total += math.prod(sizes) * (sweeps * per_smooth + (sweeps - 1) * stencil)
         return total / math.prod(int(n) for n in shape)
 
     # -- the cycle -----------------------------------------------------------------------------
@@ -551,23 +584,24 @@ class VCycleNet(GridNet):
         J = len(self.prolongations)
         level = levels[depth]
         if depth == len(plan):  # coarsest: symmetric sweeps of the smoother
-            kernel = self._symmetric(self.smoothers[J])
-            x = self._smoother(level, r, kernel)
+            weights = self.smoothers[J]
+            x = self._smoother(level, r, weights)
             for _ in range(self.coarse_sweeps - 1):
-                x = x + self._smoother(level, r - level.apply(x), kernel)
+                x = x + self._smoother(level, r - level.apply(x), weights)
             return x
         i = min(depth, J - 1)
-        kernel = self._symmetric(self.smoothers[i])
-        x = self._smoother(level, r, kernel)
+        weights = self.smoothers[i]
+        x = self._smoother(level, r, weights)
         for _ in range(self.smooth - 1):
-            x = x + self._smoother(level, r - level.apply(x), kernel)
+            x = x + self._smoother(level, r - level.apply(x), weights)
         interp = self._symmetric(self.prolongations[i])
         coarse = levels[depth + 1]
         rc = self._restrict(coarse, r - level.apply(x), plan[depth], interp)
         xc = self._cycle(levels, plan, depth + 1, rc)
-        x = x + self.corrections[i].to(r.dtype) * self._prolong(level, xc, plan[depth], interp)
+        weight = F.softplus(self.corrections[i]).to(r.dtype)
+        x = x + weight * self._prolong(level, xc, plan[depth], interp)
         for _ in range(self.smooth):
-            x = x + self._smoother(level, r - level.apply(x), kernel)
+            x = x + self._smoother(level, r - level.apply(x), weights)
         return x
 
     def forward(

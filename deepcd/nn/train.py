@@ -89,6 +89,7 @@ import torch
 from torch import nn
 
 from deepcd._version import __version__
+from deepcd.hardware import cpu_name
 from deepcd.nn.weights import sha256
 
 OPTIMIZERS = ("adam", "lion", "diffgrad")
@@ -729,18 +730,10 @@ def _selection_key(record: dict[str, Any]) -> tuple[float, float]:
 # environment
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _hardware(device: torch.device, world: int) -> dict[str, Any]:
     hw = {
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(),
         "world_size": world,
         "torch": torch.__version__,

@@ -59,6 +59,26 @@ def save_solver(directory: str | os.PathLike, model: torch.nn.Module, card: dict
     return directory
 
 
+# The shipped solver `solve(method="dcdm")` uses when no model is given, per grid dimension.
+DEFAULT_SOLVERS = {2: "vcycle-2d", 3: "vcycle-3d"}
+
+
+def default_solver(dim: int) -> str:
+    """The name of the shipped solver for `dim`-D grids."""
+    if dim not in DEFAULT_SOLVERS:
+        raise ValueError(f"no shipped solver for {dim}D grids; deepcd has 2D and 3D solvers")
+    return DEFAULT_SOLVERS[dim]
+
+
+def shipped_solvers() -> list[Path]:
+    """The folders of the shipped solvers (repository checkout or installed wheel)."""
+    found: dict[str, Path] = {}
+    for root in SOLVER_DIRS:
+        for card in sorted(root.glob(f"*/{CARD}")):
+            found.setdefault(card.parent.name, card.parent)
+    return [found[name] for name in sorted(found)]
+
+
 def resolve_solver(name_or_path: str | os.PathLike) -> Path:
     """A solver folder from a path or the name of a shipped solver."""
     path = Path(name_or_path)
@@ -67,7 +87,7 @@ def resolve_solver(name_or_path: str | os.PathLike) -> Path:
     for root in SOLVER_DIRS:
         if (root / str(name_or_path) / CARD).exists():
             return root / str(name_or_path)
-    shipped = sorted({p.parent.name for root in SOLVER_DIRS for p in root.glob(f"*/{CARD}")})
+    shipped = [p.name for p in shipped_solvers()]
     raise FileNotFoundError(
         f"no solver folder {name_or_path!r}; shipped solvers: {', '.join(shipped) or 'none'}"
     )

@@ -1,0 +1,171 @@
+"""solve(method="dcdm"): the shipped solvers on every scene, grids from flags, devices, errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import deepcd
+from deepcd.api import _grid_problem
+from deepcd.iterative.dcdm import dcdm
+from deepcd.iterative.dcdm_torch import dcdm_torch
+from deepcd.nn import build_network, default_solver, load_solver
+from deepcd.nn.direction import NetworkDirection
+from deepcd.nn.weights import WEIGHTS, resolve_solver
+from deepcd.operators import CSROperator
+from deepcd.problems import AIR, SOLID, from_flags, scene
+
+SCENES = ["box", "smoke-plume", "smoke-obstacles", "bunny", "pool", "poisson-box", "closed-box"]
+
+
+@pytest.mark.filterwarnings("ignore::deepcd.SingularSystemWarning")
+@pytest.mark.parametrize("shape", [(40, 36), (20, 17, 23)], ids=["2d", "3d-odd"])
+@pytest.mark.parametrize("name", SCENES)
+def test_default_method_is_dcdm_with_the_shipped_solver(name, shape):
+    problem = scene(name, shape, seed=3)
+    res = deepcd.solve_result(problem, rtol=1e-8)
+    assert res.method == "dcdm" and res.converged, res.summary()
+    assert res.final_relres <= 1e-8
+    assert res.settings["model"] == default_solver(len(shape))
+    assert res.settings["device"] == "cpu" and res.settings["device_requested"] == "auto"
+    cg = deepcd.solve_result(problem, rtol=1e-8, method="cg")
+    assert res.iterations * 3 <= cg.iterations, (res.iterations, cg.iterations)
+
+
+def test_csr_with_flags_and_a_mesh_scale():
+    flags = np.zeros((30, 26), np.int8)
+    flags[10:14, 5:20] = SOLID
+    flags[:, -3:] = AIR
+    problem = from_flags(flags, np.random.default_rng(0).standard_normal((30, 26)))
+    h = 0.1
+    A = problem.A / h**2  # a user's matrix in physical units
+    x, info = deepcd.solve(A, problem.b, flags=flags, rtol=1e-9)
+    assert info == 0
+    np.testing.assert_allclose(A @ x, problem.b, atol=1e-8 * np.linalg.norm(problem.b))
+    grid, scale = _grid_problem(A, CSROperator(A), flags, None)
+    assert grid.n == problem.n and scale == pytest.approx(1 / h**2)
+    # a matrix that is not a multiple of the flags' Laplacian still works on the CPU path
+    B = A + sp.identity(A.shape[0])
+    assert _grid_problem(B, CSROperator(B), flags, None)[1] == 0.0
+    x, info = deepcd.solve(B, problem.b, flags=flags, rtol=1e-9)
+    assert info == 0
+
+
+def test_user_flags_closed_domain_is_projected():
+    flags = np.full((15, 14, 13), SOLID, np.int8)
+    flags[1:-1, 1:-1, 1:-1] = 0
+    flags[6:9, 5:9, 2:10] = SOLID
+    problem = from_flags(flags, np.random.default_rng(1).standard_normal(flags.shape))
+    assert problem.is_singular
+    with pytest.warns(deepcd.SingularSystemWarning):
+        res = deepcd.solve_result(problem, rtol=1e-8)
+    assert res.converged and abs(res.x.mean()) < 1e-10
+
+
+def test_torch_path_matches_the_numpy_path():
+    """The device iteration (run here on the CPU) takes the same steps as the numpy one."""
+    problem = scene("bunny", (20, 18, 22), seed=4)
+    net, _ = load_solver(default_solver(3))
+    for safeguard, M in (("none", None), ("jacobi", "jacobi")):
+        from deepcd.iterative.preconditioners import make_preconditioner
+
+        pre = make_preconditioner(M, problem.stencil) if M else None
+        ref = dcdm(
+            problem.stencil, problem.b, direction=NetworkDirection(net, problem), M=pre, rtol=1e-9
+        )
+        dev = dcdm_torch(
+            problem, problem.b, network=net, safeguard=safeguard, rtol=1e-9, check_every=1
+        )
+        assert dev.iterations == ref.iterations
+        np.testing.assert_allclose(dev.x, ref.x, rtol=0, atol=1e-9 * np.abs(ref.x).max())
+        np.testing.assert_allclose(dev.residuals, ref.residuals, rtol=1e-4)
+        batched = dcdm_torch(problem, problem.b, network=net, safeguard=safeguard, rtol=1e-9)
+        assert batched.converged and batched.final_relres <= 1e-9
+        assert ref.iterations <= batched.iterations < ref.iterations + 8
+
+
+def test_torch_path_scale_and_maxiter():
+    problem = scene("pool", (24, 20, 16), seed=0)
+    net, _ = load_solver(default_solver(3))
+    res = dcdm_torch(problem, problem.b * 4.0, network=net, scale=4.0, rtol=1e-8)
+    assert res.converged
+    np.testing.assert_allclose(res.x, deepcd.solve(problem, rtol=1e-10)[0], atol=1e-6)
+    capped = dcdm_torch(problem, problem.b, network=net, rtol=1e-12, maxiter=3)
+    assert not capped.converged and capped.info == 3 and capped.iterations == 3
+
+
+class _Broken(torch.nn.Module):
+    """A 'network' that returns NaN or a fixed vector: the safeguard must carry the solve."""
+
+    def __init__(self, dim: int, kind: str):
+        super().__init__()
+        self.dim, self.kind = dim, kind
+
+    def forward(self, r, flags=None, boundary=None):
+        if self.kind == "nan":
+            return torch.full_like(r, float("nan"))
+        return torch.ones_like(r)
+
+
+@pytest.mark.parametrize("kind", ["nan", "fixed"])
+def test_broken_network_is_carried_by_the_safeguard(kind):
+    problem = scene("smoke-obstacles", (16, 16, 16), seed=0)
+    res = deepcd.solve_result(problem, rtol=1e-8, model=_Broken(3, kind), safeguard="jacobi")
+    assert res.converged and res.final_relres <= 1e-8
+    assert res.settings["safeguard_steps"] >= res.iterations - 1
+    dev = dcdm_torch(problem, problem.b, network=_Broken(3, kind), rtol=1e-8)
+    assert dev.converged and dev.settings["network_steps"] == 0
+
+
+def test_maxiter_is_honest():
+    problem = scene("bunny", (16, 16, 16), seed=1)
+    _x, info = deepcd.solve(problem, rtol=1e-14, maxiter=2)
+    assert info == 2
+
+
+def test_errors_before_any_work(tmp_path):
+    problem = scene("pool", (16, 16, 16), seed=0)
+    with pytest.raises(ValueError, match="needs the grid"):
+        deepcd.solve(problem.A, problem.b)
+    with pytest.raises(ValueError, match="FLUID cells but A has"):
+        deepcd.solve(problem.A, problem.b, flags=np.zeros((4, 4), np.int8))
+    with pytest.raises(ValueError, match="2D grids but the problem is 3D"):
+        deepcd.solve(problem, model=default_solver(2))
+    with pytest.raises(ValueError, match="2D grids but the problem is 3D"):
+        deepcd.solve(problem, model=build_network("vcycle", 2))
+    with pytest.raises(FileNotFoundError, match="no solver folder"):
+        deepcd.solve(problem, model="no-such-solver")
+    with pytest.raises(ValueError, match="device"):
+        deepcd.solve(problem, device="tpu")
+    with pytest.raises(ValueError, match="safeguard"):
+        deepcd.solve(problem, safeguard="ilu")
+    with pytest.raises(TypeError, match="unexpected options"):
+        deepcd.solve(problem, omega=1.0)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(resolve_solver(default_solver(3)), corrupt)
+    data = bytearray((corrupt / WEIGHTS).read_bytes())
+    data[-1] ^= 0xFF
+    (corrupt / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match its card"):
+        deepcd.solve(problem, model=corrupt)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    problem = scene("pool", (16, 16, 16), seed=0)
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        deepcd.solve(problem, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_and_cpu_agree():
+    problem = scene("smoke-obstacles", (32, 32, 32), seed=2)
+    cpu = deepcd.solve_result(problem, rtol=1e-8, device="cpu")
+    gpu = deepcd.solve_result(problem, rtol=1e-8, device="cuda")
+    assert gpu.converged and gpu.settings["device"] == "cuda"
+    assert abs(gpu.iterations - cpu.iterations) <= 8
+    np.testing.assert_allclose(gpu.x, cpu.x, atol=1e-6 * np.abs(cpu.x).max())
