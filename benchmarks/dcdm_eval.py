@@ -5,7 +5,8 @@ Held-out scenes (seeds the training recipes do not use): bunny 7, smoke-obstacle
 Columns: plain CG; MIC(0)-PCG; DCDM whose safeguard direction is the residual itself (alone,
 that direction is CG); DCDM whose safeguard direction is MIC(0) (alone: MIC(0)-PCG). So each
 DCDM column has its "classical direction used alone" to its left. --card writes the table into
-the solver's card.json under "evaluation" (the weights and their hash are not touched).
+the solver's card.json under "evaluation" (the weights and their hash are not touched). The
+last column runs the same architecture at its initialization, so training's own effect shows.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from deepcd.iterative.dcdm import dcdm
 from deepcd.iterative.krylov import cg
 from deepcd.iterative.preconditioners import make_preconditioner
 from deepcd.nn.direction import NetworkDirection
+from deepcd.nn.networks import build_network
 from deepcd.nn.weights import CARD, load_solver, resolve_solver
 from deepcd.problems import scene
 
 HELD_OUT = (("bunny", 7), ("smoke-obstacles", 11), ("pool", 13))
+KEYS = ("cg", "mic0-pcg", "dcdm", "dcdm+mic0", "dcdm-untrained")
 
 
 def main() -> None:
@@ -41,6 +44,8 @@ def main() -> None:
     ap.add_argument("--card", action="store_true", help="write the table into the card")
     args = ap.parse_args()
     model, card = load_solver(args.solver)
+    torch.manual_seed(0)
+    untrained = build_network(card["arch"], **card["config"]).eval()  # the same net at init
     rows = []
     for size in args.shape or [64]:
         for name, seed in HELD_OUT:
@@ -49,7 +54,7 @@ def main() -> None:
             op = p.stencil
             mic0 = make_preconditioner("mic0", op)
             row = {"scene": name, "seed": seed, "shape": size, "unknowns": p.n}
-            for key in ("cg", "mic0-pcg", "dcdm", "dcdm+mic0"):
+            for key in KEYS:
                 torch.set_num_threads(args.threads)  # numba resets it
                 t = time.perf_counter()
                 common = dict(rtol=args.rtol, maxiter=args.maxiter)
@@ -59,7 +64,8 @@ def main() -> None:
                     res = cg(op, p.b, M=mic0, **common)
                 else:
                     M = mic0 if key == "dcdm+mic0" else None
-                    res = dcdm(op, p.b, direction=NetworkDirection(model, p), M=M, **common)
+                    net = untrained if key == "dcdm-untrained" else model
+                    res = dcdm(op, p.b, direction=NetworkDirection(net, p), M=M, **common)
                 row[key] = {
                     "iterations": res.iterations,
                     "converged": res.converged,
@@ -79,13 +85,14 @@ def main() -> None:
     lines = [
         f"`{command}` (rtol {args.rtol}; iterations, seconds in brackets)",
         "",
-        "| scene | seed | shape | CG | MIC(0)-PCG | DCDM (no safeguard M) | DCDM + MIC(0) |",
-        "|---|---|---|---|---|---|---|",
+        "| scene | seed | shape | CG | MIC(0)-PCG | DCDM (no safeguard M) | DCDM + MIC(0) "
+        "| DCDM, same net untrained |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [
             f"{r[k]['iterations']}{'' if r[k]['converged'] else ' (no)'} ({r[k]['seconds']:.1f} s)"
-            for k in ("cg", "mic0-pcg", "dcdm", "dcdm+mic0")
+            for k in KEYS
         ]
         grid = "×".join([str(r["shape"])] * model.dim)
         lines.append(f"| {r['scene']} | {r['seed']} | {grid} | " + " | ".join(cells) + " |")
