@@ -118,3 +118,37 @@ def test_low_precision_output_is_upcast(problem):
     loss = dcdm_loss(q.to(torch.bfloat16), b.float(), op)
     assert loss.dtype == torch.float32
     assert 0 <= loss.item() < 1e-3  # bf16 rounding of q only
+
+
+def test_residual_step_is_the_unit_step(problem):
+    rng = np.random.default_rng(5)
+    q, b, op = tensors(problem, rng.standard_normal(problem.n))
+    res = b - op(q)
+    assert dcdm_loss(q, b, op, step="residual").item() == pytest.approx(float((res**2).sum()))
+    with pytest.raises(ValueError, match="step"):
+        dcdm_loss(q, b, op, step="pcg")
+
+
+def test_pcg_loss_matches_cg_and_rewards_a_better_preconditioner(problem):
+    from deepcd.iterative.krylov import cg
+    from deepcd.nn.loss import pcg_loss
+
+    _, b, op = tensors(problem, np.zeros(problem.n))
+    b = b.float()
+    op = GridLaplacian.from_problem(problem)
+    res = cg(problem.stencil, problem.b, rtol=0.0, maxiter=3)
+    expected = np.log10(res.residuals[3] / res.residuals[0]) / 3
+    plain = pcg_loss(lambda r: r, b, op, steps=3)
+    assert plain.item() == pytest.approx(expected, abs=1e-4)
+    # an exact inverse converges in one step: far lower
+    A = problem.A.tocsc()
+
+    def exact(r):
+        x = spla.spsolve(A, problem.from_grid(r[0, 0].double().numpy()))
+        return problem_to_tensor(problem, x)
+
+    assert pcg_loss(exact, b, op, steps=3).item() < plain.item() - 1.0
+    # gradients reach the preconditioner's parameters
+    w = torch.tensor(0.5, requires_grad=True)
+    pcg_loss(lambda r: w * r + (1 - w) * op.mask(op(r)), b, op, steps=2).backward()
+    assert w.grad is not None and torch.isfinite(w.grad) and w.grad != 0

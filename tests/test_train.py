@@ -217,6 +217,27 @@ def test_every_optimizer_and_schedule_trains(dataset, tmp_path, optimizer, sched
     assert result.finished
 
 
+@pytest.mark.parametrize("loss", ["residual", "pcg"])
+def test_vcycle_trains_with_each_loss_and_lowers_it(dataset, tmp_path, loss):
+    """The shipped architecture and losses: the validation loss goes down in 20 steps."""
+    result = train(
+        config(
+            dataset,
+            tmp_path / "v",
+            arch="vcycle",
+            config={"smooth": 1, "degree": 4, "coarsest": 2},
+            loss=loss,
+            lr=1e-2,
+            steps=20,
+            eval_every=20,
+        )
+    )
+    first, last = result.evaluations[0]["val_loss"], result.evaluations[-1]["val_loss"]
+    assert last < first
+    card = json.loads((tmp_path / "v" / "last" / "card.json").read_text())
+    assert card["training"]["loss"] == loss
+
+
 def test_lr_schedules():
     assert [lr_factor(s, "linear", 0, 4) for s in range(5)] == [1, 0.75, 0.5, 0.25, 0]
     assert lr_factor(0, "cosine", 2, 10) == 0.5 and lr_factor(2, "cosine", 2, 10) == 1

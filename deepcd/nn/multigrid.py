@@ -12,6 +12,9 @@ children (m halved axes), computed once per flag field as a stencil again:
 so every FLUID/SOLID/AIR configuration — free surfaces, thin walls, closed regions — is
 coarsened without any flag-merging rule, and each coarse operator is symmetric positive
 (semi)definite exactly when the fine one is. A coarse cell is "active" when any child is FLUID.
+On a uniform region P₀ᵀAP₀ is 2^(m−1) times the coarse Laplacian while the rediscretized
+operator at spacing 2h is 2^(m−2) times it: piecewise-constant Galerkin is twice too stiff
+(the known weakness of unsmoothed aggregation), so multigrid uses `galerkin_scale` = ½.
 
 Shapes: fields (B, 1, *grid); the level tensors have a leading batch axis Bf (1 or B).
 """
@@ -75,9 +78,11 @@ def _every_other(t: torch.Tensor, ax: int, start: int) -> torch.Tensor:
     return t[tuple(index)]
 
 
-def galerkin_coarsen(level: StencilLevel, halved: Sequence[bool]) -> StencilLevel:
-    """The level P₀ᵀ A P₀ below `level`, halving the flagged axes (odd ones padded by a cell
-    with no unknown at the high end)."""
+def galerkin_coarsen(
+    level: StencilLevel, halved: Sequence[bool], scale: float = 1.0
+) -> StencilLevel:
+    """The level scale·P₀ᵀ A P₀ below `level`, halving the flagged axes (odd ones padded by a
+    cell with no unknown at the high end)."""
     sizes = [n + (n % 2 if on else 0) for n, on in zip(level.shape, halved, strict=True)]
     diag = _sum_pairs(_pad_high(level.diag, sizes), halved)
     links = []
@@ -94,6 +99,8 @@ def galerkin_coarsen(level: StencilLevel, halved: Sequence[bool]) -> StencilLeve
         crossing = _sum_pairs(_every_other(link, a + 2, 1), halved, skip=a)
         diag = diag - 2 * inside
         links.append(crossing.narrow(a + 2, 0, crossing.shape[a + 2] - 1))
+    if scale != 1.0:
+        diag, links = diag * scale, [w * scale for w in links]
     return StencilLevel.from_parts(diag, links)
 
 
@@ -103,12 +110,13 @@ def build_hierarchy(
     plan: Sequence[Sequence[bool]],
     *,
     dtype: torch.dtype = torch.float32,
+    galerkin_scale: float = 1.0,
 ) -> list[StencilLevel]:
-    """Level 0 from cell flags (Bf, *grid) and their boundary, then one Galerkin level per
-    entry of `plan` (which axes each coarsening halves)."""
+    """Level 0 from cell flags (Bf, *grid) and their boundary, then one coarse level per
+    entry of `plan` (which axes each coarsening halves): galerkin_scale·P₀ᵀ A P₀."""
     dim = flags.ndim - 1
     lap = GridLaplacian(flags, boundary, dim=dim, device=flags.device, dtype=dtype)
     levels = [StencilLevel.from_parts(lap.diag, lap.links())]
     for halved in plan:
-        levels.append(galerkin_coarsen(levels[-1], halved))
+        levels.append(galerkin_coarsen(levels[-1], halved, galerkin_scale))
     return levels

@@ -523,13 +523,22 @@ class VCycleNet(GridNet):
         conv = F.conv2d if self.dim == 2 else F.conv3d
         return conv(x, kernel, padding=pad)
 
-    def _prolong(self, fine, xc: torch.Tensor, axes, kernel: torch.Tensor) -> torch.Tensor:
-        up = _upsample(xc, axes, fine.shape)
-        return fine.active.to(xc.dtype) * self._conv(up, kernel)
+    def _transfer_weights(self, fine, coarse, axes, kernel: torch.Tensor) -> torch.Tensor:
+        """1 / (the interpolation weight each fine cell receives from active coarse cells):
+        renormalizes the prolongation next to walls and free surfaces, where the zero-padded
+        interpolation would otherwise shrink the correction (0 off the fine unknowns)."""
+        dtype = kernel.dtype
+        w = self._conv(_upsample(coarse.active.to(dtype), axes, fine.shape), kernel)
+        ok = (w > 1e-6) & (fine.active > 0)
+        return torch.where(ok, 1.0 / torch.where(ok, w, torch.ones_like(w)), torch.zeros_like(w))
 
-    def _restrict(self, coarse, r: torch.Tensor, axes, kernel: torch.Tensor) -> torch.Tensor:
-        """The exact transpose of `_prolong`: conv (self-adjoint), then sum over children."""
-        y = self._conv(r * 1.0, kernel)
+    def _prolong(self, weights: torch.Tensor, xc: torch.Tensor, axes, kernel, shape):
+        """P xc = W · conv(upsample(xc)): interpolation, renormalized by W."""
+        return weights.to(xc.dtype) * self._conv(_upsample(xc, axes, shape), kernel)
+
+    def _restrict(self, coarse, weights: torch.Tensor, r: torch.Tensor, axes, kernel):
+        """Pᵀ r, the exact transpose of `_prolong`: W, conv (self-adjoint), sum over children."""
+        y = self._conv(r * weights.to(r.dtype), kernel)
         scale = float(2 ** sum(axes))
         return coarse.active.to(r.dtype) * (_pool(y, axes) * scale)
 
@@ -575,7 +584,7 @@ class VCycleNet(GridNet):
         plan = coarsening_plan(grid, self.coarsest)
         batch = _flag_batch(flags, self.dim, grid)
         with torch.no_grad():
-            levels = build_hierarchy(batch[:, 0], boundary, plan, dtype=dtype)
+            levels = build_hierarchy(batch[:, 0], boundary, plan, dtype=dtype, galerkin_scale=0.5)
         inference = torch.is_inference_mode_enabled()
         self._cache = (flags, flags._version, key_boundary, dtype, levels, plan, inference)
         return levels, plan
@@ -594,12 +603,13 @@ class VCycleNet(GridNet):
         x = self._smoother(level, r, weights)
         for _ in range(self.smooth - 1):
             x = x + self._smoother(level, r - level.apply(x), weights)
-        interp = self._symmetric(self.prolongations[i])
-        coarse = levels[depth + 1]
-        rc = self._restrict(coarse, r - level.apply(x), plan[depth], interp)
+        interp = self._symmetric(self.prolongations[i]).to(r.dtype)
+        coarse, axes = levels[depth + 1], plan[depth]
+        renorm = self._transfer_weights(level, coarse, axes, interp)
+        rc = self._restrict(coarse, renorm, r - level.apply(x), axes, interp)
         xc = self._cycle(levels, plan, depth + 1, rc)
         weight = F.softplus(self.corrections[i]).to(r.dtype)
-        x = x + weight * self._prolong(level, xc, plan[depth], interp)
+        x = x + weight * self._prolong(renorm, xc, axes, interp, level.shape)
         for _ in range(self.smooth):
             x = x + self._smoother(level, r - level.apply(x), weights)
         return x

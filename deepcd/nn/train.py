@@ -576,15 +576,24 @@ class _BatchLoss(nn.Module):
         self.loss = loss
 
     def forward(self, groups) -> torch.Tensor:
-        from deepcd.nn.loss import dcdm_loss
-
         total = None
         for b, flags, lap in groups:
-            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
-                q = self.net(b, flags, lap.boundary)
-            part = dcdm_loss(q.float(), b, lap, reduction="sum", step=self.loss)
+            part = batch_loss(self.net, self.loss, b, flags, lap, self.device_type, self.bf16)
             total = part if total is None else total + part
         return total
+
+
+def batch_loss(net, loss: str, b, flags, lap, device_type: str, bf16: bool) -> torch.Tensor:
+    """The summed per-sample training loss `loss` of one shape group."""
+    from deepcd.nn.loss import dcdm_loss, pcg_loss
+
+    def apply(r: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            return net(r, flags, lap.boundary).float()
+
+    if loss == "pcg":
+        return pcg_loss(apply, b, lap, reduction="sum")
+    return dcdm_loss(apply(b), b, lap, reduction="sum", step=loss)
 
 
 class _InferenceNet(nn.Module):
@@ -641,7 +650,6 @@ class _Validator:
     def loss(self, net: nn.Module) -> float | None:
         if not self.indices:
             return None
-        from deepcd.nn.loss import dcdm_loss
 
         bs = self.cfg.batch_size
         total, count = 0.0, 0
@@ -652,12 +660,10 @@ class _Validator:
                 for i0 in range(0, len(self.indices), bs):
                     samples = [self.ds[i] for i in self.indices[i0 : i0 + bs]]
                     for b, flags, lap in self.matrices.groups(samples):
-                        with torch.autocast(
-                            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16
-                        ):
-                            q = net(b, flags, lap.boundary)
                         total += float(
-                            dcdm_loss(q.float(), b, lap, reduction="sum", step=self.cfg.loss)
+                            batch_loss(
+                                net, self.cfg.loss, b, flags, lap, self.device.type, self.cfg.bf16
+                            )
                         )
                         count += b.shape[0]
         finally:

@@ -15,7 +15,7 @@ import numpy as np
 
 from deepcd.problems.flags import FLUID, SOLID, normalize_boundary, validate_flags
 
-__all__ = ["divergence", "face_shapes", "solid_face_masks"]
+__all__ = ["check_faces", "divergence", "face_shapes", "solid_face_masks"]
 
 _AXIS_NAMES = "uvw"
 
@@ -61,7 +61,7 @@ def solid_face_masks(flags: np.ndarray, boundary=SOLID) -> tuple[np.ndarray, ...
     return tuple(masks)
 
 
-def _check_faces(arrays, shapes, name: str, allow_none: bool) -> list:
+def check_faces(arrays, shapes, name: str, allow_none: bool) -> list:
     """Validate a tuple of face arrays: count, real dtype, exact shapes, finite values."""
     if isinstance(arrays, np.ndarray) or not isinstance(arrays, Sequence):
         raise TypeError(
@@ -112,11 +112,11 @@ def divergence(
     ndim = flags.ndim
     bc = normalize_boundary(boundary, ndim)
     shapes = face_shapes(flags.shape)
-    comps = _check_faces(velocity, shapes, "velocity", allow_none=False)
+    comps = check_faces(velocity, shapes, "velocity", allow_none=False)
     if solid_velocity is None:
         walls = [None] * ndim
     else:
-        walls = _check_faces(solid_velocity, shapes, "solid_velocity", allow_none=True)
+        walls = check_faces(solid_velocity, shapes, "solid_velocity", allow_none=True)
     masks = solid_face_masks(flags, bc)
 
     div = np.zeros(flags.shape, dtype=np.float64)
