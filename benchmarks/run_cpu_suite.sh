@@ -19,3 +19,15 @@ $deepcd bench --scene smoke-obstacles --shape 256 --isolate --no-progress \
 # 5. A 2D scene at 1024² (1 M cells).
 $deepcd bench --scene smoke-obstacles --shape 1024 --dim 2 --no-progress \
     --out benchmarks/smoke-obstacles-1024-2d --solvers cg,ic0,mic0,amg-sa,amg-rs,newton-amg
+# 6. DCDM with the shipped solvers against every solver: 4 scenes at 64³ and 128³, and 2D 1024².
+$deepcd bench --scene smoke-plume --scene smoke-obstacles --scene bunny --scene pool \
+    --shape 64 --shape 128 --no-progress --out benchmarks/dcdm-cpu \
+    --solvers dcdm,dcdm-mic0,cg,jacobi,ic0,mic0,amg-sa,amg-rs,newton-amg
+$deepcd bench --scene smoke-obstacles --shape 1024 --dim 2 --no-progress \
+    --out benchmarks/dcdm-cpu-2d --solvers dcdm,dcdm-mic0,cg,ic0,mic0,amg-sa,amg-rs,newton-amg
+# 7. The shipped solvers on held-out scenes (written into their cards).
+.venv/bin/python benchmarks/dcdm_eval.py vcycle-3d --shape 64 --shape 128 --card
+.venv/bin/python benchmarks/dcdm_eval.py vcycle-2d --shape 256 --shape 1024 --maxiter 8000 --card
+# 8. 100 steps of the 64³ smoke simulation, DCDM projection, CG solving the same projections.
+$deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --compare cg \
+    --out benchmarks/simulate-64/run --no-progress

@@ -1,27 +1,35 @@
 """deepcd.cfd.phiflow.make_incompressible against PhiFlow's own fluid.make_incompressible."""
 
+import warnings
+
 import numpy as np
 import pytest
 
-pytest.importorskip("phi")
+with warnings.catch_warnings():  # PhiFlow's import warns about its experimental extrapolations
+    warnings.simplefilter("ignore", DeprecationWarning)
+    pytest.importorskip("phi")
+    from phi import field, math
+    from phi.flow import (
+        Box,
+        CenteredGrid,
+        Noise,
+        Obstacle,
+        Solve,
+        Sphere,
+        StaggeredGrid,
+        extrapolation,
+        fluid,
+        vec,
+    )
 
-from phi import field, math  # noqa: E402
-from phi.flow import (  # noqa: E402
-    Box,
-    CenteredGrid,
-    Noise,
-    Obstacle,
-    Solve,
-    Sphere,
-    StaggeredGrid,
-    extrapolation,
-    fluid,
-    vec,
-)
-
-from deepcd.cfd.phiflow import make_incompressible  # noqa: E402
+from deepcd.cfd.phiflow import make_incompressible
 
 RTOL = 1e-8
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Rank deficiency:RuntimeWarning"),  # PhiFlow, closed box
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:phi"),  # PhiFlow's internals
+]
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +60,7 @@ def _reference(velocity, obstacles):
 
 def _velocity_error(new, ref) -> float:
     """max |new − ref| over all faces, relative to max |ref|."""
-    err = max(np.abs(a - b).max() for a, b in zip(_components(new), _components(ref)))
+    err = max(np.abs(a - b).max() for a, b in zip(_components(new), _components(ref), strict=True))
     return err / max(np.abs(b).max() for b in _components(ref))
 
 
@@ -109,19 +117,21 @@ def test_matches_phiflow(case, method):
     assert new_v.bounds == velocity.bounds
     assert new_p.is_centered and new_p.resolution == velocity.resolution
 
-    err = _velocity_error(new_v, ref_v)
-    ratio = _divergence_ratio(new_v, velocity, obstacles)
-    print(f"{case} {method}: velocity error {err:.2e}, divergence ratio {ratio:.2e}")
-    # CG's velocity error is bounded by the residual times ~1/sqrt(λ_min) of the Laplacian
-    assert err < 100 * RTOL
-    assert ratio < 2 * RTOL
-
-    # pressure: the same units and values (closed domains: both zero-mean on the fluid cells)
+    # pressure: the same units and values (closed domains: deepcd's has zero mean on the fluid
+    # cells, PhiFlow's any constant)
     names = velocity.resolution.names
     p, q = new_p.values.numpy(names), ref_p.values.numpy(names)
     if not velocity.extrapolation.is_flexible:
         q = np.where(p != 0, q - q[p != 0].mean(), 0.0)
-    assert np.abs(p - q).max() < 100 * RTOL * np.abs(q).max()
+    p_err = np.abs(p - q).max() / np.abs(q).max()
+
+    err = _velocity_error(new_v, ref_v)
+    ratio = _divergence_ratio(new_v, velocity, obstacles)
+    print(f"{case} {method}: velocity {err:.1e}, pressure {p_err:.1e}, div ratio {ratio:.1e}")
+    assert err < 10 * RTOL
+    assert ratio < 2 * RTOL  # deepcd's rtol is exactly this ratio
+    # the pressure error is the residual amplified by up to 1/λ_min of the Laplacian
+    assert p_err < 100 * RTOL
 
 
 def test_impermeable_walls_on_a_sphere():
@@ -129,9 +139,7 @@ def test_impermeable_walls_on_a_sphere():
     through them) and is still divergence-free on the fluid cells."""
     resolution, boundary, obstacles = CASES["3d-sphere-open-top"]
     velocity = _velocity(boundary, seed=3, **resolution)
-    new_v, _ = make_incompressible(
-        velocity, obstacles, method="cg", rtol=RTOL, walls="impermeable"
-    )
+    new_v, _ = make_incompressible(velocity, obstacles, method="cg", rtol=RTOL, walls="impermeable")
     names = velocity.resolution.names
     solid = obstacles[0].lies_inside(velocity.geometry.center).numpy(names)
     for axis, comp in enumerate(_components(new_v)):
@@ -156,8 +164,9 @@ def test_impermeable_equals_phiflow_walls_on_an_aligned_box():
     velocity = _velocity(boundary, seed=5, **resolution)
     a, _ = make_incompressible(velocity, obstacles, method="cg", rtol=RTOL)
     b, _ = make_incompressible(velocity, obstacles, method="cg", rtol=RTOL, walls="impermeable")
-    for x, y in zip(_components(a), _components(b)):
-        np.testing.assert_array_equal(x, y)
+    # f is 1 up to rounding on the box surface, so the walls agree to round-off x solve error
+    for x, y in zip(_components(a), _components(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=10 * RTOL)
 
 
 def test_moving_obstacle_and_solve_argument():
@@ -166,8 +175,12 @@ def test_moving_obstacle_and_solve_argument():
     velocity = _velocity(extrapolation.ZERO, seed=7, x=24, y=20)
     obstacles = [Obstacle(Box(x=(8, 12), y=(6, 11)), velocity=vec(x=0.5, y=-0.25))]
     ref_v, ref_p = _reference(velocity, obstacles)
-    new_v, _ = make_incompressible(velocity, obstacles, Solve(x0=ref_p, rel_tol=RTOL), method="cg")
-    assert _velocity_error(new_v, ref_v) < 100 * RTOL
+    cold, _ = make_incompressible(velocity, obstacles, Solve(rel_tol=RTOL), method="cg")
+    warm, _ = make_incompressible(velocity, obstacles, Solve(x0=ref_p, rel_tol=RTOL), method="cg")
+    err, err_warm = _velocity_error(cold, ref_v), _velocity_error(warm, ref_v)
+    print(f"moving box cg: velocity {err:.1e}, warm-started from PhiFlow's pressure {err_warm:.1e}")
+    assert err < 10 * RTOL
+    assert err_warm < RTOL
     imp, _ = make_incompressible(velocity, obstacles, method="cg", rtol=RTOL, walls="impermeable")
     u = _components(imp)[0]
     assert np.allclose(u[7:12, 6:11], 0.5)  # x-faces 8..12 of the box: stored from face 1
@@ -193,5 +206,7 @@ def test_errors():
         make_incompressible(StaggeredGrid(0, extrapolation.PERIODIC, x=8, y=6))
     with pytest.raises(NotImplementedError, match="active"):
         make_incompressible(velocity, active=CenteredGrid(1, x=8, y=6))
+    with pytest.raises(ValueError, match="batch"):
+        make_incompressible(StaggeredGrid(Noise(math.batch(b=2)), 0, x=8, y=6))
     with pytest.raises(ValueError, match="walls"):
         make_incompressible(velocity, walls="leaky")

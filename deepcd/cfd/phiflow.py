@@ -63,16 +63,16 @@ def _import_phi():
         from phi.math import extrapolation
         from phi.physics import fluid
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "deepcd.cfd.phiflow needs PhiFlow: pip install deepcd[phiflow]"
-        ) from exc
+        raise ImportError("deepcd.cfd.phiflow needs PhiFlow: pip install deepcd[phiflow]") from exc
     return math, extrapolation, field, geom, fluid
 
 
 def _side(ext, dim: str, upper: bool, extrapolation) -> tuple[int, float | None]:
     """(deepcd flag, outer-face normal velocity or None) of one domain side."""
     normal = extrapolation.get_normal(ext)
-    at_boundary = getattr(normal, "_at_boundary", None)  # mixed extrapolations: one per side
+    # a mixed extrapolation (combine_sides, or a dict boundary) holds one per side; phiml has
+    # no public per-side accessor in 3.4/1.16, so use its lookup where it exists
+    at_boundary = getattr(normal, "_at_boundary", None)
     if at_boundary is not None:
         normal = at_boundary(f"{dim}{'+' if upper else '-'}")
     if isinstance(normal, extrapolation.ConstantExtrapolation):
@@ -130,20 +130,19 @@ def _uniform_dx(velocity, names: tuple[str, ...]) -> float:
     return float(dx[0])
 
 
-def _component(values, dim, axis, names, stored, walls, math) -> np.ndarray:
-    """One face array of deepcd's layout (n+1 faces along `axis`) from PhiFlow's component,
-    which omits an outer face where the extrapolation fixes it (constant sides)."""
-    comp = values[{"~vector": dim}]
-    arr = np.asarray(comp.numpy(names))
-    parts = []
-    for upper, keep in ((False, stored[0]), (True, stored[1])):
-        if not keep:
-            shape = list(arr.shape)
-            shape[axis] = 1
-            parts.append((upper, np.full(shape, walls[upper], dtype=arr.dtype)))
-    for upper, face in parts:
-        arr = np.concatenate([arr, face] if upper else [face, arr], axis=axis)
-    return arr
+def _component(values, dim: str, axis: int, names, stored, walls) -> np.ndarray:
+    """One face array in deepcd's layout (n+1 faces along `axis`) from PhiFlow's component,
+    which leaves out the outer faces a constant side fixes (`stored[k]` False): those get the
+    wall value `walls[k]`."""
+    arr = np.asarray(values[{"~vector": dim}].numpy(names))
+    shape = list(arr.shape)
+    shape[axis] = 1
+    parts = [arr]
+    if not stored[0]:
+        parts.insert(0, np.full(shape, walls[0], dtype=arr.dtype))
+    if not stored[1]:
+        parts.append(np.full(shape, walls[1], dtype=arr.dtype))
+    return np.concatenate(parts, axis=axis)
 
 
 def make_incompressible(
@@ -218,7 +217,7 @@ def make_incompressible(
                     f"extrapolation {ext!r} fixes the outer faces of side "
                     f"{dim}{'+' if upper else '-'} but is not a constant"
                 )
-        arr = _component(masked.values, dim, axis, names, keep, outer, math)
+        arr = _component(masked.values, dim, axis, names, keep, outer)
         expected = tuple(s + 1 if d == axis else s for d, s in enumerate(flags.shape))
         if arr.shape != expected:
             raise ValueError(
@@ -268,8 +267,10 @@ def make_incompressible(
     for axis, dim in enumerate(names):
         lo, hi = stored[axis]
         n = new[axis].shape[axis]
-        key = tuple(slice(0 if lo else 1, n if hi else n - 1) if d == axis else slice(None)
-                    for d in range(ndim))
+        key = tuple(
+            slice(0 if lo else 1, n if hi else n - 1) if d == axis else slice(None)
+            for d in range(ndim)
+        )
         comp_shape = template[{"~vector": dim}].shape
         tensors[dim] = math.tensor(np.ascontiguousarray(new[axis][key]), comp_shape)
     new_values = math.convert(math.stack(tensors, math.dual("vector")), backend)

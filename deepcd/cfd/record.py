@@ -32,8 +32,7 @@ def _frame(sim: SmokeSimulation, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     img = sim.density_image()
-    cmap = plt.get_cmap("inferno").copy()
-    cmap.set_bad("#4a6fa5")  # solids
+    cmap = plt.get_cmap("inferno").with_extremes(bad="#4a6fa5")  # solids in blue
     fig, ax = plt.subplots(figsize=(4, 4 * img.shape[0] / img.shape[1]), dpi=100)
     ax.imshow(img, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="bilinear")
     ax.set_axis_off()
