@@ -23,7 +23,7 @@ from deepcd.operators import CSROperator, LinearOperatorAdapter, Operator
 from deepcd.problems.flags import SOLID
 from deepcd.problems.problem import Problem
 
-METHODS = ("dcdm", "cg", "jacobi", "ic0", "mic0", "amg-sa", "amg-rs", "newton")
+METHODS = ("dcdm", "cg", "jacobi", "ic0", "mic0", "amg-sa", "amg-rs", "newton", "mgpcg")
 DCDM_SAFEGUARDS = ("none", "jacobi", "mic0")
 DEVICES = ("auto", "cpu", "cuda")
 NEWTON_HESSIANS = ("jacobi", "ic0", "mic0", "amg-sa", "amg-rs")
@@ -265,6 +265,58 @@ def _dcdm(A, op, b, x0, *, rtol, atol, maxiter, callback, monitor, options) -> S
     return result
 
 
+def _torch_pcg(A, op, b, x0, method, *, rtol, atol, maxiter, callback, monitor, options):
+    """CG / Jacobi-PCG / MGPCG with the vectors on a torch device (`krylov_torch`)."""
+    from deepcd.iterative.krylov_torch import pcg_torch
+
+    if callback is not None or monitor is not None:
+        raise ValueError(
+            "callback/monitor need the iterate on the host every iteration; the torch path "
+            "keeps it on the device (drop device= to use the numba CPU path)"
+        )
+    problem, scale = _grid_problem(A, op, options.pop("flags", None), options.pop("boundary", None))
+    if scale == 0.0:
+        raise ValueError(
+            "the torch path applies the grid Laplacian of the flags, but A is not a positive "
+            "multiple of it"
+        )
+    requested = options.pop("device", "auto")
+    device = resolve_device(requested)
+    preconditioner = "jacobi" if method == "jacobi" else None
+    if method == "mgpcg":
+        import torch
+
+        from deepcd.nn.networks import build_network
+        from deepcd.nn.weights import default_solver, read_card, resolve_solver
+
+        # the classical geometric V-cycle: the shipped solver's architecture at its
+        # initialization (Chebyshev smoothing, linear interpolation, no learned weights)
+        card = read_card(resolve_solver(default_solver(problem.ndim)))
+        net = build_network(card["arch"], **card["config"]).to(device).eval()
+        flags = torch.as_tensor(problem.flags, device=device)
+        boundary = tuple(problem.boundary)
+
+        def preconditioner(r):
+            return net(r, flags, boundary)
+
+    extra = {"check_every": options.pop("check_every")} if "check_every" in options else {}
+    result = pcg_torch(
+        problem,
+        b,
+        x0,
+        device=device,
+        preconditioner=preconditioner,
+        scale=scale,
+        rtol=rtol,
+        atol=atol,
+        maxiter=maxiter,
+        method=method,
+        **extra,
+    )
+    result.settings.update({"device_requested": requested, "backend": "torch"})
+    return result
+
+
 def _run_method(
     method: str, op: Operator, b, x0, *, rtol, atol, maxiter, callback, monitor, M, options, A=None
 ) -> SolveResult:
@@ -273,6 +325,10 @@ def _run_method(
         raise ValueError(f'M= is a user preconditioner for method="cg", not for {method!r}')
     if method == "dcdm":
         return _dcdm(A, op, b, x0, **common, options=options)
+    if method == "mgpcg" or (method in ("cg", "jacobi") and "device" in options):
+        if M is not None:
+            raise ValueError("M= is for the numba CG path; drop device= to use it")
+        return _torch_pcg(A, op, b, x0, method, **common, options=options)
     if method == "cg":
         pre = UserPreconditioner(M, op.n) if M is not None else None
         return cg(op, b, x0, M=pre, method="cg" if M is None else "cg+M", **common)
@@ -310,8 +366,9 @@ _METHOD_OPTIONS = {
         "stall_window",
         "check_every",
     },
-    "cg": set(),
-    "jacobi": set(),
+    "cg": {"device", "flags", "boundary", "check_every"},
+    "jacobi": {"device", "flags", "boundary", "check_every"},
+    "mgpcg": {"device", "flags", "boundary", "check_every"},
     "ic0": set(),
     "mic0": {"tau"},
     "amg-sa": {"accel", "cycle"},
@@ -411,6 +468,10 @@ def solve(
     convergence: "none" = the residual, "jacobi", "mic0" (CPU only)), k, patience,
     stall_window, check_every (CUDA: host checks every that many iterations). The result's
     settings count network_steps and safeguard_steps.
+    "cg"/"jacobi" with `device=` ("cpu" | "cuda" | "auto") run on torch with the vectors on
+    that device (the GPU baselines; needs the grid like DCDM); "mgpcg" is PCG with a classical
+    geometric multigrid V-cycle (the shipped network's architecture at its initialization, no
+    learned weights) on torch, device "auto" by default.
     M: a user preconditioner ≈ A⁻¹ for "cg", as in scipy. callback(xk): once per iteration.
     residuals: a list, filled with the residual 2-norm history (initial residual first).
 

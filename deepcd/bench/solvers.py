@@ -19,6 +19,10 @@ SOLVERS: dict[str, tuple[str, dict]] = {
     "dcdm": ("dcdm", {"safeguard": "none"}),
     "dcdm-mic0": ("dcdm", {"safeguard": "mic0"}),
     "cg": ("cg", {}),
+    # torch paths (GPU where one is, else CPU): CG, Jacobi-PCG, geometric-multigrid PCG
+    "cg-torch": ("cg", {"device": "auto"}),
+    "jacobi-torch": ("jacobi", {"device": "auto"}),
+    "mgpcg": ("mgpcg", {}),
     "jacobi": ("jacobi", {}),
     "ic0": ("ic0", {}),
     "mic0": ("mic0", {}),
@@ -40,7 +44,7 @@ def solver_names() -> list[str]:
 
 def needs_csr(name: str) -> bool:
     """Whether the solver works on the assembled matrix (else the matrix-free stencil)."""
-    return name not in ("cg", "jacobi", "dcdm")
+    return name not in ("cg", "jacobi", "dcdm", "cg-torch", "jacobi-torch", "mgpcg")
 
 
 def run_solver(

@@ -5,13 +5,14 @@ cannot stall), laid out for a GPU: the vectors are float64 fields on the cell gr
 FLUID cells), A is the matrix-free `GridLaplacian`, the network reads the residual grid
 directly (no gather/scatter), and every decision of an iteration — the network's
 usability, its win against the classical direction, the Galerkin coefficients — is taken on
-the device with `torch.where`. The host synchronizes only every `check_every` iterations, to
+the device with `torch.where`. The host synchronizes only at checks, at most `check_every`
+iterations apart and scheduled by extrapolating the convergence rate to the tolerance, to
 test convergence (on the true residual), count the network's losses and detect a stall.
 
 Differences from the numpy path, all from batching the host checks: the network is switched
 off (and the directions cleared) at the first check after its `patience`-th loss or a stall,
-and convergence is noticed at the first check after it happened, so up to `check_every` − 1
-extra iterations are run (each can only lower the energy).
+and convergence is noticed at the first check after it happened, so a few extra iterations
+may run (each can only lower the energy).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ import numpy as np
 import torch
 
 from deepcd.iterative.dcdm import REFRESH_EVERY, WIN_MARGIN
-from deepcd.iterative.result import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, History, SolveResult
+from deepcd.iterative.result import (
+    BREAKDOWN_INDEFINITE,
+    BREAKDOWN_NONFINITE,
+    History,
+    SolveResult,
+    next_check,
+)
 from deepcd.nn.stencil import GridLaplacian
 from deepcd.problems.problem import Problem
 
@@ -66,6 +73,8 @@ def dcdm_torch(
         raise ValueError(f"check_every must be >= 1, got {check_every}")
     t0 = time.perf_counter()
     device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     n = problem.n
     maxiter = 10 * n if maxiter is None else int(maxiter)
     f64 = torch.float64
@@ -145,6 +154,8 @@ def dcdm_torch(
 
     def finish(converged: bool, info: int, iterations: int, message: str = "") -> SolveResult:
         x_np = from_grid(x)
+        if device.type == "cuda":
+            stats["gpu_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         true = float(torch.linalg.vector_norm(b_grid - A(x)))
         return SolveResult(
             x=x_np,
@@ -164,7 +175,7 @@ def dcdm_torch(
     if rnorm0 <= tol:
         return finish(True, 0, 0)
     rnorm_dev = torch.linalg.vector_norm(r)
-    it = 0
+    it, last_check, check_at = 0, 0, 1
     with torch.inference_mode():
         while it < maxiter:
             it += 1
@@ -217,12 +228,13 @@ def dcdm_torch(
             P[slot], AP[slot], PAP[slot] = p[0], ap[0], torch.where(pap > 0, pap, 1.0)
             count += 1
             rnorm_dev = torch.linalg.vector_norm(r)
-            norms[(it - 1) % check_every] = rnorm_dev
-            if it % check_every and it < maxiter:
+            norms[it - last_check - 1] = rnorm_dev
+            if it < check_at and it < maxiter:
                 continue
             # -- the batched host check ---------------------------------------------------
-            filled = (it - 1) % check_every + 1
-            batch = norms[:filled].tolist()
+            batch = norms[: it - last_check].tolist()
+            initial = float(hist.residuals[0])
+            last_check, check_at = it, next_check(it, initial, min(batch), tol, check_every)
             now = time.perf_counter()
             for value in batch:
                 hist.append(value, now)

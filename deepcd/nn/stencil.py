@@ -263,8 +263,8 @@ def stencil_apply(
             continue
         link = link.to(dt)
         # across each interior face: the lower cell gets −w·x[upper], the upper −w·x[lower]
-        y.narrow(ax, 0, n - 1).sub_(link * x.narrow(ax, 1, n - 1))
-        y.narrow(ax, 1, n - 1).sub_(link * x.narrow(ax, 0, n - 1))
+        y.narrow(ax, 0, n - 1).addcmul_(link, x.narrow(ax, 1, n - 1), value=-1.0)
+        y.narrow(ax, 1, n - 1).addcmul_(link, x.narrow(ax, 0, n - 1), value=-1.0)
     return y
 
 
