@@ -85,7 +85,9 @@ def test_symmetric_linear_and_masked(shape):
 
 
 @pytest.mark.parametrize("shape", [(9, 12, 15), (13, 17)])
-def test_inference_taps_equal_autograd_convolution(shape):
+def test_inference_fast_paths_equal_the_autograd_path(shape):
+    """CPU inference runs the numba Chebyshev smoother, shifted-tap convolutions and cached
+    transfer weights; training runs torch ops. Both must compute the same V-cycle."""
     problem = random_problem(shape, seed=4)
     net = perturbed(len(shape)).float()
     flags = torch.as_tensor(problem.flags)

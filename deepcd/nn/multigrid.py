@@ -22,7 +22,7 @@ Shapes: fields (B, 1, *grid); the level tensors have a leading batch axis Bf (1 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,15 +33,19 @@ from deepcd.nn.stencil import GridLaplacian, stencil_apply
 @dataclass
 class StencilLevel:
     """One level: diag (Bf, 1, *g), links[a] (Bf, 1, *g with axis a one shorter), active
-    (Bf, 1, *g; 1 where the level has an unknown) and inv_sqrt_diag (0 off active cells)."""
+    (Bf, 1, *g; 1 where the level has an unknown) and inv_sqrt_diag (0 off active cells);
+    `cache` holds what an inference-mode network derives from the level once."""
 
     diag: torch.Tensor
     links: list[torch.Tensor]
     active: torch.Tensor
     inv_sqrt_diag: torch.Tensor
+    cache: dict = field(default_factory=dict)  # per-level values a fixed network derives
 
     @classmethod
     def from_parts(cls, diag: torch.Tensor, links: list[torch.Tensor]) -> StencilLevel:
+        diag = diag.contiguous()
+        links = [w.contiguous() for w in links]  # numba kernels read them as plain arrays
         positive = diag > 0
         inv = torch.where(positive, diag.clamp_min(1e-30).rsqrt(), torch.zeros_like(diag))
         return cls(diag, links, positive.to(diag.dtype), inv)

@@ -67,6 +67,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -482,6 +483,8 @@ class VCycleNet(GridNet):
         coarsest level — so DCDM with it never meets an indefinite preconditioner.
         """
         c = 1.0 - 2.0**-8
+        if self._fused_ok(level, y, logits):
+            return self._smoother_fused(level, y, logits, c)
         s = level.inv_sqrt_diag.to(y.dtype)
         w = torch.softmax(logits, dim=0).to(y.dtype)
         hat = s * y
@@ -493,6 +496,44 @@ class VCycleNet(GridNet):
             u, u_prev = 2.0 * c * hat + 2.0 * (u - c * a_u) - u_prev, u
             q = q + w[j] * u
         return s * q
+
+    @staticmethod
+    def _fused_ok(level, y: torch.Tensor, logits: torch.Tensor) -> bool:
+        """CPU inference on one grid in float32/64: the numba kernel applies."""
+        grad = torch.is_grad_enabled() and (y.requires_grad or logits.requires_grad)
+        return (
+            not grad
+            and y.device.type == "cpu"
+            and y.dtype in (torch.float32, torch.float64)
+            and y.shape[0] == 1
+            and level.diag.shape[0] == 1
+        )
+
+    def _smoother_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float):
+        """`_smoother` with each recurrence step as one fused numba pass (same arithmetic)."""
+        from deepcd.kernels.smoother import chebyshev_step
+
+        dt = y.dtype
+        grid = (1,) * (3 - self.dim) + tuple(y.shape[2:])  # 2D as (1, nx, ny)
+
+        def view(t: torch.Tensor, shape) -> np.ndarray:
+            return t.to(dt).contiguous().reshape(shape).numpy()
+
+        s = view(level.inv_sqrt_diag, grid)
+        diag = view(level.diag, grid)
+        links = [view(t, (1,) * (3 - self.dim) + tuple(t.shape[2:])) for t in level.links]
+        if self.dim == 2:  # the unused x-axis faces of a (1, nx, ny) view: empty
+            links.insert(0, np.zeros((0, *grid[1:]), dtype=s.dtype))
+        w = torch.softmax(logits.detach().to(torch.float64), dim=0).tolist()
+        hat = s * view(y, grid)
+        u = (c * hat).astype(s.dtype)
+        q = (w[0] * u).astype(s.dtype)
+        u_prev = np.zeros_like(u)
+        u_new = np.empty_like(u)
+        for wj in w[1:]:
+            chebyshev_step(u, u_prev, hat, s, diag, *links, c, wj, u_new, q)
+            u_prev, u, u_new = u, u_new, u_prev
+        return torch.from_numpy(s * q).reshape(y.shape)
 
     def _conv(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """Zero-padded 'same' convolution of (B, 1, *g) by a (1, 1, k, …) kernel."""
@@ -531,6 +572,18 @@ class VCycleNet(GridNet):
         w = self._conv(_upsample(coarse.active.to(dtype), axes, fine.shape), kernel)
         ok = (w > 1e-6) & (fine.active > 0)
         return torch.where(ok, 1.0 / torch.where(ok, w, torch.ones_like(w)), torch.zeros_like(w))
+
+    def _cached_transfer_weights(self, levels, depth: int, coarse, axes, kernel):
+        """`_transfer_weights`, kept with the level in inference (the kernel is then fixed;
+        a changed kernel — a training step — has a new value and recomputes)."""
+        if torch.is_grad_enabled() and kernel.requires_grad:
+            return self._transfer_weights(levels[depth], coarse, axes, kernel)
+        level = levels[depth]
+        key = ("renorm", kernel.dtype, tuple(kernel.flatten().tolist()))
+        if key not in level.cache:
+            level.cache.clear()
+            level.cache[key] = self._transfer_weights(level, coarse, axes, kernel)
+        return level.cache[key]
 
     def _prolong(self, weights: torch.Tensor, xc: torch.Tensor, axes, kernel, shape):
         """P xc = W · conv(upsample(xc)): interpolation, renormalized by W."""
@@ -605,7 +658,7 @@ class VCycleNet(GridNet):
             x = x + self._smoother(level, r - level.apply(x), weights)
         interp = self._symmetric(self.prolongations[i]).to(r.dtype)
         coarse, axes = levels[depth + 1], plan[depth]
-        renorm = self._transfer_weights(level, coarse, axes, interp)
+        renorm = self._cached_transfer_weights(levels, depth, coarse, axes, interp)
         rc = self._restrict(coarse, renorm, r - level.apply(x), axes, interp)
         xc = self._cycle(levels, plan, depth + 1, rc)
         weight = F.softplus(self.corrections[i]).to(r.dtype)
