@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import deepcd
+from deepcd.iterative.device import next_check
 from deepcd.iterative.krylov import cg
 from deepcd.iterative.krylov_torch import pcg_torch
 from deepcd.iterative.preconditioners import make_preconditioner
-from deepcd.iterative.result import next_check
 from deepcd.problems import scene
 
 

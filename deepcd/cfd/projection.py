@@ -27,16 +27,10 @@ from deepcd.api import solve_result
 from deepcd.iterative.nullspace import SingularSystemWarning
 from deepcd.iterative.result import SolveResult
 from deepcd.problems.flags import FLUID, SOLID, normalize_boundary, validate_flags
-from deepcd.problems.mac import check_faces, divergence, face_shapes, solid_face_masks
+from deepcd.problems.mac import _along, check_faces, divergence, face_shapes, solid_face_masks
 from deepcd.problems.problem import Problem
 
 __all__ = ["Projector", "project"]
-
-
-def _along(axis: int, ndim: int, index) -> tuple:
-    key = [slice(None)] * ndim
-    key[axis] = index
-    return tuple(key)
 
 
 def _positive(name: str, value: float) -> float:

@@ -12,10 +12,10 @@ Each iteration (float64 vectors; the direction source may be a network in any pr
    after the orthogonalization) — the step takes v alone. Then x += p, r -= A p. After
    `patience` losses the network is switched off and the iteration is PCG with M.
 4. Slow progress: a network can win every local comparison and still converge more slowly
-   than PCG would (measured: a V-cycle network that had turned indefinite in training took
-   1,724 iterations where CG took 334). If, while the network is on, the residual norm has not
-   halved within `stall_window` iterations, the network is switched off and the directions
-   are cleared, so the iteration restarts as PCG with M from the current x.
+   than PCG would (seen with a V-cycle network that had turned indefinite in training). If,
+   while the network is on, the residual norm has not halved within `stall_window`
+   iterations, the network is switched off and the directions are cleared, so the iteration
+   restarts as PCG with M from the current x.
 
 Why this cannot stall: by induction r is orthogonal to every stored direction (each new p is
 A-orthogonal to them and the Galerkin step makes r ⊥ p), so vᵀr = zᵀr and vᵀAv <= zᵀAz, and the
@@ -166,8 +166,7 @@ def dcdm(
                 network_on = False
         if was_on and not network_on:
             # restart: the stored directions came from mixed steps, and PCG's short
-            # recurrence needs a history of its own (measured: 339 iterations without the
-            # restart where CG takes 214)
+            # recurrence needs a history of its own (test_switched_off_network_restarts_as_cg)
             store.clear()
         was_on = network_on
         uau = 0.0

@@ -24,14 +24,8 @@ import numpy as np
 import torch
 
 from deepcd.iterative.dcdm import REFRESH_EVERY, WIN_MARGIN
-from deepcd.iterative.result import (
-    BREAKDOWN_INDEFINITE,
-    BREAKDOWN_NONFINITE,
-    History,
-    SolveResult,
-    next_check,
-)
-from deepcd.nn.stencil import GridLaplacian
+from deepcd.iterative.device import F64, DeviceGrid, HostChecks, device_result
+from deepcd.iterative.result import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, History, SolveResult
 from deepcd.problems.problem import Problem
 
 SAFEGUARDS = ("none", "jacobi")
@@ -69,54 +63,31 @@ def dcdm_torch(
         raise ValueError(
             f"safeguard {safeguard!r} has no device path; choose from {', '.join(SAFEGUARDS)}"
         )
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
     t0 = time.perf_counter()
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    n = problem.n
-    maxiter = 10 * n if maxiter is None else int(maxiter)
-    f64 = torch.float64
-    lap = GridLaplacian(problem.flags, problem.boundary, device=device, dtype=f64)
-    fluid_index = torch.as_tensor(np.flatnonzero(problem.flags.ravel() == 0), device=device)
-    shape = (1, 1, *problem.shape)
-
-    def to_grid(v: np.ndarray) -> torch.Tensor:
-        g = torch.zeros(shape, dtype=f64, device=device)
-        g.view(-1)[fluid_index] = torch.as_tensor(v, dtype=f64, device=device)
-        return g
-
-    def from_grid(g: torch.Tensor) -> np.ndarray:
-        return g.reshape(-1)[fluid_index].cpu().numpy()
-
-    def A(v: torch.Tensor) -> torch.Tensor:
-        return lap(v) * scale
+    grid = DeviceGrid(problem, device, scale)
+    A, device = grid.A, grid.device
+    maxiter = 10 * problem.n if maxiter is None else int(maxiter)
 
     def inner(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return torch.sum(a * c)
 
     flags = torch.as_tensor(problem.flags, device=device)
     boundary = tuple(problem.boundary)
-    inv_diag = torch.where(lap.diag > 0, 1.0 / (scale * lap.diag.clamp_min(1)), 0.0).to(f64)
+    b_grid = grid.to_grid(b)
+    x = grid.to_grid(x0) if x0 is not None else torch.zeros_like(b_grid)
     t_solve = time.perf_counter()
-    setup_s = t_solve - t0
-
-    b_grid = to_grid(b)
-    x = to_grid(x0) if x0 is not None else torch.zeros_like(b_grid)
     r = b_grid - A(x)
-    bnorm = float(torch.linalg.vector_norm(b_grid))
-    tol = max(rtol * bnorm, atol)
+    tol = max(rtol * float(torch.linalg.vector_norm(b_grid)), atol)
     hist = History(t_solve)
     rnorm0 = float(torch.linalg.vector_norm(r))
     hist.append(rnorm0, time.perf_counter())
+    checks = HostChecks(hist, tol, check_every, device)
 
-    P = torch.zeros((k, *shape[1:]), dtype=f64, device=device)
+    P = torch.zeros((k, *grid.shape[1:]), dtype=F64, device=device)
     AP = torch.zeros_like(P)
-    PAP = torch.ones(k, dtype=f64, device=device)
+    PAP = torch.ones(k, dtype=F64, device=device)
     count = 0
     axes = tuple(range(1, P.ndim))
-    norms = torch.zeros(check_every, dtype=f64, device=device)
     losses = torch.zeros((), dtype=torch.int64, device=device)
     wins = torch.zeros((), dtype=torch.int64, device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
@@ -129,7 +100,7 @@ def dcdm_torch(
         "direction_s": 0.0,
     }
     recent = [rnorm0]
-    tiny = torch.finfo(f64).tiny
+    tiny = torch.finfo(F64).tiny
 
     def orthogonalize(w: torch.Tensor, aw: torch.Tensor, m: int) -> None:
         if m == 0:
@@ -153,43 +124,38 @@ def dcdm_torch(
         }
 
     def finish(converged: bool, info: int, iterations: int, message: str = "") -> SolveResult:
-        x_np = from_grid(x)
-        if device.type == "cuda":
-            stats["gpu_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        true = float(torch.linalg.vector_norm(b_grid - A(x)))
-        return SolveResult(
-            x=x_np,
+        return device_result(
+            grid,
+            x,
+            b_grid,
+            hist,
             converged=converged,
             info=info,
             iterations=iterations,
-            residuals=hist.residuals,
-            times=hist.times,
-            setup_s=setup_s,
-            solve_s=time.perf_counter() - t_solve,
+            setup_s=t_solve - t0,
             method=method,
             settings=settings(),
             message=message,
-            final_relres=true / bnorm if bnorm > 0 else true,
         )
 
     if rnorm0 <= tol:
         return finish(True, 0, 0)
     rnorm_dev = torch.linalg.vector_norm(r)
-    it, last_check, check_at = 0, 0, 1
+    it = 0
     with torch.inference_mode():
         while it < maxiter:
             it += 1
             m = min(count, k)
             # the classical direction
-            v = r * inv_diag if safeguard == "jacobi" else r.clone()
+            v = r * grid.inv_diag if safeguard == "jacobi" else r.clone()
             av = A(v)
             orthogonalize(v, av, m)
             vav, vr = inner(v, av), inner(v, r)
             if network_on:
                 t_net = time.perf_counter()
-                q = network((r / rnorm_dev).to(network_dtype), flags, boundary).to(f64)
+                q = network((r / rnorm_dev).to(network_dtype), flags, boundary).to(F64)
                 stats["direction_s"] += time.perf_counter() - t_net
-                q = q * lap.fluid
+                q = q * grid.fluid
                 finite = torch.isfinite(q).all()
                 u = torch.where(finite, q, torch.zeros_like(q))
                 au = A(u)
@@ -228,16 +194,10 @@ def dcdm_torch(
             P[slot], AP[slot], PAP[slot] = p[0], ap[0], torch.where(pap > 0, pap, 1.0)
             count += 1
             rnorm_dev = torch.linalg.vector_norm(r)
-            norms[it - last_check - 1] = rnorm_dev
-            if it < check_at and it < maxiter:
+            if not checks.record(it, rnorm_dev) and it < maxiter:
                 continue
             # -- the batched host check ---------------------------------------------------
-            batch = norms[: it - last_check].tolist()
-            initial = float(hist.residuals[0])
-            last_check, check_at = it, next_check(it, initial, min(batch), tol, check_every)
-            now = time.perf_counter()
-            for value in batch:
-                hist.append(value, now)
+            batch = checks.read(it)
             if bool(bad):
                 nonfinite = not all(math.isfinite(v) for v in batch)
                 return finish(

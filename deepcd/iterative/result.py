@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,22 +51,6 @@ class SolveResult:
             f"setup {self.setup_s:.3f} s, solve {self.solve_s:.3f} s"
             + (f" — {self.message}" if self.message else "")
         )
-
-
-def next_check(it: int, initial: float, current: float, tol: float, check_every: int) -> int:
-    """The iteration of the next host check of a device loop, after a check at `it`.
-
-    Extrapolates the mean geometric rate so far (from the `initial` residual norm to the
-    `current` one over `it` iterations) to the iteration where the residual reaches `tol`, so a
-    fast method is checked right when it should converge and a slow one only every
-    `check_every` iterations; the gap never exceeds `it` (checks at 1, 2, 4, … at first).
-    """
-    if it >= 1 and 0 < current < initial and tol > 0:
-        rate = math.log(current / initial) / it
-        remaining = math.ceil(math.log(tol / current) / rate) if current > tol else 1
-        # never more than doubling the iterations done: an early rate is pessimistic
-        return it + min(max(remaining, 1), check_every, it)
-    return it + min(check_every, it)
 
 
 class History:

@@ -20,8 +20,8 @@ _REDUCTIONS = ("mean", "sum", "none")
 # pick its own scale and so leaves the relative scale of different modes free.
 # "pcg": for an SPD preconditioner network (vcycle): the convergence rate of PCG itself —
 # log10(‖r_K‖/‖b‖)/K after K = PCG_STEPS unrolled PCG steps with M = the network, the very
-# quantity the iteration count follows (measured: training the V-cycle on "residual" lowered
-# that loss 6x but did not lower, and at 128³ slightly raised, the iterations).
+# quantity the iteration count follows (training the V-cycle on "residual" lowered that loss but
+# not the iterations; the README's "What did not work" has the command).
 LOSSES = ("dcdm", "residual", "pcg")
 PCG_STEPS = 4
 

@@ -407,7 +407,6 @@ class VCycleNet(GridNet):
     module docstring)."""
 
     arch = "vcycle"
-    needs_boundary = True
 
     def __init__(
         self,
@@ -614,32 +613,33 @@ class VCycleNet(GridNet):
 
     # -- the cycle -----------------------------------------------------------------------------
     def _hierarchy(self, flags: torch.Tensor, grid: tuple[int, ...], boundary, dtype):
-        """The Galerkin levels of (flags, boundary), cached for repeated calls on the same
-        flags tensor (DCDM applies the network to one problem many times)."""
+        """The Galerkin levels of (flags, boundary), cached for repeated calls on the same grid
+        (DCDM applies the network to one problem many times)."""
         from deepcd.nn.multigrid import build_hierarchy
 
-        key_boundary = (
+        key = (
             tuple(map(tuple, boundary.tolist()))
             if isinstance(boundary, torch.Tensor)
-            else repr(boundary)
+            else repr(boundary),
+            dtype,
+            torch.is_inference_mode_enabled(),  # inference tensors cannot be saved for backward
         )
-        # the cache holds the flags tensor itself, so `is` cannot match a recycled allocation
+        # compared by content, so another solve on the same grid (a projection every time
+        # step) reuses the levels; one pass over int8 flags, small next to one V-cycle
         c = self._cache
         if (
             c is not None
-            and c[0] is flags
-            and c[1] == flags._version
-            and c[2] == key_boundary
-            and c[3] == dtype
-            and c[6] == torch.is_inference_mode_enabled()  # inference tensors cannot be saved
+            and c[0] == key
+            and c[1].shape == flags.shape
+            and c[1].device == flags.device
+            and torch.equal(c[1], flags)
         ):
-            return c[4], c[5]
+            return c[2], c[3]
         plan = coarsening_plan(grid, self.coarsest)
         batch = _flag_batch(flags, self.dim, grid)
         with torch.no_grad():
             levels = build_hierarchy(batch[:, 0], boundary, plan, dtype=dtype, galerkin_scale=0.5)
-        inference = torch.is_inference_mode_enabled()
-        self._cache = (flags, flags._version, key_boundary, dtype, levels, plan, inference)
+        self._cache = (key, flags.detach().clone(), levels, plan)
         return levels, plan
 
     def _cycle(self, levels, plan, depth: int, r: torch.Tensor) -> torch.Tensor:
