@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from scipy.sparse.csgraph import connected_components
 
 from deepcd.iterative.dcdm import dcdm
 from deepcd.iterative.krylov import cg
@@ -30,36 +31,83 @@ def grid_matrix(problem: Problem) -> sp.csr_matrix:
     return sp.csr_matrix((a.data, (idx[a.row], idx[a.col])), shape=(n, n))
 
 
-def piecewise_constant(shape, halved) -> sp.csr_matrix:
-    """P₀: copies each coarse cell to its children (odd axes: the last coarse cell has one)."""
-    fine = np.indices(shape).reshape(len(shape), -1)
-    coarse_shape = tuple((n + 1) // 2 if on else n for n, on in zip(shape, halved, strict=True))
-    parent = np.stack([fine[a] // 2 if on else fine[a] for a, on in enumerate(halved)])
-    cols = np.ravel_multi_index(parent, coarse_shape)
-    n = int(np.prod(shape))
-    return sp.csr_matrix((np.ones(n), (np.arange(n), cols)), shape=(n, int(np.prod(coarse_shape))))
+def component_aggregation(A: sp.csr_matrix, coords: np.ndarray, halved) -> np.ndarray:
+    """The reference aggregation, computed independently with scipy: the connected components
+    of A's graph restricted to links inside a block (coords (n, d) // 2 on halved axes)."""
+    block = np.stack(
+        [coords[:, a] // 2 if on else coords[:, a] for a, on in enumerate(halved)], axis=1
+    )
+    key = np.unique(block, axis=0, return_inverse=True)[1].ravel()
+    a = A.tocoo()
+    inside = (a.row != a.col) & (key[a.row] == key[a.col]) & (a.data != 0)
+    n = A.shape[0]
+    g = sp.csr_matrix((np.ones(inside.sum()), (a.row[inside], a.col[inside])), shape=(n, n))
+    return connected_components(g, directed=False)[1]
 
 
 @pytest.mark.parametrize(
     "shape,boundary", [((9, 8, 11), SOLID), ((7, 12, 6), AIR), ((17, 10), SOLID), ((9, 13), AIR)]
 )
 def test_galerkin_levels_equal_scipy_products(shape, boundary):
+    """Each coarse level is ½ P₀ᵀ A P₀ for the aggregation into connected components per
+    block, computed here independently with scipy (components with a zero coarse diagonal,
+    whole closed regions inside a block, dropped)."""
     problem = random_problem(shape, seed=len(shape), boundary=boundary)
     flags = torch.as_tensor(problem.flags)[None]
     plan = coarsening_plan(shape, 2)
-    levels = build_hierarchy(flags, problem.boundary, plan, dtype=torch.float64)
+    h = build_hierarchy(flags, problem.boundary, plan, dtype=torch.float64)
     A = grid_matrix(problem)
-    fine_shape = shape
+    keep = np.flatnonzero(A.diagonal() > 0)
+    A = A[keep][:, keep].tocsr()
+    coords = np.stack(np.unravel_index(keep, shape), axis=1)
     rng = np.random.default_rng(0)
-    for level, halved in zip(levels[1:], plan, strict=True):
-        P = piecewise_constant(fine_shape, halved)
-        A = (P.T @ A @ P).tocsr()
-        x = rng.standard_normal(level.shape)
-        got = level.apply(torch.as_tensor(x)[None, None])[0, 0].numpy()
-        np.testing.assert_allclose(got.ravel(), A @ x.ravel(), atol=1e-12)
-        fine_shape = level.shape
+    for fine, coarse, halved in zip(h.levels[:-1], h.levels[1:], plan, strict=False):
+        labels = component_aggregation(A, coords, halved)
+        P = sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)))
+        Ac = (0.5 * (P.T @ A @ P)).tocsr()
+        alive = np.flatnonzero(Ac.diagonal() > 1e-9 * Ac.diagonal().max())
+        # the same partition (up to numbering): each reference component maps to one node
+        ours = fine.agg.numpy()
+        for c in range(P.shape[1]):
+            got = np.unique(ours[labels == c])
+            assert len(got) == 1 and (got[0] >= 0) == (c in set(alive.tolist()))
+        order = np.array([ours[labels == c][0] for c in alive])
+        perm = np.argsort(order)
+        Ac = Ac[alive[perm]][:, alive[perm]]
+        x = rng.standard_normal(coarse.n)
+        got = coarse.apply(torch.as_tensor(x)[:, None])[:, 0].numpy()
+        np.testing.assert_allclose(got, Ac @ x, atol=1e-12)
+        A = Ac.tocsr()
+        c0 = np.stack([coords[:, a] // 2 if on else coords[:, a] for a, on in enumerate(halved)], 1)
+        coords = np.array([c0[labels == alive[perm][i]][0] for i in range(coarse.n)])
     # every level is symmetric positive semidefinite
     assert np.linalg.eigvalsh(A.toarray()).min() > -1e-10
+
+
+@pytest.mark.parametrize("shape", [(16, 12, 10), (32, 20)])
+@pytest.mark.parametrize("hole", [False, True])
+def test_one_cell_wall_never_shares_a_coarse_unknown(shape, hole):
+    """A wall one cell thick at an odd position: piecewise-constant blocks from the second
+    coarsening on would merge its two sides. Every coarse unknown, at every level, must hold
+    fine cells of one side only (no hole), or cells connected inside its block (hole)."""
+    flags = np.zeros(shape, np.int8)
+    wall = 5
+    flags[wall] = SOLID
+    if hole:
+        flags[(wall, *([0] * (len(shape) - 1)))] = FLUID
+    problem = from_flags(flags, boundary=(SOLID,) * (2 * len(shape) - 1) + (AIR,))
+    h = build_hierarchy(torch.as_tensor(flags)[None], problem.boundary, coarsening_plan(shape, 2))
+    node = np.flatnonzero(flags.ravel() == FLUID)
+    side = np.unravel_index(node, shape)[0] > wall
+    owner = np.arange(len(node))
+    for level in h.levels[:-1]:
+        owner = np.where(owner >= 0, level.agg.numpy()[np.maximum(owner, 0)], -1)
+        for c in np.unique(owner[owner >= 0]):
+            sides = np.unique(side[owner == c])
+            if not hole:
+                assert len(sides) == 1
+        if not hole:
+            assert len(np.unique(owner[owner >= 0])) >= 2
 
 
 def perturbed(dim: int, seed: int = 0):
@@ -149,7 +197,7 @@ def test_untrained_vcycle_in_dcdm_beats_cg(name, shape):
 
 def test_size_and_cost():
     net = build_network("vcycle", 3)
-    assert count_parameters(net) == 4 * 3 + 3 * 27 + 3
+    assert count_parameters(net) == 4 * 3 + 3 * 3 + 3  # smoothers, per-axis ω, corrections
     cost = flops_per_unknown(net, (64, 64, 64))
     assert 50 < cost < 300
     assert flops_per_unknown(net, (256, 256, 256)) == pytest.approx(cost, rel=0.01)

@@ -9,10 +9,11 @@ the device with `torch.where`. The host synchronizes only at checks, at most `ch
 iterations apart and scheduled by extrapolating the convergence rate to the tolerance, to
 test convergence (on the true residual), count the network's losses and detect a stall.
 
-Differences from the numpy path, all from batching the host checks: the network is switched
-off (and the directions cleared) at the first check after its `patience`-th loss or a stall,
-and convergence is noticed at the first check after it happened, so a few extra iterations
-may run (each can only lower the energy).
+An SPD network (vcycle) is PCG's M, as on the numpy path. Differences from the numpy path,
+all from batching the host checks: a switch of source (the `patience`-th loss, a stall and its
+measured probe) takes effect at the first check after it, and convergence is noticed at the
+first check after it happened, so a few extra iterations may run (each can only lower the
+energy).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from deepcd.iterative.dcdm import REFRESH_EVERY, WIN_MARGIN
+from deepcd.iterative.dcdm import REFRESH_EVERY, WIN_MARGIN, SourceSwitch
 from deepcd.iterative.device import F64, DeviceGrid, HostChecks, device_result
 from deepcd.iterative.result import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, History, SolveResult
 from deepcd.problems.problem import Problem
@@ -71,6 +72,7 @@ def dcdm_torch(
     def inner(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return torch.sum(a * c)
 
+    spd = bool(getattr(network, "spd", False))
     flags = torch.as_tensor(problem.flags, device=device)
     boundary = tuple(problem.boundary)
     b_grid = grid.to_grid(b)
@@ -91,7 +93,12 @@ def dcdm_torch(
     losses = torch.zeros((), dtype=torch.int64, device=device)
     wins = torch.zeros((), dtype=torch.int64, device=device)
     bad = torch.zeros((), dtype=torch.bool, device=device)
-    network_on = True
+    if spd:
+        switch = SourceSwitch(
+            "network-pcg", "safeguard" if safeguard != "none" else None, stall_window
+        )
+    else:
+        switch = SourceSwitch("network", "safeguard", stall_window)
     stats = {
         "network_steps": 0,
         "safeguard_steps": 0,
@@ -99,8 +106,8 @@ def dcdm_torch(
         "network_stalled_at": None,
         "direction_s": 0.0,
     }
-    recent = [rnorm0]
     tiny = torch.finfo(F64).tiny
+    energies: list[torch.Tensor] = []
 
     def orthogonalize(w: torch.Tensor, aw: torch.Tensor, m: int) -> None:
         if m == 0:
@@ -120,7 +127,9 @@ def dcdm_torch(
             "device": str(device),
             "network_dtype": str(network_dtype).replace("torch.", ""),
             "check_every": check_every,
+            "network_as": "preconditioner" if spd else "direction",
             **stats,
+            "events": list(switch.events),
         }
 
     def finish(converged: bool, info: int, iterations: int, message: str = "") -> SolveResult:
@@ -135,7 +144,7 @@ def dcdm_torch(
             setup_s=t_solve - t0,
             method=method,
             settings=settings(),
-            message=message,
+            message="; ".join(filter(None, [message, *switch.events])),
         )
 
     if rnorm0 <= tol:
@@ -146,12 +155,20 @@ def dcdm_torch(
         while it < maxiter:
             it += 1
             m = min(count, k)
-            # the classical direction
-            v = r * grid.inv_diag if safeguard == "jacobi" else r.clone()
+            source = switch.source
+            # the classical direction: PCG's, with the SPD network or the safeguard's M
+            if source == "network-pcg":
+                t_net = time.perf_counter()
+                v = network((r / rnorm_dev).to(network_dtype), flags, boundary).to(F64)
+                stats["direction_s"] += time.perf_counter() - t_net
+                v = v * grid.fluid
+                wins += 1
+            else:
+                v = r * grid.inv_diag if safeguard == "jacobi" else r.clone()
             av = A(v)
             orthogonalize(v, av, m)
             vav, vr = inner(v, av), inner(v, r)
-            if network_on:
+            if source == "network":
                 t_net = time.perf_counter()
                 q = network((r / rnorm_dev).to(network_dtype), flags, boundary).to(F64)
                 stats["direction_s"] += time.perf_counter() - t_net
@@ -165,7 +182,7 @@ def dcdm_torch(
                 gain_u = ur * ur / torch.where(usable, uau, torch.ones_like(uau))
                 gain_v = vr * vr / vav
                 win = usable & (gain_u >= WIN_MARGIN * gain_v)
-                losses += (usable & ~win).to(torch.int64)
+                losses += (~win).to(torch.int64)  # an unusable direction has lost too
                 wins += win.to(torch.int64)
                 # Galerkin on span{u, v} in A-normalized coordinates (as the numpy path)
                 su = torch.where(win, uau, torch.ones_like(uau)).rsqrt()
@@ -194,6 +211,8 @@ def dcdm_torch(
             P[slot], AP[slot], PAP[slot] = p[0], ap[0], torch.where(pap > 0, pap, 1.0)
             count += 1
             rnorm_dev = torch.linalg.vector_norm(r)
+            if switch.state != "final":  # f(x) = −½xᵀ(b + r), for a measured switch
+                energies.append(-0.5 * (inner(x, b_grid) + inner(x, r)))
             if not checks.record(it, rnorm_dev) and it < maxiter:
                 continue
             # -- the batched host check ---------------------------------------------------
@@ -208,19 +227,24 @@ def dcdm_torch(
                     if nonfinite
                     else "breakdown: a search direction had pᵀAp <= 0 (A is not positive definite)",
                 )
-            if network_on:
-                recent.extend(batch)
+            if switch.source == "network":
                 stats["network_losses"] = int(losses)
-                stall = (
-                    stall_window
-                    and len(recent) > stall_window
-                    and min(recent[-stall_window:]) > 0.5 * recent[-stall_window - 1]
-                )
-                if stall:
-                    stats["network_stalled_at"] = it
-                if stall or stats["network_losses"] >= patience:
-                    network_on = False
+                if stats["network_losses"] >= patience:
+                    switch.fix(
+                        "safeguard",
+                        it,
+                        f"the network's direction lost {patience} one-step comparisons to "
+                        "the safeguard's",
+                    )
                     count = 0  # restart: from here on the steps are PCG with the safeguard
+            f_batch = torch.stack(energies).tolist() if energies else [0.0] * len(batch)
+            energies.clear()
+            for j, value in enumerate(batch):
+                if switch.record(it - len(batch) + 1 + j, value, f_batch[j]) is not None:
+                    count = 0  # a new source: PCG restarts with a history of its own
+                    if switch.state == "probe":
+                        stats["network_stalled_at"] = it
+                    break  # the rest of the batch ran under the previous source
             if min(batch) <= tol:
                 r = b_grid - A(x)  # never declare convergence on a drifted residual
                 rnorm_dev = torch.linalg.vector_norm(r)

@@ -40,6 +40,8 @@ class NetworkDirection:
         self.boundary = tuple(problem.boundary)
         self.grid = torch.zeros((1, 1, *problem.shape), dtype=dtype, device=self.device)
         self.n = problem.n
+        # an SPD network (vcycle) is a preconditioner: DCDM runs PCG with it as M
+        self.spd = bool(getattr(model, "spd", False))
 
     @torch.inference_mode()
     def __call__(self, r: np.ndarray) -> np.ndarray:

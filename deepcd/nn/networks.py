@@ -62,7 +62,6 @@ activations, pooling and additions are not counted) describe the cost.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -72,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepcd.nn.multigrid import GraphLevel
 from deepcd.problems.flags import FLUID, SOLID
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -407,6 +407,7 @@ class VCycleNet(GridNet):
     module docstring)."""
 
     arch = "vcycle"
+    spd = True  # linear, symmetric positive definite for any parameters: DCDM runs it as PCG's M
 
     def __init__(
         self,
@@ -448,26 +449,17 @@ class VCycleNet(GridNet):
         d, J = self.dim, int(levels)
         # smoother polynomial weights (logits of a softmax), equal at the start
         self.smoothers = nn.Parameter(torch.zeros(J + 1, int(degree)))
-        # nearest upsampling followed by this kernel is (bi/tri)linear interpolation
-        taps = torch.tensor([0.25, 0.5, 0.25])
-        interp = taps
-        for _ in range(d - 1):
-            interp = interp[..., None] * taps
-        interp = interp.reshape((1, 1) + (3,) * d)
-        self.prolongations = nn.ParameterList(nn.Parameter(interp.clone()) for _ in range(J))
+        # per level and axis, the prolongation's smoothing weight ω = ½·sigmoid(θ) ∈ (0, ½):
+        # symmetric along each axis and positive by construction, ¼ (linear) at the start
+        self.transfers = nn.Parameter(torch.zeros(J, d))
         # coarse-correction weights c = softplus(θ) > 0, starting at 1
         self.corrections = nn.Parameter(torch.full((J,), math.log(math.e - 1.0)))
         self._cache: tuple | None = None
 
-    # -- symmetric building blocks -----------------------------------------------------------
-    @staticmethod
-    def _symmetric(kernel: torch.Tensor) -> torch.Tensor:
-        """(K + K reflected through its centre) / 2: convolution by it is self-adjoint."""
-        spatial = tuple(range(2, kernel.ndim))
-        return 0.5 * (kernel + kernel.flip(spatial))
-
+    # -- the smoother ---------------------------------------------------------------------------
     def _smoother(self, level, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """S y for the learned polynomial smoother of `level`.
+        """S y for the learned polynomial smoother of `level` (a `StencilLevel` on the grid,
+        y (B, 1, *g), or a `GraphLevel`, y (N, C)).
 
         With Â = D^-½ A D^-½ (spectrum in [0, 2] on every level: all are weakly diagonally
         dominant), a smoothing step x ← x + S(b − Ax) multiplies the error, in Â's eigenbasis,
@@ -476,13 +468,16 @@ class VCycleNet(GridNet):
         polynomial q(λ) = (1 − r(λ))/λ, applied by the recurrence of U_j = (1 − T_j)/λ:
         U_0 = 0, U_1 = c, U_{j+1} = 2c + 2(1 − cÂ)U_j − U_{j−1}. For λ ∈ (0, 2],
         |1 − cλ| < 1 so |r(λ)| < 1: every smoothing step is a strict A-norm contraction,
-        whatever the weights. With that and positive coarse-correction weights the symmetric
-        V-cycle is positive definite for ANY prolongation — the coarse correction
-        I − c·P M_c Pᵀ A never increases the A-norm when M_c is SPD, by induction from the
-        coarsest level — so DCDM with it never meets an indefinite preconditioner.
+        whatever the weights. With that, positive coarse-correction weights and an SPD
+        coarsest solve the symmetric V-cycle is positive definite for ANY prolongation — the
+        coarse correction I − c·P M_c Pᵀ A never increases the A-norm when M_c is SPD, by
+        induction from the coarsest level — so DCDM with it never meets an indefinite
+        preconditioner.
         """
         c = 1.0 - 2.0**-8
-        if self._fused_ok(level, y, logits):
+        if _fast(y, logits):
+            if isinstance(level, GraphLevel):
+                return self._smoother_graph_fused(level, y, logits, c)
             return self._smoother_fused(level, y, logits, c)
         s = level.inv_sqrt_diag.to(y.dtype)
         w = torch.softmax(logits, dim=0).to(y.dtype)
@@ -496,33 +491,25 @@ class VCycleNet(GridNet):
             q = q + w[j] * u
         return s * q
 
-    @staticmethod
-    def _fused_ok(level, y: torch.Tensor, logits: torch.Tensor) -> bool:
-        """CPU inference on one grid in float32/64: the numba kernel applies."""
-        grad = torch.is_grad_enabled() and (y.requires_grad or logits.requires_grad)
-        return (
-            not grad
-            and y.device.type == "cpu"
-            and y.dtype in (torch.float32, torch.float64)
-            and y.shape[0] == 1
-            and level.diag.shape[0] == 1
-        )
-
     def _smoother_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float):
-        """`_smoother` with each recurrence step as one fused numba pass (same arithmetic)."""
+        """`_smoother` on the grid with each recurrence step as one fused numba pass."""
         from deepcd.kernels.smoother import chebyshev_step
 
+        if level.diag.shape[0] != 1 or y.shape[0] != 1:
+            raise ValueError("the fused grid smoother takes one field")
         dt = y.dtype
         grid = (1,) * (3 - self.dim) + tuple(y.shape[2:])  # 2D as (1, nx, ny)
 
         def view(t: torch.Tensor, shape) -> np.ndarray:
             return t.to(dt).contiguous().reshape(shape).numpy()
 
-        s = view(level.inv_sqrt_diag, grid)
-        diag = view(level.diag, grid)
-        links = [view(t, (1,) * (3 - self.dim) + tuple(t.shape[2:])) for t in level.links]
-        if self.dim == 2:  # the unused x-axis faces of a (1, nx, ny) view: empty
-            links.insert(0, np.zeros((0, *grid[1:]), dtype=s.dtype))
+        key = ("grid", dt)
+        if key not in level.cache:
+            links = [view(t, (1,) * (3 - self.dim) + tuple(t.shape[2:])) for t in level.links]
+            if self.dim == 2:  # the unused x-axis faces of a (1, nx, ny) view: empty
+                links.insert(0, np.zeros((0, *grid[1:]), dtype=links[0].dtype))
+            level.cache[key] = (view(level.inv_sqrt_diag, grid), view(level.diag, grid), links)
+        s, diag, links = level.cache[key]
         w = torch.softmax(logits.detach().to(torch.float64), dim=0).tolist()
         hat = s * view(y, grid)
         u = (c * hat).astype(s.dtype)
@@ -534,87 +521,120 @@ class VCycleNet(GridNet):
             u_prev, u, u_new = u, u_new, u_prev
         return torch.from_numpy(s * q).reshape(y.shape)
 
-    def _conv(self, x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """Zero-padded 'same' convolution of (B, 1, *g) by a (1, 1, k, …) kernel."""
-        kernel = kernel.to(x.dtype)
-        k = kernel.shape[-1]
-        pad = (k // 2,) * self.dim
-        grad = torch.is_grad_enabled() and (kernel.requires_grad or x.requires_grad)
-        if x.device.type == "cpu" and not grad:
-            # CPU inference: one shifted multiply-add per non-zero tap is 3-4x faster than
-            # oneDNN's single-channel convolution
-            padded = F.pad(x, [k // 2] * (2 * self.dim))
-            y = torch.zeros_like(x)
-            taps = kernel.reshape((k,) * self.dim).tolist()
-            for offset in itertools.product(range(k), repeat=self.dim):
-                w = taps
-                for o in offset:
-                    w = w[o]
-                if w != 0.0:
-                    window = (
-                        ...,
-                        *(slice(o, o + n) for o, n in zip(offset, x.shape[2:], strict=True)),
-                    )
-                    y.add_(padded[window], alpha=w)
-            return y
-        if _MKLDNN and x.device.type == "cpu" and x.dtype == torch.float32:
-            one = (1,) * self.dim
-            return torch.ops.aten.mkldnn_convolution(x, kernel, None, pad, one, one, 1)
-        conv = F.conv2d if self.dim == 2 else F.conv3d
-        return conv(x, kernel, padding=pad)
+    def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float):
+        """`_smoother` on a graph level with the numba kernel (one column)."""
+        from deepcd.kernels.aggregate import graph_chebyshev_step
+        from deepcd.nn.multigrid import host_arrays
 
-    def _transfer_weights(self, fine, coarse, axes, kernel: torch.Tensor) -> torch.Tensor:
-        """1 / (the interpolation weight each fine cell receives from active coarse cells):
-        renormalizes the prolongation next to walls and free surfaces, where the zero-padded
-        interpolation would otherwise shrink the correction (0 off the fine unknowns)."""
-        dtype = kernel.dtype
-        w = self._conv(_upsample(coarse.active.to(dtype), axes, fine.shape), kernel)
-        ok = (w > 1e-6) & (fine.active > 0)
-        return torch.where(ok, 1.0 / torch.where(ok, w, torch.ones_like(w)), torch.zeros_like(w))
+        h = host_arrays(level, _np_dtype(y.dtype))
+        s, diag = h["s"], h["diag"]
+        w = torch.softmax(logits.detach().to(torch.float64), dim=0).tolist()
+        hat = s * y.contiguous().numpy().reshape(-1)
+        u = (c * hat).astype(s.dtype)
+        q = (w[0] * u).astype(s.dtype)
+        u_prev = np.zeros_like(u)
+        u_new = np.empty_like(u)
+        for wj in w[1:]:
+            graph_chebyshev_step(
+                u, u_prev, hat, s, diag, h["indptr"], h["indices"], h["weight"], c, wj, u_new, q
+            )
+            u_prev, u, u_new = u, u_new, u_prev
+        return torch.from_numpy(s * q).reshape(y.shape)
 
-    def _cached_transfer_weights(self, levels, depth: int, coarse, axes, kernel):
-        """`_transfer_weights`, kept with the level in inference (the kernel is then fixed;
-        a changed kernel — a training step — has a new value and recomputes)."""
-        if torch.is_grad_enabled() and kernel.requires_grad:
-            return self._transfer_weights(levels[depth], coarse, axes, kernel)
-        level = levels[depth]
-        key = ("renorm", kernel.dtype, tuple(kernel.flatten().tolist()))
-        if key not in level.cache:
-            level.cache.clear()
-            level.cache[key] = self._transfer_weights(level, coarse, axes, kernel)
-        return level.cache[key]
+    def _level_apply(self, level, x: torch.Tensor) -> torch.Tensor:
+        """A x on a level (numba on a graph level in CPU inference)."""
+        if isinstance(level, GraphLevel) and _fast(x, self.smoothers):
+            from deepcd.kernels.aggregate import graph_matvec
+            from deepcd.nn.multigrid import host_arrays
 
-    def _prolong(self, weights: torch.Tensor, xc: torch.Tensor, axes, kernel, shape):
-        """P xc = W · conv(upsample(xc)): interpolation, renormalized by W."""
-        return weights.to(xc.dtype) * self._conv(_upsample(xc, axes, shape), kernel)
+            h = host_arrays(level, _np_dtype(x.dtype))
+            out = np.empty(level.n, dtype=_np_dtype(x.dtype))
+            v = x.contiguous().numpy().reshape(-1)
+            graph_matvec(v, h["diag"], h["indptr"], h["indices"], h["weight"], out)
+            return torch.from_numpy(out)[:, None]
+        return level.apply(x)
 
-    def _restrict(self, coarse, weights: torch.Tensor, r: torch.Tensor, axes, kernel):
-        """Pᵀ r, the exact transpose of `_prolong`: W, conv (self-adjoint), sum over children."""
-        y = self._conv(r * weights.to(r.dtype), kernel)
-        scale = float(2 ** sum(axes))
-        return coarse.active.to(r.dtype) * (_pool(y, axes) * scale)
+    # -- transfers ------------------------------------------------------------------------------
+    def _omegas(self, i: int) -> list[float] | torch.Tensor:
+        return 0.5 * torch.sigmoid(self.transfers[i])
+
+    def _smooth_axes(self, level, x: torch.Tensor, omegas, axes) -> torch.Tensor:
+        """Apply S_a for the axes in `axes`, in that order, to a node vector (N, C)."""
+        if _fast(x, self.transfers):
+            from deepcd.kernels.aggregate import axis_smooth
+            from deepcd.nn.multigrid import host_arrays
+
+            h = host_arrays(level, _np_dtype(x.dtype))
+            v = x.contiguous().numpy().reshape(-1)
+            out = np.empty_like(v)
+            for a in axes:
+                axis_smooth(
+                    v, h["indptr"], h["indices"], h["nweight"], h["axis"], a, float(omegas[a]), out
+                )
+                v, out = out, v
+            return torch.from_numpy(v.copy()).reshape(x.shape)
+        for a in axes:
+            x = level.smooth_axis(x, a, omegas[a])
+        return x
+
+    def _restrict(self, h, depth: int, r: torch.Tensor) -> torch.Tensor:
+        """Pᵀ r = P₀ᵀ S_{d-1} ⋯ S_0 r for a level-`depth` node vector (N, C)."""
+        from deepcd.nn.multigrid import restrict
+
+        level, coarse = h.levels[depth], h.levels[depth + 1]
+        axes = [a for a, on in enumerate(level.halved) if on]
+        r = self._smooth_axes(level, r, self._omegas(min(depth, self._J - 1)), axes)
+        if _fast(r, self.transfers):
+            from deepcd.kernels.aggregate import restrict_sum
+
+            out = np.empty(coarse.n, dtype=_np_dtype(r.dtype))
+            restrict_sum(
+                r.contiguous().numpy().reshape(-1), level.host["mstart"], level.host["members"], out
+            )
+            return torch.from_numpy(out)[:, None]
+        return restrict(level, coarse.n, r)
+
+    def _prolong(self, h, depth: int, xc: torch.Tensor) -> torch.Tensor:
+        """P xc = S_0 ⋯ S_{d-1} P₀ xc, the exact transpose of `_restrict`."""
+        from deepcd.nn.multigrid import prolong
+
+        level = h.levels[depth]
+        axes = [a for a, on in enumerate(level.halved) if on]
+        if _fast(xc, self.transfers):
+            from deepcd.kernels.aggregate import prolong_copy
+
+            out = np.empty(level.n, dtype=_np_dtype(xc.dtype))
+            prolong_copy(xc.contiguous().numpy().reshape(-1), level.host["agg"], out)
+            x = torch.from_numpy(out)[:, None]
+        else:
+            x = prolong(level, xc)
+        return self._smooth_axes(level, x, self._omegas(min(depth, self._J - 1)), axes[::-1])
+
+    @property
+    def _J(self) -> int:
+        return self.corrections.shape[0]
 
     def macs_per_unknown(self, shape: Sequence[int]) -> float:
-        """Multiply-adds per grid cell of one application at `shape`: the level stencils
-        (2d+1 taps; degree − 1 per smoothing step plus one per residual) and the transfer
-        convolutions (3^d taps)."""
+        """Multiply-adds per grid cell of one application at `shape` on an open grid (every
+        block one component): the level stencils (2d+1 taps; degree − 1 per smoothing step
+        plus one per residual), the per-axis prolongation smoothing (3 taps per halved axis,
+        both ways) and the dense coarsest solve."""
         plan = coarsening_plan(shape, self.coarsest)
         d, degree = self.dim, self.config["degree"]
-        transfer, stencil = 3**d, 2 * d + 1
+        stencil = 2 * d + 1
         per_smooth = (degree - 1) * stencil + 4  # plus the scalings and the weighted sum
         sizes, total = [int(n) for n in shape], 0.0
         for axes in plan:
             cells = math.prod(sizes)
-            total += cells * (2 * self.smooth * (per_smooth + stencil) + 2 * transfer)
+            total += cells * (2 * self.smooth * (per_smooth + stencil) + 2 * (3 * sum(axes) + 1))
             sizes = [math.ceil(n / 2) if on else n for n, on in zip(sizes, axes, strict=True)]
-        sweeps = self.coarse_sweeps
-        total += math.prod(sizes) * (sweeps * per_smooth + (sweeps - 1) * stencil)
+        total += math.prod(sizes) ** 2
         return total / math.prod(int(n) for n in shape)
 
     # -- the cycle -----------------------------------------------------------------------------
-    def _hierarchy(self, flags: torch.Tensor, grid: tuple[int, ...], boundary, dtype):
-        """The Galerkin levels of (flags, boundary), cached for repeated calls on the same grid
-        (DCDM applies the network to one problem many times)."""
+    def hierarchy(self, flags: torch.Tensor, grid: tuple[int, ...], boundary, dtype, columns=1):
+        """The levels of (flags, boundary) (`deepcd.nn.multigrid.build_hierarchy`), cached for
+        repeated calls on the same grid (DCDM applies the network to one problem many times)."""
         from deepcd.nn.multigrid import build_hierarchy
 
         key = (
@@ -622,6 +642,7 @@ class VCycleNet(GridNet):
             if isinstance(boundary, torch.Tensor)
             else repr(boundary),
             dtype,
+            int(columns),
             torch.is_inference_mode_enabled(),  # inference tensors cannot be saved for backward
         )
         # compared by content, so another solve on the same grid (a projection every time
@@ -634,37 +655,42 @@ class VCycleNet(GridNet):
             and c[1].device == flags.device
             and torch.equal(c[1], flags)
         ):
-            return c[2], c[3]
+            return c[2]
         plan = coarsening_plan(grid, self.coarsest)
         batch = _flag_batch(flags, self.dim, grid)
         with torch.no_grad():
-            levels = build_hierarchy(batch[:, 0], boundary, plan, dtype=dtype, galerkin_scale=0.5)
-        self._cache = (key, flags.detach().clone(), levels, plan)
-        return levels, plan
+            h = build_hierarchy(batch[:, 0], boundary, plan, dtype=dtype, columns=columns)
+        self._cache = (key, flags.detach().clone(), h)
+        return h
 
-    def _cycle(self, levels, plan, depth: int, r: torch.Tensor) -> torch.Tensor:
-        J = len(self.prolongations)
-        level = levels[depth]
-        if depth == len(plan):  # coarsest: symmetric sweeps of the smoother
+    def _cycle(self, h, depth: int, r: torch.Tensor) -> torch.Tensor:
+        """One V-cycle from level `depth` (0: r a grid field (B, 1, *g); else a node vector)."""
+        J, last = self._J, len(h.levels) - 1
+        level = h.grid if depth == 0 else h.levels[depth]
+        if depth == last and h.coarse_inverse is not None:  # coarsest: exact
+            inv = h.coarse_inverse.to(r.dtype)
+            if depth == 0:
+                return h.from_nodes(inv @ h.to_nodes(r))
+            return inv @ r
+        if depth == last:  # too many unknowns for a dense solve: smoothing sweeps
             weights = self.smoothers[J]
             x = self._smoother(level, r, weights)
             for _ in range(self.coarse_sweeps - 1):
-                x = x + self._smoother(level, r - level.apply(x), weights)
+                x = x + self._smoother(level, r - self._level_apply(level, x), weights)
             return x
         i = min(depth, J - 1)
         weights = self.smoothers[i]
         x = self._smoother(level, r, weights)
         for _ in range(self.smooth - 1):
-            x = x + self._smoother(level, r - level.apply(x), weights)
-        interp = self._symmetric(self.prolongations[i]).to(r.dtype)
-        coarse, axes = levels[depth + 1], plan[depth]
-        renorm = self._cached_transfer_weights(levels, depth, coarse, axes, interp)
-        rc = self._restrict(coarse, renorm, r - level.apply(x), axes, interp)
-        xc = self._cycle(levels, plan, depth + 1, rc)
-        weight = F.softplus(self.corrections[i]).to(r.dtype)
-        x = x + weight * self._prolong(renorm, xc, axes, interp, level.shape)
+            x = x + self._smoother(level, r - self._level_apply(level, x), weights)
+        res = r - self._level_apply(level, x)
+        rc = self._restrict(h, depth, h.to_nodes(res) if depth == 0 else res)
+        corr = self._prolong(h, depth, self._cycle(h, depth + 1, rc))
+        if depth == 0:
+            corr = h.from_nodes(corr)
+        x = x + F.softplus(self.corrections[i]).to(r.dtype) * corr
         for _ in range(self.smooth):
-            x = x + self._smoother(level, r - level.apply(x), weights)
+            x = x + self._smoother(level, r - self._level_apply(level, x), weights)
         return x
 
     def forward(
@@ -677,15 +703,30 @@ class VCycleNet(GridNet):
                 f"r must have shape (B, 1, *grid) with {self.dim} grid axes, got {tuple(r.shape)}"
             )
         dtype = r.dtype if r.dtype in (torch.float32, torch.float64) else torch.float32
-        levels, plan = self._hierarchy(
-            flags, tuple(r.shape[2:]), SOLID if boundary is None else boundary, dtype
+        bf = _flag_batch(flags, self.dim, tuple(r.shape[2:])).shape[0]
+        if r.shape[0] % bf:
+            raise ValueError(f"flags batch {bf} does not match r's {r.shape[0]}")
+        h = self.hierarchy(
+            flags,
+            tuple(r.shape[2:]),
+            SOLID if boundary is None else boundary,
+            dtype,
+            columns=r.shape[0] // bf,
         )
-        if levels[0].diag.shape[0] not in (1, r.shape[0]):
-            raise ValueError(
-                f"flags batch {levels[0].diag.shape[0]} does not match r's {r.shape[0]}"
-            )
-        x = r.to(dtype) * levels[0].active
-        return self._cycle(levels, plan, 0, x).to(r.dtype)
+        x = r.to(dtype) * h.grid.active
+        return self._cycle(h, 0, x).to(r.dtype)
+
+
+def _fast(x: torch.Tensor, params: torch.Tensor) -> bool:
+    """CPU inference on one column in float32/64: the numba kernels apply."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or params.requires_grad)
+    if grad or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    return x.shape[0] == 1 if x.ndim > 2 else x.shape[1] == 1
+
+
+def _np_dtype(dtype: torch.dtype) -> np.dtype:
+    return np.dtype(np.float32) if dtype == torch.float32 else np.dtype(np.float64)
 
 
 def _paper(defaults_pairs: tuple[int, int, int], name: str):
