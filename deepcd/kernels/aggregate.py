@@ -302,3 +302,48 @@ def members_of(agg: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     mstart = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(np.bincount(agg[valid], minlength=m), out=mstart[1:])
     return mstart, order.astype(np.int64)
+
+
+# -- level 0 on the grid (CPU inference): the same transfers without a node vector ----------
+
+
+@nb.njit(parallel=True, cache=True)
+def grid_axis_smooth(x, nlink, deg, a, omega, out):
+    """out = x − ω (deg·x − Σ_faces ŵ x_nbr) along grid axis a of 3D arrays x, deg
+    (nx, ny, nz) and the normalized face weights nlink (that axis one shorter)."""
+    nx, ny, nz = x.shape
+    for i in nb.prange(nx):
+        for j in range(ny):
+            for k in range(nz):
+                acc = deg[i, j, k] * x[i, j, k]
+                if a == 0:
+                    if i > 0:
+                        acc -= nlink[i - 1, j, k] * x[i - 1, j, k]
+                    if i < nx - 1:
+                        acc -= nlink[i, j, k] * x[i + 1, j, k]
+                elif a == 1:
+                    if j > 0:
+                        acc -= nlink[i, j - 1, k] * x[i, j - 1, k]
+                    if j < ny - 1:
+                        acc -= nlink[i, j, k] * x[i, j + 1, k]
+                else:
+                    if k > 0:
+                        acc -= nlink[i, j, k - 1] * x[i, j, k - 1]
+                    if k < nz - 1:
+                        acc -= nlink[i, j, k] * x[i, j, k + 1]
+                out[i, j, k] = x[i, j, k] - omega * acc
+
+
+# Small levels run serial copies: a parallel launch costs more than their work, and far more
+# when another job holds the cores (the thread team then waits for a descheduled thread).
+SERIAL_BELOW = 1 << 15
+_serial = {}
+
+
+def small(kernel, n: int):
+    """`kernel`, or its serial copy when the level has fewer than SERIAL_BELOW unknowns."""
+    if n >= SERIAL_BELOW:
+        return kernel
+    if kernel not in _serial:
+        _serial[kernel] = nb.njit(cache=True)(kernel.py_func)
+    return _serial[kernel]

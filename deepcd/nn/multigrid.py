@@ -67,30 +67,64 @@ class StencilLevel:
         return stencil_apply(x, self.diag, self.links)
 
 
-@dataclass
 class GraphLevel:
     """One level as a graph over its unknowns (see `deepcd.kernels.aggregate`).
 
-    Torch tensors (on the hierarchy's device): diag, inv_sqrt_diag (N, 1); rows, cols (nnz,)
-    int64 and weight (nnz, 1) for the links both ways, by axis in `axis_edges[a]`
-    = (rows, cols, nweight (nnz_a, 1), degree (N, 1)). agg (N,) int64: the unknown of the
-    next level each node belongs to (-1: none; absent on the coarsest level). `host` keeps
-    the numpy arrays the CPU kernels read (indptr, indices, weight, nweight, axis, diag, s,
-    agg, mstart, members) in float64; `cache` their float32 copies.
+    `host` holds the numpy arrays (float64; the CPU kernels read them, `host_arrays` gives
+    float32 copies): indptr, indices, weight, nweight (the normalized ŵ), axis (grid
+    numbering), diag, s (diag^-½), and, below the coarsest level, agg (the unknown of the next
+    level each node belongs to, -1: none) with mstart/members (its inverse, CSR). The torch
+    forms used by training and the GPU are built on first use, on `device` in `dtype`:
+    diag, inv_sqrt_diag (N, 1); rows, cols (nnz,) int64 and weight (nnz, 1) for the links
+    both ways; `axis_edges[a]` = (rows, cols, ŵ (nnz_a, 1), degree (N, 1)); agg (N,).
     """
 
-    n: int
-    diag: torch.Tensor
-    inv_sqrt_diag: torch.Tensor
-    rows: torch.Tensor
-    cols: torch.Tensor
-    weight: torch.Tensor
-    axis_edges: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-    coords: np.ndarray
-    host: dict
-    agg: torch.Tensor | None = None
-    halved: tuple[bool, ...] | None = None
-    cache: dict = field(default_factory=dict)
+    def __init__(self, host: dict, coords: np.ndarray, halved, dim: int, device, dtype):
+        self.host, self.coords, self.dim = host, coords, dim
+        self.halved = None if halved is None else tuple(halved)
+        self.n = len(host["diag"])
+        self.device, self.dtype = device, dtype
+        self.cache: dict = {}
+
+    def _torch(self) -> dict:
+        if "torch" not in self.cache:
+            h, n = self.host, self.n
+
+            def t(a, dt=self.dtype):
+                return torch.as_tensor(np.ascontiguousarray(a), device=self.device, dtype=dt)
+
+            rows = np.repeat(np.arange(n), np.diff(h["indptr"]))
+            cols = h["indices"].astype(np.int64)
+            edges = []
+            for a in range(self.dim):
+                on = h["axis"] == a
+                deg = np.bincount(rows[on], weights=h["nweight"][on], minlength=n)
+                edges.append(
+                    (
+                        t(rows[on], torch.int64),
+                        t(cols[on], torch.int64),
+                        t(h["nweight"][on])[:, None],
+                        t(deg)[:, None],
+                    )
+                )
+            self.cache["torch"] = dict(
+                diag=t(h["diag"])[:, None],
+                inv_sqrt_diag=t(h["s"])[:, None],
+                rows=t(rows, torch.int64),
+                cols=t(cols, torch.int64),
+                weight=t(h["weight"])[:, None],
+                axis_edges=edges,
+                agg=t(h["agg"], torch.int64) if "agg" in h else None,
+            )
+        return self.cache["torch"]
+
+    diag = property(lambda self: self._torch()["diag"])
+    inv_sqrt_diag = property(lambda self: self._torch()["inv_sqrt_diag"])
+    rows = property(lambda self: self._torch()["rows"])
+    cols = property(lambda self: self._torch()["cols"])
+    weight = property(lambda self: self._torch()["weight"])
+    axis_edges = property(lambda self: self._torch()["axis_edges"])
+    agg = property(lambda self: self._torch()["agg"])
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """A x for node vectors x (N, C)."""
@@ -115,10 +149,48 @@ class Hierarchy:
     levels: list[GraphLevel]
     columns: int
     coarse_inverse: torch.Tensor | None
+    grid_agg: torch.Tensor | None = None  # (Bf·G,): level-1 unknown of each cell, or -1
+    grid_axis: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per axis (ŵ, degree)
 
     @property
     def shape(self) -> tuple[int, ...]:
         return self.grid.shape
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        bf, c = self.grid.diag.shape[0], self.columns
+        return x.reshape(bf, c, -1).transpose(1, 2).reshape(-1, c)
+
+    def smooth_grid_axis(self, x: torch.Tensor, a: int, omega: torch.Tensor) -> torch.Tensor:
+        """S_a x on the grid (fields (B, 1, *g)): level 0's `GraphLevel.smooth_axis`."""
+        nlink, deg = self.grid_axis[a]
+        ax, n = a + 2, x.shape[a + 2]
+        lap = deg.to(x.dtype) * x
+        if n > 1:
+            nlink = nlink.to(x.dtype)
+            lap.narrow(ax, 0, n - 1).addcmul_(nlink, x.narrow(ax, 1, n - 1), value=-1.0)
+            lap.narrow(ax, 1, n - 1).addcmul_(nlink, x.narrow(ax, 0, n - 1), value=-1.0)
+        return x - omega.to(x.dtype) * lap
+
+    def restrict_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """P₀ᵀ x from a grid field (B, 1, *g) to level 1's node vector (N1, C)."""
+        flat = self._flat(x)
+        ok = self.grid_agg >= 0
+        out = torch.zeros((self.levels[1].n, flat.shape[1]), dtype=x.dtype, device=x.device)
+        return out.index_add(0, self.grid_agg[ok], flat[ok])
+
+    def prolong_grid(self, xc: torch.Tensor) -> torch.Tensor:
+        """P₀ xc from level 1's node vector (N1, C) to a grid field (B, 1, *g)."""
+        bf, c = self.grid.diag.shape[0], self.columns
+        ok = (self.grid_agg >= 0).to(xc.dtype)[:, None]
+        flat = xc[self.grid_agg.clamp_min(0)] * ok
+        return flat.reshape(bf, -1, c).transpose(1, 2).reshape(bf * c, 1, *self.shape)
+
+    def grid_members(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mstart, members, agg) over the flattened grid cells for the CPU kernels."""
+        if not hasattr(self, "_members"):
+            agg = self.grid_agg.cpu().numpy()
+            self._members = (*K.members_of(agg, self.levels[1].n), agg)
+        return self._members
 
     def to_nodes(self, x: torch.Tensor) -> torch.Tensor:
         """Grid field (B, 1, *g) → level-0 node vector (n0, C)."""
@@ -163,12 +235,15 @@ def _host_levels(diag, links, plan3, scale: float) -> list[dict]:
 
 def _normalized(lv: dict) -> np.ndarray:
     """ŵ_ij = w_ij / max(w_max,i, w_max,j) for the CSR links of a level."""
-    n, w = len(lv["d"]), lv["w"]
-    rows = np.repeat(np.arange(n), np.diff(lv["indptr"]))
+    n, w, indptr = len(lv["d"]), lv["w"], lv["indptr"]
+    if len(w) == 0:
+        return np.zeros(0)
+    counts = np.diff(indptr)
     wmax = np.zeros(n)
-    np.maximum.at(wmax, rows, w)
-    cols = lv["indices"].astype(np.int64)
-    return w / np.maximum(np.maximum(wmax[rows], wmax[cols]), 1e-300)
+    full = counts > 0
+    wmax[full] = np.maximum.reduceat(w, indptr[:-1][full])
+    rows = np.repeat(wmax, counts)
+    return w / np.maximum(np.maximum(rows, wmax[lv["indices"]]), 1e-300)
 
 
 def _merge(samples: list[list[dict]], depth: int) -> list[dict]:
@@ -258,70 +333,70 @@ def build_hierarchy(
             for b, s in enumerate(samples)
         ]
     )
-    merged = _merge(samples, depth)
+    merged = _merge(samples, depth) if bf > 1 else samples[0][:depth]
     levels = []
     for lv in merged:
         levels.append(_graph_level(lv, dim, device, dtype))
     inv = _coarse_inverse(merged[-1])
+    grid_agg = None
+    if len(levels) > 1:
+        cells = np.full(bf * samples[0][0]["node"].size, -1, dtype=np.int64)
+        cells[index] = merged[0]["agg"]
+        grid_agg = torch.as_tensor(cells, device=device)
     return Hierarchy(
         grid=grid,
         index=torch.as_tensor(index, device=device),
         levels=levels,
         columns=int(columns),
         coarse_inverse=None if inv is None else torch.as_tensor(inv, device=device, dtype=dtype),
+        grid_agg=grid_agg,
+        grid_axis=_grid_axis_weights(grid),
     )
+
+
+def _grid_axis_weights(grid: StencilLevel) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per axis, the normalized face weights ŵ (Bf, 1, *g_a) and their sum per cell (the
+    degree, Bf, 1, *g) of level 0 on the grid — `_normalized` in grid form."""
+    wmax = torch.zeros_like(grid.diag)
+    for a, link in enumerate(grid.links):
+        ax, n = a + 2, wmax.shape[a + 2]
+        if n < 2:
+            continue
+        lo, hi = wmax.narrow(ax, 0, n - 1), wmax.narrow(ax, 1, n - 1)
+        lo.copy_(torch.maximum(lo, link))
+        hi.copy_(torch.maximum(hi, link))
+    out = []
+    for a, link in enumerate(grid.links):
+        ax, n = a + 2, wmax.shape[a + 2]
+        deg = torch.zeros_like(grid.diag)
+        if n < 2:
+            out.append((link, deg))
+            continue
+        scale = torch.maximum(wmax.narrow(ax, 0, n - 1), wmax.narrow(ax, 1, n - 1))
+        nlink = torch.where(link > 0, link / scale.clamp_min(1e-30), torch.zeros_like(link))
+        deg.narrow(ax, 0, n - 1).add_(nlink)
+        deg.narrow(ax, 1, n - 1).add_(nlink)
+        out.append((nlink, deg))
+    return out
 
 
 def _graph_level(lv: dict, dim: int, device, dtype) -> GraphLevel:
-    n = len(lv["d"])
-    nweight = _normalized(lv) if n else np.zeros(0)
-    rows = np.repeat(np.arange(n), np.diff(lv["indptr"]))
-    cols = lv["indices"].astype(np.int64)
-    s = np.where(lv["d"] > 0, 1.0 / np.sqrt(np.maximum(lv["d"], 1e-300)), 0.0)
-
-    def t(a, dt=dtype):
-        return torch.as_tensor(np.ascontiguousarray(a), device=device, dtype=dt)
-
-    axis_edges = []
-    for a in range(3 - dim, 3):  # grid axes, in the 3D numbering of the host arrays
-        on = lv["axis"] == a
-        deg = np.bincount(rows[on], weights=nweight[on], minlength=n)
-        axis_edges.append(
-            (
-                t(rows[on], torch.int64),
-                t(cols[on], torch.int64),
-                t(nweight[on])[:, None],
-                t(deg)[:, None],
-            )
-        )
     host = dict(
-        indptr=lv["indptr"].astype(np.int64),
-        indices=lv["indices"].astype(np.int32),
+        indptr=lv["indptr"].astype(np.int64, copy=False),
+        indices=lv["indices"].astype(np.int32, copy=False),
         weight=lv["w"],
-        nweight=nweight,
+        nweight=_normalized(lv),
         axis=(lv["axis"] - (3 - dim)).astype(np.int8),  # in the grid's own axis numbering
         diag=lv["d"],
-        s=s,
+        s=np.where(lv["d"] > 0, 1.0 / np.sqrt(np.maximum(lv["d"], 1e-300)), 0.0),
     )
-    agg = None
     if "agg" in lv:
-        host["agg"] = lv["agg"].astype(np.int64)
-        m = int(lv["agg"].max()) + 1 if n and lv["agg"].max() >= 0 else 0
-        host["mstart"], host["members"] = K.members_of(host["agg"], m)
-        agg = t(lv["agg"], torch.int64)
+        host["agg"] = lv["agg"].astype(np.int64, copy=False)
+        m = int(host["agg"].max()) + 1 if len(host["agg"]) else 0
+        host["mstart"], host["members"] = K.members_of(host["agg"], max(m, 0))
     halved = lv.get("halved")
     return GraphLevel(
-        n=n,
-        diag=t(lv["d"])[:, None],
-        inv_sqrt_diag=t(s)[:, None],
-        rows=t(rows, torch.int64),
-        cols=t(cols, torch.int64),
-        weight=t(lv["w"])[:, None],
-        axis_edges=axis_edges,
-        coords=lv["coords"],
-        host=host,
-        agg=agg,
-        halved=None if halved is None else tuple(halved[3 - dim :]),
+        host, lv["coords"], None if halved is None else halved[3 - dim :], dim, device, dtype
     )
 
 

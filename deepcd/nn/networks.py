@@ -523,7 +523,7 @@ class VCycleNet(GridNet):
 
     def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float):
         """`_smoother` on a graph level with the numba kernel (one column)."""
-        from deepcd.kernels.aggregate import graph_chebyshev_step
+        from deepcd.kernels.aggregate import graph_chebyshev_step, small
         from deepcd.nn.multigrid import host_arrays
 
         h = host_arrays(level, _np_dtype(y.dtype))
@@ -535,7 +535,7 @@ class VCycleNet(GridNet):
         u_prev = np.zeros_like(u)
         u_new = np.empty_like(u)
         for wj in w[1:]:
-            graph_chebyshev_step(
+            small(graph_chebyshev_step, level.n)(
                 u, u_prev, hat, s, diag, h["indptr"], h["indices"], h["weight"], c, wj, u_new, q
             )
             u_prev, u, u_new = u, u_new, u_prev
@@ -544,13 +544,13 @@ class VCycleNet(GridNet):
     def _level_apply(self, level, x: torch.Tensor) -> torch.Tensor:
         """A x on a level (numba on a graph level in CPU inference)."""
         if isinstance(level, GraphLevel) and _fast(x, self.smoothers):
-            from deepcd.kernels.aggregate import graph_matvec
+            from deepcd.kernels.aggregate import graph_matvec, small
             from deepcd.nn.multigrid import host_arrays
 
             h = host_arrays(level, _np_dtype(x.dtype))
             out = np.empty(level.n, dtype=_np_dtype(x.dtype))
             v = x.contiguous().numpy().reshape(-1)
-            graph_matvec(v, h["diag"], h["indptr"], h["indices"], h["weight"], out)
+            small(graph_matvec, level.n)(v, h["diag"], h["indptr"], h["indices"], h["weight"], out)
             return torch.from_numpy(out)[:, None]
         return level.apply(x)
 
@@ -561,14 +561,14 @@ class VCycleNet(GridNet):
     def _smooth_axes(self, level, x: torch.Tensor, omegas, axes) -> torch.Tensor:
         """Apply S_a for the axes in `axes`, in that order, to a node vector (N, C)."""
         if _fast(x, self.transfers):
-            from deepcd.kernels.aggregate import axis_smooth
+            from deepcd.kernels.aggregate import axis_smooth, small
             from deepcd.nn.multigrid import host_arrays
 
             h = host_arrays(level, _np_dtype(x.dtype))
             v = x.contiguous().numpy().reshape(-1)
             out = np.empty_like(v)
             for a in axes:
-                axis_smooth(
+                small(axis_smooth, level.n)(
                     v, h["indptr"], h["indices"], h["nweight"], h["axis"], a, float(omegas[a]), out
                 )
                 v, out = out, v
@@ -601,14 +601,75 @@ class VCycleNet(GridNet):
         level = h.levels[depth]
         axes = [a for a, on in enumerate(level.halved) if on]
         if _fast(xc, self.transfers):
-            from deepcd.kernels.aggregate import prolong_copy
+            from deepcd.kernels.aggregate import prolong_copy, small
 
             out = np.empty(level.n, dtype=_np_dtype(xc.dtype))
-            prolong_copy(xc.contiguous().numpy().reshape(-1), level.host["agg"], out)
+            small(prolong_copy, level.n)(
+                xc.contiguous().numpy().reshape(-1), level.host["agg"], out
+            )
             x = torch.from_numpy(out)[:, None]
         else:
             x = prolong(level, xc)
         return self._smooth_axes(level, x, self._omegas(min(depth, self._J - 1)), axes[::-1])
+
+    def _grid_smooth(self, h, x: torch.Tensor, axes) -> torch.Tensor:
+        """S_a on the grid for the axes in `axes`, in that order (fields (B, 1, *g))."""
+        omegas = self._omegas(0)
+        if _fast(x, self.transfers):
+            from deepcd.kernels.aggregate import grid_axis_smooth
+
+            dt = _np_dtype(x.dtype)
+            grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
+            key = ("axis", dt)
+            if key not in h.grid.cache:
+                h.grid.cache[key] = [
+                    tuple(
+                        t.to(x.dtype)
+                        .contiguous()
+                        .numpy()
+                        .reshape((1,) * (3 - self.dim) + t.shape[2:])
+                        for t in pair
+                    )
+                    for pair in h.grid_axis
+                ]
+            weights = h.grid.cache[key]
+            v = x.contiguous().numpy().reshape(grid).copy()
+            out = np.empty_like(v)
+            for a in axes:
+                nlink, deg = weights[a]
+                grid_axis_smooth(v, nlink, deg, a + 3 - self.dim, float(omegas[a]), out)
+                v, out = out, v
+            return torch.from_numpy(v).reshape(x.shape)
+        for a in axes:
+            x = h.smooth_grid_axis(x, a, omegas[a])
+        return x
+
+    def _restrict_grid(self, h, r: torch.Tensor) -> torch.Tensor:
+        """`_restrict` from level 0 in grid form (r (B, 1, *g)): the same Pᵀ r."""
+        axes = [a for a, on in enumerate(h.levels[0].halved) if on]
+        r = self._grid_smooth(h, r, axes)
+        if _fast(r, self.transfers):
+            from deepcd.kernels.aggregate import restrict_sum
+
+            mstart, members, _ = h.grid_members()
+            out = np.empty(h.levels[1].n, dtype=_np_dtype(r.dtype))
+            restrict_sum(r.contiguous().numpy().reshape(-1), mstart, members, out)
+            return torch.from_numpy(out)[:, None]
+        return h.restrict_grid(r)
+
+    def _prolong_grid(self, h, xc: torch.Tensor) -> torch.Tensor:
+        """`_prolong` to level 0 in grid form: the exact transpose of `_restrict_grid`."""
+        axes = [a for a, on in enumerate(h.levels[0].halved) if on]
+        if _fast(xc, self.transfers) and h.grid.diag.shape[0] == 1:
+            from deepcd.kernels.aggregate import prolong_copy
+
+            agg = h.grid_members()[2]
+            out = np.empty(agg.shape[0], dtype=_np_dtype(xc.dtype))
+            prolong_copy(xc.contiguous().numpy().reshape(-1), agg, out)
+            x = torch.from_numpy(out).reshape(1, 1, *h.shape)
+        else:
+            x = h.prolong_grid(xc)
+        return self._grid_smooth(h, x, axes[::-1])
 
     @property
     def _J(self) -> int:
@@ -684,10 +745,12 @@ class VCycleNet(GridNet):
         for _ in range(self.smooth - 1):
             x = x + self._smoother(level, r - self._level_apply(level, x), weights)
         res = r - self._level_apply(level, x)
-        rc = self._restrict(h, depth, h.to_nodes(res) if depth == 0 else res)
-        corr = self._prolong(h, depth, self._cycle(h, depth + 1, rc))
-        if depth == 0:
-            corr = h.from_nodes(corr)
+        if depth == 0:  # level 0's transfers in grid form
+            rc = self._restrict_grid(h, res)
+            corr = self._prolong_grid(h, self._cycle(h, 1, rc))
+        else:
+            rc = self._restrict(h, depth, res)
+            corr = self._prolong(h, depth, self._cycle(h, depth + 1, rc))
         x = x + F.softplus(self.corrections[i]).to(r.dtype) * corr
         for _ in range(self.smooth):
             x = x + self._smoother(level, r - self._level_apply(level, x), weights)
