@@ -180,7 +180,9 @@ def _grid_problem(A, op: Operator, flags, boundary) -> tuple[Problem, float]:
     return problem, scale
 
 
-def _dcdm(A, op, b, x0, *, rtol, atol, maxiter, callback, monitor, options) -> SolveResult:
+def _dcdm(
+    A, op, b, x0, *, rtol, atol, maxiter, callback, monitor, options, closed=None
+) -> SolveResult:
     import torch
 
     from deepcd.iterative.dcdm import dcdm
@@ -217,7 +219,7 @@ def _dcdm(A, op, b, x0, *, rtol, atol, maxiter, callback, monitor, options) -> S
     loop = {key: options.pop(key) for key in ("k", "patience", "stall_window") if key in options}
     if device == "cpu":
         options.pop("check_every", None)
-        M = None if safeguard == "none" else make_preconditioner(safeguard, op)
+        M = None if safeguard == "none" else make_preconditioner(safeguard, op, closed)
         direction = NetworkDirection(net, problem, device="cpu", dtype=dtypes[precision])
         result = dcdm(
             op,
@@ -318,13 +320,28 @@ def _torch_pcg(A, op, b, x0, method, *, rtol, atol, maxiter, callback, monitor, 
 
 
 def _run_method(
-    method: str, op: Operator, b, x0, *, rtol, atol, maxiter, callback, monitor, M, options, A=None
+    method: str,
+    op: Operator,
+    b,
+    x0,
+    *,
+    rtol,
+    atol,
+    maxiter,
+    callback,
+    monitor,
+    M,
+    options,
+    A=None,
+    closed=None,
 ) -> SolveResult:
+    """Run one method. closed: (labels, count) of op's closed regions when known; IC(0),
+    MIC(0) and AMG are then built from the grounded matrix (see `preconditioners`)."""
     common = dict(rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, monitor=monitor)
     if M is not None and method != "cg":
         raise ValueError(f'M= is a user preconditioner for method="cg", not for {method!r}')
     if method == "dcdm":
-        return _dcdm(A, op, b, x0, **common, options=options)
+        return _dcdm(A, op, b, x0, **common, options=options, closed=closed)
     if method == "mgpcg" or (method in ("cg", "jacobi") and "device" in options):
         if M is not None:
             raise ValueError("M= is for the numba CG path; drop device= to use it")
@@ -333,13 +350,13 @@ def _run_method(
         pre = UserPreconditioner(M, op.n) if M is not None else None
         return cg(op, b, x0, M=pre, method="cg" if M is None else "cg+M", **common)
     if method in ("jacobi", "ic0", "mic0"):
-        pre = make_preconditioner(method, op, **options)
+        pre = make_preconditioner(method, op, closed, **options)
         return cg(op, b, x0, M=pre, method=method, **common)
     if method in ("amg-sa", "amg-rs"):
         accel = options.pop("accel", "cg")
         if accel not in ("cg", None, "none"):
             raise ValueError(f'accel must be "cg" or None (a standalone cycle), got {accel!r}')
-        pre = make_preconditioner(method, op, **options)
+        pre = make_preconditioner(method, op, closed, **options)
         if accel == "cg":
             return cg(op, b, x0, M=pre, method=method, **common)
         return stationary(op, b, x0, M=pre, method=f"{method}-cycle", **common)
@@ -348,7 +365,7 @@ def _run_method(
         if hessian not in NEWTON_HESSIANS:
             raise ValueError(f"hessian must be one of {NEWTON_HESSIANS}, got {hessian!r}")
         newton_opts = {k: options.pop(k) for k in ("gamma0", "max_trials") if k in options}
-        H = make_preconditioner(hessian, op, **options)
+        H = make_preconditioner(hessian, op, closed, **options)
         return newton(op, b, x0, H=H, method=f"newton-{hessian}", **newton_opts, **common)
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
@@ -428,6 +445,7 @@ def solve_result(
         M=M,
         options=dict(options),
         A=A,
+        closed=None if system.labels is None else (system.labels, system.n_closed),
     )
     if system.n_closed:
         result.x = remove_region_means(result.x, system.labels, system.n_closed)

@@ -44,3 +44,64 @@ def remove_region_means(v: np.ndarray, labels: np.ndarray, count: int) -> np.nda
     sizes = np.bincount(labels[inside], minlength=count)
     out[inside] -= (sums / sizes)[labels[inside]]
     return out
+
+
+def region_anchors(labels: np.ndarray, count: int) -> np.ndarray:
+    """int64 (count,): the first (lowest-numbered) unknown of each closed region."""
+    inside = np.flatnonzero(labels >= 0)
+    if count == 0 or inside.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    _, first = np.unique(labels[inside], return_index=True)
+    return inside[first].astype(np.int64)
+
+
+def ground_value(A: sp.csr_matrix) -> float:
+    """The diagonal weight of one Dirichlet neighbour: the mean |off-diagonal| entry of A.
+
+    For the pressure Laplacian (off-diagonals -1) this is 1; it falls back to the mean
+    positive diagonal entry, then to 1.
+    """
+    upper = sp.triu(A, k=1, format="csr")  # symmetric A: its off-diagonals once
+    upper.eliminate_zeros()
+    if upper.nnz:
+        return float(np.abs(upper.data).mean())
+    diag = A.diagonal()
+    positive = diag[diag > 0]
+    return float(positive.mean()) if positive.size else 1.0
+
+
+def grounded(
+    A: sp.csr_matrix, labels: np.ndarray, count: int, value: float | None = None
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """A with `value` added to the diagonal of one anchor cell per closed region.
+
+    The result is symmetric positive definite where A is positive semidefinite with one
+    constant null vector per closed region (each grounded region becomes a Dirichlet problem;
+    a zero row — an isolated cell — gets the diagonal `value`). It is meant for building
+    preconditioners only: on the range of A, a solve with it equals a solve with A up to a
+    constant per region (for vectors with zero mean per region). value defaults to
+    `ground_value(A)`. Returns (CSR float64 (n, n), the anchor unknowns int64 (count,));
+    A itself is never modified (index arrays are shared when every anchor has a stored
+    diagonal entry).
+    """
+    anchors = region_anchors(labels, count)
+    if anchors.size == 0:
+        return A, anchors
+    value = ground_value(A) if value is None else float(value)
+    A = sp.csr_matrix(A, dtype=np.float64)
+    positions = np.empty(anchors.size, dtype=np.int64)
+    for k, i in enumerate(anchors.tolist()):
+        lo, hi = int(A.indptr[i]), int(A.indptr[i + 1])
+        cols = A.indices[lo:hi]
+        hit = np.flatnonzero(cols == i)
+        positions[k] = lo + int(hit[0]) if hit.size else -1
+    if np.all(positions >= 0):
+        data = A.data.copy()
+        data[positions] += value
+        out = sp.csr_matrix((data, A.indices, A.indptr), shape=A.shape)
+        out.has_sorted_indices = A.has_sorted_indices
+    else:
+        bump = sp.csr_matrix((np.full(anchors.size, value), (anchors, anchors)), shape=A.shape)
+        out = (A + bump).tocsr()
+        out.sum_duplicates()
+    return out, anchors

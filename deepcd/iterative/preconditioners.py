@@ -2,6 +2,12 @@
 
 Each has `apply(r, out)` (writes z into `out`), `apply_dot(r, out) -> r·z`, `name` and
 `setup_s` (seconds spent building it).
+
+Singular matrices (closed regions, zero rows of isolated cells): IC(0), MIC(0) and AMG are
+built from `grounded(A)` — one anchor cell per closed region gets one Dirichlet neighbour's
+weight added to its diagonal — so the factor or hierarchy is that of an SPD matrix and the
+preconditioner is SPD. For a residual in the range of A (zero mean per closed region, as the
+solve path makes it) this changes the answer only by a constant per region.
 """
 
 from __future__ import annotations
@@ -13,8 +19,28 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from deepcd.iterative.nullspace import closed_components, grounded
 from deepcd.kernels.vector import dot, scale_dot
 from deepcd.operators import Operator
+
+# (labels over the unknowns, count) of the closed regions, as `closed_components` returns them
+ClosedRegions = tuple[np.ndarray, int]
+
+
+def preconditioner_matrix(
+    op: Operator, closed: ClosedRegions | None = None
+) -> tuple[sp.csr_matrix, int]:
+    """The SPD matrix a factored/multigrid preconditioner is built from, and how many regions
+    were grounded: op.csr itself, or `grounded(op.csr)` when it has closed regions.
+
+    closed: the closed regions when the caller knows them (a Problem's), else found from the
+    matrix (a row-sum check, and connected components only when some row sum vanishes).
+    """
+    A = op.csr
+    labels, count = closed_components(A) if closed is None else closed
+    if count:
+        A, _ = grounded(A, labels, count)
+    return A, int(count)
 
 
 class Preconditioner:
@@ -56,11 +82,19 @@ class Jacobi(Preconditioner):
 class IncompleteCholeskyPreconditioner(Preconditioner):
     """IC(0) (modified=False) or MIC(0) (modified=True) of the assembled matrix."""
 
-    def __init__(self, op: Operator, *, modified: bool = False, tau: float = 0.97):
+    def __init__(
+        self,
+        op: Operator,
+        *,
+        modified: bool = False,
+        tau: float = 0.97,
+        closed: ClosedRegions | None = None,
+    ):
         from deepcd.kernels.ichol import IncompleteCholesky
 
         t = time.perf_counter()
-        self.factor = IncompleteCholesky(op.csr, modified=modified, tau=tau)
+        A, self.grounded_regions = preconditioner_matrix(op, closed)
+        self.factor = IncompleteCholesky(A, modified=modified, tau=tau)
         self.name = "mic0" if modified else "ic0"
         self.setup_s = time.perf_counter() - t
 
@@ -72,6 +106,7 @@ class IncompleteCholeskyPreconditioner(Preconditioner):
             "preconditioner": self.name,
             "tau": self.factor.tau,
             "safeguarded_pivots": int(self.factor.safeguarded_pivots),
+            "grounded_regions": self.grounded_regions,
         }
 
 
@@ -81,13 +116,20 @@ AMG_KINDS = ("sa", "rs")
 class AMGPreconditioner(Preconditioner):
     """One pyamg multigrid cycle (smoothed aggregation "sa" or Ruge–Stüben "rs")."""
 
-    def __init__(self, op: Operator, kind: str = "sa", cycle: str = "V", **amg_options):
+    def __init__(
+        self,
+        op: Operator,
+        kind: str = "sa",
+        cycle: str = "V",
+        closed: ClosedRegions | None = None,
+        **amg_options,
+    ):
         import pyamg
 
         if kind not in AMG_KINDS:
             raise ValueError(f"AMG kind must be one of {AMG_KINDS}, got {kind!r}")
-        A = op.csr
         t = time.perf_counter()
+        A, self.grounded_regions = preconditioner_matrix(op, closed)
         if kind == "sa":
             self.ml = pyamg.smoothed_aggregation_solver(A, **amg_options)
         else:
@@ -107,6 +149,7 @@ class AMGPreconditioner(Preconditioner):
             "levels": len(self.ml.levels),
             "operator_complexity": float(self.ml.operator_complexity()),
             "grid_complexity": float(self.ml.grid_complexity()),
+            "grounded_regions": self.grounded_regions,
         }
 
 
@@ -133,16 +176,22 @@ class UserPreconditioner(Preconditioner):
         out[:] = z
 
 
-def make_preconditioner(name: str, op: Operator, **options) -> Preconditioner:
-    """Build a preconditioner by name: "none", "jacobi", "ic0", "mic0", "amg-sa", "amg-rs"."""
+def make_preconditioner(
+    name: str, op: Operator, closed: ClosedRegions | None = None, **options
+) -> Preconditioner:
+    """Build a preconditioner by name: "none", "jacobi", "ic0", "mic0", "amg-sa", "amg-rs".
+
+    closed: the closed regions of op, when known (else IC/AMG find them from the matrix).
+    """
     if name == "none":
         return Preconditioner()
     if name == "jacobi":
         return Jacobi(op)
     if name == "ic0":
-        return IncompleteCholeskyPreconditioner(op, modified=False)
+        return IncompleteCholeskyPreconditioner(op, modified=False, closed=closed)
     if name == "mic0":
-        return IncompleteCholeskyPreconditioner(op, modified=True, tau=options.pop("tau", 0.97))
+        tau = options.pop("tau", 0.97)
+        return IncompleteCholeskyPreconditioner(op, modified=True, tau=tau, closed=closed)
     if name.startswith("amg-"):
-        return AMGPreconditioner(op, kind=name[4:], **options)
+        return AMGPreconditioner(op, kind=name[4:], closed=closed, **options)
     raise ValueError(f"unknown preconditioner {name!r}")

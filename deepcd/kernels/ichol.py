@@ -180,7 +180,9 @@ class IncompleteCholesky:
             i = int(bad[0])
             raise ValueError(
                 f"A has a non-positive diagonal entry A[{i}, {i}] = {diag[i]!r} in row {i} "
-                f"({bad.size} such row(s)); IC(0) needs a positive diagonal"
+                f"({bad.size} such row(s)); IC(0) needs a positive diagonal (a singular "
+                "pressure matrix with isolated cells: factor "
+                "deepcd.iterative.nullspace.grounded(A, *closed_components(A))[0] instead)"
             )
         del diag
 

@@ -812,9 +812,17 @@ _BUILDERS = {
 _MIN_SIZE = {"poisson-box": 1, "closed-box": 1}
 
 
+def _registry() -> tuple[dict, dict]:
+    """(builders, minimum sizes) of every scene, with those of `scenes_hard` (imported here,
+    late, because it builds on this module)."""
+    from deepcd.problems import scenes_hard
+
+    return {**_BUILDERS, **scenes_hard.BUILDERS}, {**_MIN_SIZE, **scenes_hard.MIN_SIZE}
+
+
 def scene_names() -> list[str]:
     """Names of the scene generators, sorted."""
-    return sorted(_BUILDERS)
+    return sorted(_registry()[0])
 
 
 def _check_shape(name: str, shape) -> tuple[int, ...]:
@@ -826,7 +834,7 @@ def _check_shape(name: str, shape) -> tuple[int, ...]:
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
             raise ValueError(f"shape entries must be ints, got {tuple(shape)!r}")
     shape = tuple(int(s) for s in shape)
-    least = _MIN_SIZE.get(name, 8)
+    least = _registry()[1].get(name, 8)
     if min(shape) < least:
         raise ValueError(f"scene {name!r} needs at least {least} cells per axis, got {shape}")
     return shape
@@ -838,10 +846,11 @@ def make_scene(name: str, shape: tuple[int, ...], seed: int = 0, **params) -> Sc
     The same (name, shape, seed, params) always gives bit-identical output. Raises ValueError
     for an unknown name or a bad shape, TypeError for parameters the scene does not take.
     """
-    if name not in _BUILDERS:
+    builders = _registry()[0]
+    if name not in builders:
         raise ValueError(f"unknown scene {name!r}; valid names: {', '.join(scene_names())}")
     shape = _check_shape(name, shape)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {seed!r}")
     rng = np.random.default_rng(int(seed))
-    return _BUILDERS[name](shape, rng, _Params(name, params))
+    return builders[name](shape, rng, _Params(name, params))
