@@ -721,7 +721,14 @@ def _torch_threads_kept():
             torch.set_num_threads(n)
 
 
-def _selection_key(record: dict[str, Any]) -> tuple[float, float]:
+def _selection_key(record: dict[str, Any], first: dict[str, Any] | None = None):
+    """Fewest mean validation iterations, ties by loss — and never a model that needs more
+    iterations than the first evaluated one (the initialization) on any validation scene."""
+    if first is not None and first is not record:
+        base = {r["scene"]: r["dcdm_iterations"] for r in first.get("scenes", [])}
+        for row in record.get("scenes", []):
+            if row["dcdm_iterations"] > base.get(row["scene"], math.inf):
+                return (math.inf, math.inf)
     iters = record.get("val_dcdm_mean")
     loss = record.get("val_loss")
     if loss is None:
@@ -1108,8 +1115,9 @@ def _train(
                 "maxiter": cfg.val_maxiter,
                 "table": rec.get("scenes", []),
             },
-            "selection": "fewest mean DCDM iterations on the validation scenes, "
-            "ties broken by the validation loss",
+            "selection": "fewest mean DCDM iterations on the validation scenes, ties broken "
+            "by the validation loss, among models no worse than the first evaluated one "
+            "(the initialization) on every validation scene",
             **({"final": final} if final else {}),
         }
 
@@ -1129,7 +1137,8 @@ def _train(
             "eval_s": round(time.perf_counter() - t, 3),
         }
         evaluations.append(record)
-        if best is None or _selection_key(record) < _selection_key(best):
+        first = evaluations[0]
+        if best is None or _selection_key(record, first) < _selection_key(best, first):
             best = record
             save_solver(out / "best", net, card(step, record, wall))
         return record
