@@ -293,7 +293,7 @@ def _torch_pcg(A, op, b, x0, method, *, rtol, atol, maxiter, callback, monitor, 
         # initialization (Chebyshev smoothing, linear interpolation, no learned weights)
         card = read_card(resolve_solver(default_solver(problem.ndim)))
         net = build_network(card["arch"], **card["config"]).to(device).eval()
-        flags = torch.as_tensor(problem.flags, device=device)
+        flags = torch.tensor(problem.flags, device=device)
         boundary = tuple(problem.boundary)
 
         def preconditioner(r):
