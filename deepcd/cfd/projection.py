@@ -99,7 +99,9 @@ class Projector:
     def _sync_flags(self) -> None:
         """Pick up in-place edits of the caller's flags array (one int8 comparison)."""
         src = self._source
-        if src is not None and (src.shape != self.flags.shape or not np.array_equal(src, self.flags)):
+        if src is None:
+            return
+        if src.shape != self.flags.shape or not np.array_equal(src, self.flags):
             self.set_flags(src)
 
     def _gradient_faces(self) -> tuple[np.ndarray, ...]:

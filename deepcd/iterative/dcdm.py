@@ -143,9 +143,12 @@ def dcdm(
     }
     recent = [math.sqrt(rr)]  # residual norms while the network is on
     was_on = True
+    events: list[str] = []  # every fallback, in words (settings["events"] and the message)
 
     def done(**kw) -> SolveResult:
         settings.update(stats)
+        settings["events"] = events
+        kw["message"] = "; ".join(m for m in (kw.get("message", ""), *events) if m)
         return finish_result(op, b, x, hist, **kw, **finish)
 
     for it in range(1, maxiter + 1):
@@ -165,6 +168,15 @@ def dcdm(
                 stats["network_stalled_at"] = it
                 network_on = False
         if was_on and not network_on:
+            events.append(
+                f"iteration {it}: network switched off: "
+                + (
+                    f"the residual did not halve in {stall_window} iterations"
+                    if stats["network_stalled_at"] == it
+                    else f"its direction lost to the classical one {patience} times"
+                )
+                + "; restarted as PCG"
+            )
             # restart: the stored directions came from mixed steps, and PCG's short
             # recurrence needs a history of its own (test_switched_off_network_restarts_as_cg)
             store.clear()
@@ -213,6 +225,11 @@ def dcdm(
         ur, vr = dot(u, r), dot(v, r)
         gain_v = vr * vr / vav
         if uau == 0.0:
+            if network_on and not stats["rejected_directions"]:
+                events.append(
+                    f"iteration {it}: the network's direction was unusable (NaN/Inf, zero or "
+                    "no curvature left); took the classical step"
+                )
             stats["rejected_directions"] += network_on
             stats["safeguard_steps"] += 1
             a, c = 0.0, vr / vav

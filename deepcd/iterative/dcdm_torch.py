@@ -101,6 +101,7 @@ def dcdm_torch(
     }
     recent = [rnorm0]
     tiny = torch.finfo(F64).tiny
+    events: list[str] = []  # every fallback, in words (settings["events"] and the message)
 
     def orthogonalize(w: torch.Tensor, aw: torch.Tensor, m: int) -> None:
         if m == 0:
@@ -121,6 +122,7 @@ def dcdm_torch(
             "network_dtype": str(network_dtype).replace("torch.", ""),
             "check_every": check_every,
             **stats,
+            "events": events,
         }
 
     def finish(converged: bool, info: int, iterations: int, message: str = "") -> SolveResult:
@@ -135,7 +137,7 @@ def dcdm_torch(
             setup_s=t_solve - t0,
             method=method,
             settings=settings(),
-            message=message,
+            message="; ".join(m for m in (message, *events) if m),
         )
 
     if rnorm0 <= tol:
@@ -219,6 +221,15 @@ def dcdm_torch(
                 if stall:
                     stats["network_stalled_at"] = it
                 if stall or stats["network_losses"] >= patience:
+                    events.append(
+                        f"iteration {it}: network switched off: "
+                        + (
+                            f"the residual did not halve in {stall_window} iterations"
+                            if stall
+                            else f"its direction lost to the classical one {patience} times"
+                        )
+                        + "; restarted as PCG"
+                    )
                     network_on = False
                     count = 0  # restart: from here on the steps are PCG with the safeguard
             if min(batch) <= tol:
