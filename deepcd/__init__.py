@@ -1,5 +1,6 @@
 """deepcd: Poisson pressure solvers — learned conjugate directions beside the classical methods."""
 
+from deepcd import threads  # noqa: F401 - first: sets OMP_WAIT_POLICY before numba/torch load
 from deepcd._version import __version__
 from deepcd.api import (
     METHODS,

@@ -329,6 +329,10 @@ def _grid_problem(A, op: Operator, flags, boundary) -> tuple[Problem, float, Gri
 def _dcdm(A, op, b, x0, *, rtol, atol, maxiter, callback, monitor, options) -> SolveResult:
     import torch
 
+    from deepcd import threads
+
+    threads.ensure()  # torch is imported now: give it the same thread count as numba
+
     from deepcd.iterative.dcdm import dcdm
     from deepcd.iterative.dcdm_torch import dcdm_torch
     from deepcd.nn.direction import NetworkDirection
@@ -427,7 +431,10 @@ def _dcdm(A, op, b, x0, *, rtol, atol, maxiter, callback, monitor, options) -> S
 
 def _torch_pcg(A, op, b, x0, method, *, rtol, atol, maxiter, callback, monitor, options):
     """CG / Jacobi-PCG / MGPCG with the vectors on a torch device (`krylov_torch`)."""
+    from deepcd import threads
     from deepcd.iterative.krylov_torch import pcg_torch
+
+    threads.ensure()
 
     if callback is not None or monitor is not None:
         raise ValueError(
@@ -552,9 +559,34 @@ def solve_result(
     M=None,
     monitor: Monitor | None = None,
     check_symmetry: bool = True,
+    threads: int | None = None,
     **options,
 ) -> SolveResult:
     """Like `solve`, but return the full `SolveResult` (history, timings, settings)."""
+    from deepcd import threads as _threads
+
+    with _threads.limited(threads) as n_threads:
+        result = _solve_result(
+            A,
+            b,
+            x0,
+            rtol=rtol,
+            atol=atol,
+            maxiter=maxiter,
+            callback=callback,
+            method=method,
+            M=M,
+            monitor=monitor,
+            check_symmetry=check_symmetry,
+            **options,
+        )
+    result.settings["threads"] = n_threads
+    return result
+
+
+def _solve_result(
+    A, b, x0, *, rtol, atol, maxiter, callback, method, M, monitor, check_symmetry, **options
+) -> SolveResult:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     unknown = set(options) - _METHOD_OPTIONS[method]
@@ -576,7 +608,7 @@ def solve_result(
             "b was projected onto the range (mean removed per region) and x normalized to "
             "zero mean per region"
         )
-        warnings.warn(note, SingularSystemWarning, stacklevel=3)
+        warn_user(note, SingularSystemWarning)
     result = _run_method(
         method,
         op,
@@ -617,6 +649,7 @@ def solve(
     method: str = "dcdm",
     M=None,
     residuals: list | None = None,
+    threads: int | None = None,
     **options,
 ) -> tuple[np.ndarray, int]:
     """Solve A x = b for a symmetric positive (semi)definite pressure matrix, scipy-style.
@@ -642,6 +675,8 @@ def solve(
     learned weights) on torch, device "auto" by default.
     M: a user preconditioner ≈ A⁻¹ for "cg", as in scipy. callback(xk): once per iteration.
     residuals: a list, filled with the residual 2-norm history (initial residual first).
+    threads: numba and torch threads for this solve (default $DEEPCD_THREADS, else the cores
+    available; see `deepcd.threads`).
 
     Returns (x, info): info 0 converged, > 0 the iteration count when not converged,
     < 0 breakdown (-1 A not positive definite, -2 M not positive definite, -3 NaN/Inf,
@@ -659,6 +694,7 @@ def solve(
         callback=callback,
         method=method,
         M=M,
+        threads=threads,
         **options,
     )
     if residuals is not None:

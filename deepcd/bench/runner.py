@@ -109,10 +109,13 @@ def _run_isolated(path: str, name: str, rtol: float, maxiter: int | None) -> dic
 
 
 def environment() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on, with the thread settings and the machine's load
+    (os.getloadavg: other work on the cores slows every solver)."""
     import numba
     import pyamg
     import scipy
+
+    from deepcd import threads
 
     return {
         "deepcd": __version__,
@@ -125,6 +128,7 @@ def environment() -> dict:
         "machine": platform.machine(),
         "processor": cpu_name(),
         "cpu_count": mp.cpu_count(),
+        **threads.settings(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
