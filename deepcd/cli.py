@@ -416,7 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
         "‖b − A f(b)‖²; pcg: log10 residual reduction per step of 4 unrolled PCG steps with "
         "the network as M (for SPD networks such as vcycle)",
     )
-    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="checkpoint every N steps (default: a tenth of the run, at most 100; the last "
+        "step always); 0: only at the end",
+    )
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint")
     t.add_argument(
         "--stop-at", type=int, default=None, help="stop after this step (checkpointed), resumable"
