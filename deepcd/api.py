@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import sys
 import warnings
 from collections.abc import Callable
@@ -99,6 +100,8 @@ def prepare_system(A, b, *, check_symmetry: bool = True) -> PreparedSystem:
     if isinstance(A, Problem):
         op: Operator = A.stencil
         b = A.b if b is None else b
+        if np.shape(b) == A.shape:
+            b = A.from_grid(np.asarray(b))
         labels, n_closed = A.closed_regions
         out_dtype = np.dtype(np.float64)
     else:
@@ -145,6 +148,10 @@ def prepare_system(A, b, *, check_symmetry: bool = True) -> PreparedSystem:
     )
 
 
+class DeviceUnavailableError(RuntimeError):
+    """A device was asked for that this machine (or this torch build) does not have."""
+
+
 def resolve_device(device: str) -> str:
     """ "auto" → "cuda" when torch sees a GPU, else "cpu"; "cuda" without one is an error."""
     import torch
@@ -154,7 +161,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise DeviceUnavailableError(
             f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}, "
             f"built with CUDA {torch.version.cuda}); use device='cpu' or 'auto'"
         )
@@ -594,11 +601,17 @@ def _solve_result(
         raise TypeError(f"method {method!r} got unexpected options: {', '.join(sorted(unknown))}")
     if not (rtol >= 0 and atol >= 0):
         raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
-    if maxiter is not None and int(maxiter) < 1:
-        raise ValueError(f"maxiter must be >= 1, got {maxiter}")
+    if maxiter is not None:
+        if isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Integral):
+            raise TypeError(f"maxiter must be an integer or None, got {maxiter!r}")
+        if maxiter < 1:
+            raise ValueError(f"maxiter must be >= 1, got {maxiter}")
+        maxiter = int(maxiter)
     system = prepare_system(A, b, check_symmetry=check_symmetry)
     op, b = system.op, system.b
     if x0 is not None:
+        if isinstance(A, Problem) and np.shape(x0) == A.shape:
+            x0 = A.from_grid(np.asarray(x0))  # a pressure grid, like b
         x0 = _as_vector("x0", x0, op.n).astype(np.float64)
     note = ""
     if system.n_closed:

@@ -468,9 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "command", None) == "bench":
         args.scene = args.scene or [DEFAULT_SCENE]
         args.shape = args.shape or ["64"]
+    from deepcd.api import DeviceUnavailableError
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, DeviceUnavailableError) as err:
         print(f"deepcd: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -936,6 +936,7 @@ def _train(
     from deepcd.nn.dataset import PoissonDataset
     from deepcd.nn.networks import build_network, count_parameters, flops_per_unknown
     from deepcd.nn.weights import load_solver, save_solver
+    from deepcd.progress import bars_enabled
 
     t_start = time.perf_counter()
     train_ds = PoissonDataset(cfg.dataset, "train")
@@ -1210,7 +1211,7 @@ def _train(
         initial=start,
         desc="train",
         unit="step",
-        disable=not (cfg.progress and is_main),
+        disable=not (bars_enabled(cfg.progress) and is_main),
         dynamic_ncols=True,
     )
     end = total if cfg.stop_at is None else min(cfg.stop_at, total)
