@@ -1,7 +1,7 @@
 """CG per-iteration cost at 128³ against scipy and the machine's memory-bandwidth floor.
 
 Run:  .venv/bin/python benchmarks/cg_kernels.py [--n 128] [--repeats 3]
-Writes benchmarks/cg_kernels/results.{json,md}.
+Writes bench-out/cg_kernels/results.{json,md} (--out benchmarks/cg_kernels: the committed ones).
 
 The floor: a fused CG iteration on the stencil form moves, per unknown, 93 bytes (matvec+dot:
 read p 8, index 4, diagonal 1, write Ap 8; x += αp, r -= αAp, r·r: 48; p = r + βp: 24),
@@ -51,12 +51,21 @@ def time_solver(run, repeats: int) -> tuple[int, float]:
     return iters, statistics.median(per_iter)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "cg_kernels"))
-    args = ap.parse_args()
+    ap.add_argument(
+        "--out",
+        default=str(Path("bench-out") / "cg_kernels"),
+        help="results folder (default bench-out/cg_kernels; the committed one is "
+        "benchmarks/cg_kernels: pass --out benchmarks/cg_kernels to refresh it)",
+    )
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
 
     problem = scene("poisson-box", (args.n,) * 3, seed=0)
     A, b, rtol = problem.A, problem.b, 1e-6

@@ -4,8 +4,10 @@ Run:  .venv/bin/python benchmarks/dcdm_eval.py SOLVER --shape 64 --shape 128 [--
 Held-out scenes (seeds the training recipes do not use): bunny 7, smoke-obstacles 11, pool 13.
 Columns: plain CG; MIC(0)-PCG; DCDM whose safeguard direction is the residual itself (alone,
 that direction is CG); DCDM whose safeguard direction is MIC(0) (alone: MIC(0)-PCG). So each
-DCDM column has its "classical direction used alone" to its left. --card writes the table into
-the solver's card.json under "evaluation" (the weights and their hash are not touched). The
+DCDM column has its "classical direction used alone" to its left. --card writes the solver's
+card with the table under "evaluation" to OUT/card.json (default bench-out/dcdm-eval/SOLVER/);
+--card --update-shipped writes it into the shipped solver's own card.json instead (the weights
+and their hash are never touched). The
 last column runs the same architecture at its initialization, so training's own effect shows.
 """
 
@@ -33,7 +35,7 @@ HELD_OUT = (("bunny", 7), ("smoke-obstacles", 11), ("pool", 13))
 KEYS = ("cg", "mic0-pcg", "dcdm", "dcdm+mic0", "dcdm-untrained")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("solver")
     ap.add_argument("--shape", type=int, action="append", default=[])
@@ -41,8 +43,33 @@ def main() -> None:
     ap.add_argument("--maxiter", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--card", action="store_true", help="write the table into the card")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--card",
+        action="store_true",
+        help="write the solver's card with the table under 'evaluation' to "
+        "OUT/card.json (default OUT: bench-out/dcdm-eval/SOLVER; the shipped card is untouched)",
+    )
+    ap.add_argument(
+        "--update-shipped",
+        action="store_true",
+        help="with --card: write the table into the solver's own card.json (a tracked file; "
+        "benchmarks/run_cpu_suite.sh does this)",
+    )
+    return ap
+
+
+def card_target(args: argparse.Namespace) -> Path:
+    """Where --card writes: a copy under OUT, or the solver's own card with --update-shipped."""
+    if args.update_shipped:
+        return resolve_solver(args.solver) / CARD
+    out = Path(args.out) if args.out else Path("bench-out") / "dcdm-eval" / Path(args.solver).name
+    return out / CARD
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if args.update_shipped and not args.card:
+        raise SystemExit("--update-shipped needs --card")
     model, card = load_solver(args.solver)
     torch.manual_seed(0)
     untrained = build_network(card["arch"], **card["config"]).eval()  # the same net at init
@@ -105,8 +132,9 @@ def main() -> None:
         )
         (out / "dcdm_eval.md").write_text("\n".join(lines) + "\n")
     if args.card:
-        path = resolve_solver(args.solver) / CARD
-        full = json.loads(path.read_text())
+        full = json.loads((resolve_solver(args.solver) / CARD).read_text())
+        path = card_target(args)
+        path.parent.mkdir(parents=True, exist_ok=True)
         full["evaluation"] = {
             "command": command,
             "rtol": args.rtol,

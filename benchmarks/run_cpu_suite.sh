@@ -5,7 +5,7 @@ set -u
 cd "$(dirname "$0")/.."
 deepcd=.venv/bin/deepcd
 # 1. CG per iteration vs scipy and the bandwidth floor (128³ Dirichlet box).
-.venv/bin/python benchmarks/cg_kernels.py --n 128 --repeats 3
+.venv/bin/python benchmarks/cg_kernels.py --n 128 --repeats 3 --out benchmarks/cg_kernels
 # 2. Anchors: 128³ Dirichlet box, white-noise rhs (DESIGN.md §8).
 $deepcd bench --scene poisson-box --shape 128 --no-progress --out benchmarks/poisson-box-128 \
     --solvers scipy-cg,cg,jacobi,ic0,mic0,amg-sa,amg-rs,amg-sa-cycle,amg-rs-cycle,newton-ic0,newton-amg
@@ -26,8 +26,8 @@ $deepcd bench --scene smoke-plume --scene smoke-obstacles --scene bunny --scene 
 $deepcd bench --scene smoke-obstacles --shape 1024 --dim 2 --no-progress \
     --out benchmarks/dcdm-cpu-2d --solvers dcdm,dcdm-mic0,cg,ic0,mic0,amg-sa,amg-rs,newton-amg
 # 7. The shipped solvers on held-out scenes (written into their cards).
-.venv/bin/python benchmarks/dcdm_eval.py vcycle-3d --shape 64 --shape 128 --card
-.venv/bin/python benchmarks/dcdm_eval.py vcycle-2d --shape 256 --shape 1024 --maxiter 8000 --card
+.venv/bin/python benchmarks/dcdm_eval.py vcycle-3d --shape 64 --shape 128 --card --update-shipped
+.venv/bin/python benchmarks/dcdm_eval.py vcycle-2d --shape 256 --shape 1024 --maxiter 8000 --card --update-shipped
 # 8. 100 steps of the 64³ smoke simulation, DCDM projection, CG solving the same projections.
 $deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --compare cg \
     --out benchmarks/simulate-64/run --no-progress

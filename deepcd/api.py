@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,7 +23,7 @@ from deepcd.iterative.nullspace import (
 from deepcd.iterative.preconditioners import UserPreconditioner, make_preconditioner
 from deepcd.iterative.result import SolveResult
 from deepcd.operators import CSROperator, LinearOperatorAdapter, Operator
-from deepcd.problems.flags import SOLID
+from deepcd.problems.flags import FLUID, SOLID, normalize_boundary
 from deepcd.problems.problem import Problem
 
 METHODS = ("dcdm", "cg", "jacobi", "ic0", "mic0", "amg-sa", "amg-rs", "newton", "mgpcg")
@@ -38,6 +41,17 @@ class PreparedSystem:
     labels: np.ndarray | None
     n_closed: int
     out_dtype: np.dtype
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def warn_user(message: str, category: type[Warning]) -> None:
+    """warnings.warn attributed to the first caller outside the deepcd package."""
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _check_finite(name: str, values: np.ndarray) -> None:
@@ -86,6 +100,8 @@ def prepare_system(A, b, *, check_symmetry: bool = True) -> PreparedSystem:
     if isinstance(A, Problem):
         op: Operator = A.stencil
         b = A.b if b is None else b
+        if np.shape(b) == A.shape:
+            b = A.from_grid(np.asarray(b))
         labels, n_closed = A.closed_regions
         out_dtype = np.dtype(np.float64)
     else:
@@ -132,6 +148,10 @@ def prepare_system(A, b, *, check_symmetry: bool = True) -> PreparedSystem:
     )
 
 
+class DeviceUnavailableError(RuntimeError):
+    """A device was asked for that this machine (or this torch build) does not have."""
+
+
 def resolve_device(device: str) -> str:
     """ "auto" → "cuda" when torch sees a GPU, else "cpu"; "cuda" without one is an error."""
     import torch
@@ -141,20 +161,157 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise DeviceUnavailableError(
             f"device={device!r} but torch sees no CUDA GPU (torch {torch.__version__}, "
             f"built with CUDA {torch.version.cuda}); use device='cpu' or 'auto'"
         )
     return str(device)
 
 
-def _grid_problem(A, op: Operator, flags, boundary) -> tuple[Problem, float]:
-    """The grid DCDM's network works on, and the factor s with A = s·L(flags) (0 when A is not
-    a multiple of the flags' Laplacian)."""
+class NetworkUnusedWarning(UserWarning):
+    """DCDM ran without a single network step: it was PCG with the safeguard's direction."""
+
+
+class GridMismatchWarning(UserWarning):
+    """A matrix given with flags= is not (a multiple of) the flags' Laplacian: DCDM's network,
+    built from the flags, does not fit A and the solve takes many more iterations."""
+
+
+@dataclass
+class GridCheck:
+    """How a matrix A relates to the Laplacian L of the flags it came with.
+
+    scale: s with A = s·L exactly (0 when not); boundary: the faces L was built with;
+    inferred: the boundary was read off A's diagonal (no boundary= given); mismatched_rows:
+    rows where A differs from s·L by more than 1e-6·s; note: a sentence for the result.
+    """
+
+    scale: float
+    boundary: tuple[int, ...]
+    inferred: bool = False
+    mismatched_rows: int = 0
+    note: str = ""
+
+
+def _csr_scale(csr: sp.csr_matrix, diag_l: np.ndarray) -> float:
+    """s for A ≈ s·L: minus the mean off-diagonal entry (the boundary only moves the
+    diagonal), or the diagonals' ratio when A has no off-diagonal entries."""
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    off = csr.data[csr.indices != rows]
+    if off.size:
+        return float(-off.mean())
+    d = csr.diagonal()
+    return float(d[diag_l > 0].mean() / diag_l[diag_l > 0].mean()) if np.any(diag_l > 0) else 0.0
+
+
+def _bad_rows(diff: sp.csr_matrix, tol: float) -> np.ndarray:
+    """bool (n,): the rows of a sparse difference with an entry above tol."""
+    diff = diff.tocsr()
+    rows = np.repeat(np.arange(diff.shape[0]), np.diff(diff.indptr))
+    bad = np.zeros(diff.shape[0], dtype=bool)
+    bad[rows[np.abs(diff.data) > tol]] = True
+    return bad
+
+
+def _infer_boundary(diag_a: np.ndarray, flags: np.ndarray) -> tuple[int, ...]:
+    """Per face SOLID or AIR, from the diagonal of A/s over the fluid cells: a cell on a face
+    has one more non-SOLID neighbour when the outside there is AIR (vectorized; corner and
+    edge cells are used only for faces with no other fluid cell)."""
+    from deepcd.problems.assembly import stencil_diagonal
+    from deepcd.problems.flags import AIR
+
+    ndim = flags.ndim
+    extra = diag_a - stencil_diagonal(flags, (SOLID,) * (2 * ndim))
+    coords = np.nonzero(flags == FLUID)
+    on = [
+        coords[face // 2] == (flags.shape[face // 2] - 1 if face % 2 else 0)
+        for face in range(2 * ndim)
+    ]
+    faces_at = np.sum(on, axis=0)
+    air = [False] * (2 * ndim)
+    later = []
+    for face in range(2 * ndim):
+        only = on[face] & (faces_at == 1)
+        if only.any():
+            air[face] = bool(np.median(extra[only]) > 0.5)
+        elif on[face].any():
+            later.append(face)
+    for face in later:  # fluid only on this face's edges: explain what the others leave
+        known = sum(on[g].astype(float) * air[g] for g in range(2 * ndim) if g not in later)
+        air[face] = bool(np.median((extra - known)[on[face]]) > 0.5)
+    return tuple(AIR if a else SOLID for a in air)
+
+
+def check_grid(A, op: Operator, flags: np.ndarray, boundary) -> GridCheck:
+    """Compare A with the Laplacian of (flags, boundary); boundary None: SOLID, or the
+    boundary A's diagonal shows when SOLID does not fit. Vectorized: one CSR assembly and
+    one sparse difference (a LinearOperator: one random probe)."""
+    from deepcd.problems.assembly import laplacian_csr, stencil_diagonal
+    from deepcd.problems.flags import FLAG_NAMES
+
+    given = boundary is not None
+    bnd = normalize_boundary(SOLID if boundary is None else boundary, flags.ndim)
+    L = laplacian_csr(flags, bnd)
+    n = L.shape[0]
+    if isinstance(op, CSROperator):
+        csr = op.csr
+        diag_l = L.diagonal()
+        s = _csr_scale(csr, diag_l)
+        if not s > 0:
+            bad = np.ones(n, dtype=bool)
+        else:
+            bad = _bad_rows(csr - s * L, 1e-6 * s)
+        inferred = False
+        if bad.any() and not given and s > 0:
+            guess = _infer_boundary(csr.diagonal() / s, flags)
+            if guess != bnd:
+                d_guess = stencil_diagonal(flags, guess).astype(np.float64)
+                L_guess = L + sp.diags(d_guess - diag_l, format="csr")
+                bad_guess = _bad_rows(csr - s * L_guess, 1e-6 * s)
+                if not bad_guess.any():
+                    bnd, L, bad, inferred = guess, L_guess, bad_guess, True
+        exact = 0.0
+        if not bad.any():
+            d = L.diagonal()
+            if abs(csr - s * L).max() <= 1e-12 * s * max(d.max(), 1.0):
+                exact = s
+        mismatched = int(bad.sum())
+    else:
+        rng = np.random.default_rng(2024)
+        v = rng.standard_normal(n)
+        av, lv = op.matvec(v), L @ v
+        s = float(v @ av) / float(v @ lv) if float(v @ lv) > 0 else 0.0
+        err = np.abs(av - s * lv)
+        mismatched = int(np.count_nonzero(err > 1e-6 * max(s, 1e-300) * 2 * flags.ndim))
+        exact, inferred = 0.0, False  # a probe cannot prove equality: the CPU path
+    names = ",".join(FLAG_NAMES[f] for f in bnd)
+    note = ""
+    if inferred:
+        note = f"boundary inferred from A's diagonal: ({names}) (pass boundary= to state it)"
+    if mismatched:
+        note = (
+            f"A differs from the flags' Laplacian (boundary {names}) in {mismatched} of {n} "
+            "rows; the network's V-cycle is built from the flags, so it does not fit A: expect "
+            "many more iterations (pass the flags and boundary= A was assembled from, or a "
+            "deepcd Problem)"
+        )
+    return GridCheck(exact, bnd, inferred, mismatched, note)
+
+
+def _grid_problem(A, op: Operator, flags, boundary) -> tuple[Problem, float, GridCheck | None]:
+    """The grid DCDM's network works on, the factor s with A = s·L(flags) (0 when A is not
+    a multiple of the flags' Laplacian), and how A was checked against it (None: a Problem)."""
     if isinstance(A, Problem):
         if flags is not None:
             raise TypeError("flags= is for a CSR matrix; a Problem carries its own flags")
-        return A, 1.0
+        if boundary is not None and tuple(normalize_boundary(boundary, A.ndim)) != tuple(
+            A.boundary
+        ):
+            raise ValueError(
+                f"boundary={boundary} differs from the Problem's own boundary {A.boundary}; "
+                "a Problem carries its boundary (build another with from_flags)"
+            )
+        return A, 1.0, None
     if flags is None:
         raise ValueError(
             'method="dcdm" needs the grid the matrix came from: pass a deepcd Problem as A '
@@ -163,21 +320,17 @@ def _grid_problem(A, op: Operator, flags, boundary) -> tuple[Problem, float]:
             'is not SOLID; or pick a grid-free method such as method="mic0" or "amg-sa"'
         )
     from deepcd.problems import from_flags
+    from deepcd.problems.flags import validate_flags
 
-    problem = from_flags(np.asarray(flags), boundary=SOLID if boundary is None else boundary)
-    if problem.n != op.n:
+    flags = validate_flags(flags)
+    n_fluid = int(np.count_nonzero(flags == FLUID))
+    if n_fluid != op.n:
         raise ValueError(
-            f"flags has {problem.n} FLUID cells but A has {op.n} rows: the matrix was not "
+            f"flags has {n_fluid} FLUID cells but A has {op.n} rows: the matrix was not "
             "assembled from these flags"
         )
-    scale = 0.0
-    if isinstance(op, CSROperator):
-        L = problem.A
-        d = L.diagonal()
-        s = float(op.csr.diagonal()[d > 0].mean() / d[d > 0].mean()) if np.any(d > 0) else 0.0
-        if s > 0 and abs(op.csr - s * L).max() <= 1e-12 * s * max(d.max(), 1.0):
-            scale = s
-    return problem, scale
+    check = check_grid(A, op, flags, boundary)
+    return from_flags(flags, boundary=check.boundary), check.scale, check
 
 
 def _dcdm(
@@ -185,12 +338,20 @@ def _dcdm(
 ) -> SolveResult:
     import torch
 
+    from deepcd import threads
+
+    threads.ensure()  # torch is imported now: give it the same thread count as numba
+
     from deepcd.iterative.dcdm import dcdm
     from deepcd.iterative.dcdm_torch import dcdm_torch
     from deepcd.nn.direction import NetworkDirection
     from deepcd.nn.weights import default_solver, load_solver
 
-    problem, scale = _grid_problem(A, op, options.pop("flags", None), options.pop("boundary", None))
+    problem, scale, check = _grid_problem(
+        A, op, options.pop("flags", None), options.pop("boundary", None)
+    )
+    if check is not None and check.mismatched_rows:
+        warn_user(check.note, GridMismatchWarning)
     requested = options.pop("device", "auto")
     device = resolve_device(requested)
     safeguard = options.pop("safeguard", "none")
@@ -242,6 +403,7 @@ def _dcdm(
             raise ValueError(
                 "the CUDA path applies the grid Laplacian of the flags on the GPU, but A is not "
                 "a positive multiple of it; use device='cpu' (any SPD A with a grid works there)"
+                + (f": {check.note}" if check is not None and check.note else "")
             )
         result = dcdm_torch(
             problem,
@@ -264,23 +426,37 @@ def _dcdm(
             "precision": precision,
         }
     )
+    if check is not None:
+        result.settings["grid_check"] = {
+            "boundary": list(check.boundary),
+            "boundary_inferred": check.inferred,
+            "scale": check.scale,
+            "mismatched_rows": check.mismatched_rows,
+        }
+        if check.note:
+            result.message = "; ".join(m for m in (check.note, result.message) if m)
     return result
 
 
 def _torch_pcg(A, op, b, x0, method, *, rtol, atol, maxiter, callback, monitor, options):
     """CG / Jacobi-PCG / MGPCG with the vectors on a torch device (`krylov_torch`)."""
+    from deepcd import threads
     from deepcd.iterative.krylov_torch import pcg_torch
+
+    threads.ensure()
 
     if callback is not None or monitor is not None:
         raise ValueError(
             "callback/monitor need the iterate on the host every iteration; the torch path "
             "keeps it on the device (drop device= to use the numba CPU path)"
         )
-    problem, scale = _grid_problem(A, op, options.pop("flags", None), options.pop("boundary", None))
+    problem, scale, check = _grid_problem(
+        A, op, options.pop("flags", None), options.pop("boundary", None)
+    )
     if scale == 0.0:
         raise ValueError(
             "the torch path applies the grid Laplacian of the flags, but A is not a positive "
-            "multiple of it"
+            "multiple of it" + (f": {check.note}" if check is not None and check.note else "")
         )
     requested = options.pop("device", "auto")
     device = resolve_device(requested)
@@ -295,7 +471,7 @@ def _torch_pcg(A, op, b, x0, method, *, rtol, atol, maxiter, callback, monitor, 
         # initialization (Chebyshev smoothing, linear interpolation, no learned weights)
         card = read_card(resolve_solver(default_solver(problem.ndim)))
         net = build_network(card["arch"], **card["config"]).to(device).eval()
-        flags = torch.as_tensor(problem.flags, device=device)
+        flags = torch.tensor(problem.flags, device=device)
         boundary = tuple(problem.boundary)
 
         def preconditioner(r):
@@ -407,9 +583,34 @@ def solve_result(
     M=None,
     monitor: Monitor | None = None,
     check_symmetry: bool = True,
+    threads: int | None = None,
     **options,
 ) -> SolveResult:
     """Like `solve`, but return the full `SolveResult` (history, timings, settings)."""
+    from deepcd import threads as _threads
+
+    with _threads.limited(threads) as n_threads:
+        result = _solve_result(
+            A,
+            b,
+            x0,
+            rtol=rtol,
+            atol=atol,
+            maxiter=maxiter,
+            callback=callback,
+            method=method,
+            M=M,
+            monitor=monitor,
+            check_symmetry=check_symmetry,
+            **options,
+        )
+    result.settings["threads"] = n_threads
+    return result
+
+
+def _solve_result(
+    A, b, x0, *, rtol, atol, maxiter, callback, method, M, monitor, check_symmetry, **options
+) -> SolveResult:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     unknown = set(options) - _METHOD_OPTIONS[method]
@@ -417,11 +618,17 @@ def solve_result(
         raise TypeError(f"method {method!r} got unexpected options: {', '.join(sorted(unknown))}")
     if not (rtol >= 0 and atol >= 0):
         raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
-    if maxiter is not None and int(maxiter) < 1:
-        raise ValueError(f"maxiter must be >= 1, got {maxiter}")
+    if maxiter is not None:
+        if isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Integral):
+            raise TypeError(f"maxiter must be an integer or None, got {maxiter!r}")
+        if maxiter < 1:
+            raise ValueError(f"maxiter must be >= 1, got {maxiter}")
+        maxiter = int(maxiter)
     system = prepare_system(A, b, check_symmetry=check_symmetry)
     op, b = system.op, system.b
     if x0 is not None:
+        if isinstance(A, Problem) and np.shape(x0) == A.shape:
+            x0 = A.from_grid(np.asarray(x0))  # a pressure grid, like b
         x0 = _as_vector("x0", x0, op.n).astype(np.float64)
     note = ""
     if system.n_closed:
@@ -431,7 +638,7 @@ def solve_result(
             "b was projected onto the range (mean removed per region) and x normalized to "
             "zero mean per region"
         )
-        warnings.warn(note, SingularSystemWarning, stacklevel=3)
+        warn_user(note, SingularSystemWarning)
     result = _run_method(
         method,
         op,
@@ -447,6 +654,12 @@ def solve_result(
         A=A,
         closed=None if system.labels is None else (system.labels, system.n_closed),
     )
+    if method == "dcdm" and result.iterations > 0 and result.settings.get("network_steps", 1) == 0:
+        warn_user(
+            f"DCDM's network contributed no step in {result.iterations} iterations: this was "
+            f"PCG with the safeguard's direction ({result.message or 'no reason recorded'})",
+            NetworkUnusedWarning,
+        )
     if system.n_closed:
         result.x = remove_region_means(result.x, system.labels, system.n_closed)
         result.message = "; ".join(m for m in (result.message, note) if m)
@@ -467,6 +680,7 @@ def solve(
     method: str = "dcdm",
     M=None,
     residuals: list | None = None,
+    threads: int | None = None,
     **options,
 ) -> tuple[np.ndarray, int]:
     """Solve A x = b for a symmetric positive (semi)definite pressure matrix, scipy-style.
@@ -492,6 +706,8 @@ def solve(
     learned weights) on torch, device "auto" by default.
     M: a user preconditioner ≈ A⁻¹ for "cg", as in scipy. callback(xk): once per iteration.
     residuals: a list, filled with the residual 2-norm history (initial residual first).
+    threads: numba and torch threads for this solve (default $DEEPCD_THREADS, else the cores
+    available; see `deepcd.threads`).
 
     Returns (x, info): info 0 converged, > 0 the iteration count when not converged,
     < 0 breakdown (-1 A not positive definite, -2 M not positive definite, -3 NaN/Inf,
@@ -509,6 +725,7 @@ def solve(
         callback=callback,
         method=method,
         M=M,
+        threads=threads,
         **options,
     )
     if residuals is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -48,6 +49,7 @@ def cmd_bench(args) -> int:
         raise ValueError(f"unknown scene(s) {bad}; choose from {', '.join(scenes())}")
     out = Path(args.out)
     command = "deepcd " + " ".join(shlex.quote(a) for a in args.argv)
+    load_before = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     runs, problems = run_benchmark(
         args.scene,
         _shapes(args),
@@ -59,7 +61,11 @@ def cmd_bench(args) -> int:
         scratch=out / "scratch",
         progress=not args.no_progress,
     )
-    meta = {"command": command, "rtol": args.rtol, "environment": environment()}
+    meta = {
+        "command": command,
+        "rtol": args.rtol,
+        "environment": {"loadavg_before": load_before, **environment()},
+    }
     write_results(out, runs, problems, meta)
     plots = plot_all(runs, out, args.rtol)
     write_markdown(out, runs, meta, plots)
@@ -268,7 +274,14 @@ def cmd_info(args) -> int:
     for directory in shipped_solvers():
         card = read_card(directory)
         print(f"solver:   {directory.name} ({card['arch']}, {card['parameters']} parameters)")
-    print(f"numba threads: {numba.get_num_threads()}")
+    from deepcd import threads
+
+    st = threads.settings()
+    print(
+        f"threads:  {numba.get_num_threads()} numba ({st['threads_source']}; "
+        f"{st['cores_available']} cores available; OMP_WAIT_POLICY={st['omp_wait_policy']}; "
+        f"set ${threads.ENV} to change)"
+    )
     return 0
 
 
@@ -403,7 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
         "‖b − A f(b)‖²; pcg: log10 residual reduction per step of 4 unrolled PCG steps with "
         "the network as M (for SPD networks such as vcycle)",
     )
-    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="checkpoint every N steps (default: a tenth of the run, at most 100; the last "
+        "step always); 0: only at the end",
+    )
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint")
     t.add_argument(
         "--stop-at", type=int, default=None, help="stop after this step (checkpointed), resumable"
@@ -443,12 +462,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    from deepcd import threads
+
+    threads.ensure()  # numba and torch share the cores ($DEEPCD_THREADS; deepcd.threads)
     if getattr(args, "command", None) == "bench":
         args.scene = args.scene or [DEFAULT_SCENE]
         args.shape = args.shape or ["64"]
+    from deepcd.api import DeviceUnavailableError
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, DeviceUnavailableError) as err:
         print(f"deepcd: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

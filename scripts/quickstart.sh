@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
-exec "${DEEPCD_VENV:-.venv}/bin/deepcd" bench --scene smoke-obstacles --shape 64 \
+venv="${DEEPCD_VENV:-.venv}"
+rc=0
+"$venv/bin/deepcd" bench --scene smoke-obstacles --shape 64 \
     --solvers dcdm,cg,jacobi,ic0,mic0,amg-sa,amg-rs,newton-amg --rtol 1e-6 \
-    --out bench-out/quickstart "$@"
+    --out bench-out/quickstart "$@" || rc=$?
+echo
+echo "deepcd is installed in $venv/: run 'source $venv/bin/activate' to put the deepcd command on PATH"
+exit "$rc"

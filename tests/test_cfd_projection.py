@@ -124,3 +124,43 @@ def test_bad_input_is_a_clear_error():
         project(good, flags, dt=0.0)
     with pytest.raises(ValueError, match="pressure0"):
         project(good, flags, pressure0=np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize("method", ["dcdm", "cg"])
+def test_flags_edited_in_place_between_projections_are_picked_up(method):
+    """Issue 14.1: a simulation moves an obstacle by editing its flags array in place."""
+    shape = (16, 16, 16)
+    flags = np.zeros(shape, np.int8)
+    flags[4:8, 4:8, 4:8] = SOLID
+    boundary = (1, 1, 1, 1, 1, 2)
+    projector = Projector(flags, boundary=boundary, method=method)
+    projector.project(random_velocity(shape, 0), rtol=1e-6)
+    # move the obstacle: same FLUID count
+    flags[4:8, 4:8, 4:8] = FLUID
+    flags[8:12, 6:10, 5:9] = SOLID
+    velocity = random_velocity(shape, 1)
+    new, _, result = projector.project(velocity, rtol=1e-6)
+    assert result.converged
+    assert projector.rebuilds == 1
+    before = fluid_div_norm(velocity, flags, boundary)
+    assert fluid_div_norm(new, flags, boundary) <= 1e-5 * before
+    # a changed FLUID count: no shape error, the new grid is used
+    flags[0:3, :, :] = SOLID
+    new, _, result = projector.project(random_velocity(shape, 2), rtol=1e-6)
+    assert result.converged and projector.rebuilds == 2
+    assert np.abs(divergence(new, flags, boundary)[flags == FLUID]).max() < 1e-4
+
+
+def test_problem_owns_its_flags_and_rhs():
+    from deepcd.problems import from_flags
+
+    flags = np.zeros((8, 8), np.int8)
+    rhs = np.ones(64)
+    problem = from_flags(flags, rhs)
+    flags[2:4, 2:4] = SOLID
+    rhs[:] = 7.0
+    assert not problem.flags.any() and np.all(problem.b == 1.0)
+    with pytest.raises(ValueError, match="read-only"):
+        problem.flags[0, 0] = SOLID
+    with pytest.raises(ValueError, match="read-only"):
+        problem.b[0] = 2.0

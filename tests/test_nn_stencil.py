@@ -80,7 +80,7 @@ def test_batched_mixed_problems(shape):
     for i, (p, v) in enumerate(zip(problems, vs, strict=True)):
         np.testing.assert_allclose(tensor_to_problem(p, y[i]), p.A @ v, atol=1e-12)
     # the same batch from a flag tensor with per-sample boundaries
-    flags = torch.stack([torch.as_tensor(p.flags) for p in problems])
+    flags = torch.stack([torch.tensor(p.flags) for p in problems])  # flags are read-only
     op2 = GridLaplacian(flags, [p.boundary for p in problems], dim=ndim, dtype=torch.float64)
     torch.testing.assert_close(op2(x), y, rtol=0, atol=0)
     # stacking operators (one batched, one not) concatenates their samples

@@ -46,12 +46,13 @@ def test_csr_with_flags_and_a_mesh_scale():
     x, info = deepcd.solve(A, problem.b, flags=flags, rtol=1e-9)
     assert info == 0
     np.testing.assert_allclose(A @ x, problem.b, atol=1e-8 * np.linalg.norm(problem.b))
-    grid, scale = _grid_problem(A, CSROperator(A), flags, None)
+    grid, scale, _ = _grid_problem(A, CSROperator(A), flags, None)
     assert grid.n == problem.n and scale == pytest.approx(1 / h**2)
     # a matrix that is not a multiple of the flags' Laplacian still works on the CPU path
     B = A + sp.identity(A.shape[0])
-    assert _grid_problem(B, CSROperator(B), flags, None)[1] == 0.0
-    x, info = deepcd.solve(B, problem.b, flags=flags, rtol=1e-9)
+    with pytest.warns(deepcd.GridMismatchWarning):
+        assert _grid_problem(B, CSROperator(B), flags, None)[1] == 0.0
+        x, info = deepcd.solve(B, problem.b, flags=flags, rtol=1e-9)
     assert info == 0
 
 
@@ -111,6 +112,7 @@ class _Broken(torch.nn.Module):
         return torch.ones_like(r)
 
 
+@pytest.mark.filterwarnings("ignore::deepcd.NetworkUnusedWarning")
 @pytest.mark.parametrize("kind", ["nan", "fixed"])
 def test_broken_network_is_carried_by_the_safeguard(kind):
     problem = scene("smoke-obstacles", (16, 16, 16), seed=0)
@@ -169,3 +171,59 @@ def test_cuda_and_cpu_agree():
     assert gpu.converged and gpu.settings["device"] == "cuda"
     assert abs(gpu.iterations - cpu.iterations) <= 8
     np.testing.assert_allclose(gpu.x, cpu.x, atol=1e-6 * np.abs(cpu.x).max())
+
+
+@pytest.mark.filterwarnings("error::deepcd.GridMismatchWarning")
+@pytest.mark.filterwarnings("error::deepcd.NetworkUnusedWarning")
+@pytest.mark.parametrize("name", ["smoke-obstacles", "bunny", "poisson-box"])
+def test_matrix_with_flags_infers_the_boundary(name):
+    """Issue 14.2: the README's solve(A, b, flags=) on a scene whose outside is not all
+    SOLID: the boundary is read off A, the network fits, DCDM takes its usual few steps."""
+    problem = scene(name, (24, 24, 24), seed=0)
+    assert problem.boundary != (SOLID,) * 6
+    res = deepcd.solve_result(problem.A, problem.b, flags=problem.flags, rtol=1e-6)
+    ref = deepcd.solve_result(problem, rtol=1e-6)
+    assert res.converged and res.iterations <= ref.iterations + 1, (res.iterations, ref.iterations)
+    check = res.settings["grid_check"]
+    assert check["boundary"] == list(problem.boundary) and check["boundary_inferred"]
+    assert "boundary inferred" in res.message
+    # scaled by 1/h²: the same
+    h = 0.5
+    res = deepcd.solve_result(problem.A / h**2, problem.b, flags=problem.flags, rtol=1e-6)
+    assert res.iterations <= ref.iterations + 1
+    assert res.settings["grid_check"]["scale"] == pytest.approx(1 / h**2)
+
+
+@pytest.mark.filterwarnings("ignore::deepcd.NetworkUnusedWarning")
+@pytest.mark.parametrize("change", ["permuted", "diagonal", "wrong-boundary"])
+def test_matrix_that_does_not_fit_its_flags_is_named(change):
+    """Issue 14.2: A that is not the flags' Laplacian: a GridMismatchWarning naming the rows,
+    the mismatch in the result's message, and still a converged answer (the CPU path)."""
+    problem = scene("smoke-obstacles", (16, 16, 16), seed=0)
+    A, b, boundary = problem.A, problem.b, None
+    if change == "permuted":
+        perm = np.random.default_rng(0).permutation(problem.n)
+        A, b = A[perm][:, perm].tocsr(), b[perm]
+    elif change == "diagonal":
+        A = (A + 0.5 * sp.identity(problem.n)).tocsr()
+    else:
+        boundary = AIR  # stated, and wrong
+    match = r"differs from the flags' Laplacian .* in \d+ of"
+    with pytest.warns(deepcd.GridMismatchWarning, match=match):
+        res = deepcd.solve_result(A, b, flags=problem.flags, boundary=boundary, rtol=1e-6)
+    assert res.converged and "expect many more iterations" in res.message
+    assert res.settings["grid_check"]["mismatched_rows"] > 0
+
+
+def test_every_fallback_is_in_the_message_and_an_unused_network_warns():
+    problem = scene("smoke-obstacles", (16, 16, 16), seed=0)
+    with pytest.warns(deepcd.NetworkUnusedWarning, match="contributed no step"):
+        res = deepcd.solve_result(problem, rtol=1e-8, model=_Broken(3, "fixed"))
+    assert res.converged
+    assert any("network switched off" in e for e in res.settings["events"])
+    assert "network switched off" in res.message
+    with pytest.warns(deepcd.NetworkUnusedWarning):
+        res = deepcd.solve_result(problem, rtol=1e-8, model=_Broken(3, "nan"))
+    assert "unusable" in res.message
+    dev = dcdm_torch(problem, problem.b, network=_Broken(3, "fixed"), rtol=1e-8)
+    assert "network switched off" in dev.message and dev.settings["events"]

@@ -358,3 +358,66 @@ def test_cuda_bf16_tf32(dataset, tmp_path):
     assert result.finished and result.val_loss is not None
     _, card = load_solver(tmp_path / "r" / "best")
     assert card["hardware"]["device"] == "cuda" and card["training"]["inference"] == "bf16-autocast"
+
+
+def test_checkpoints_by_default_and_always_at_the_end(dataset, tmp_path, monitor_checkpoints):
+    """Issue 14.4: the README's command (--steps 300) never checkpointed (the default was
+    every 1000 steps): now a tenth of the run, at most 100 steps, and the last step."""
+    from deepcd.nn.train import default_checkpoint_every
+
+    assert default_checkpoint_every(300) == 30 and default_checkpoint_every(5) == 1
+    assert default_checkpoint_every(10**6) == 100
+    train(config(dataset, tmp_path / "r", steps=25, checkpoint_every=None))
+    assert monitor_checkpoints == [2 * i for i in range(1, 13)] + [25]
+
+
+@pytest.fixture
+def monitor_checkpoints(monkeypatch):
+    import deepcd.nn.train as tr
+
+    steps: list[int] = []
+    real = tr.save_checkpoint
+
+    def spy(out, net, optimizer, scheduler, record):
+        steps.append(record["step"])
+        return real(out, net, optimizer, scheduler, record)
+
+    monkeypatch.setattr(tr, "save_checkpoint", spy)
+    return steps
+
+
+def test_run_killed_before_its_first_checkpoint_restarts(dataset, tmp_path, capsys):
+    """Issue 14.4: a run killed before any checkpoint left a folder that blocked both a rerun
+    and --resume; both now start it again from step 0."""
+    out = tmp_path / "killed"
+    args = ["--dataset", str(dataset), "--arch", "multilevel", "--config", "channels=[4,8]",
+            "--lr", "1e-3", "--eval-every", "0", "--val-scene", "none",
+            "--val-samples", "8", "--device", "cpu", "--threads", "1", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepcd.cli", "train", *args, "--out", str(out),
+         "--steps", "100000", "--checkpoint-every", "0"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        log = out / "log.csv"
+        while proc.poll() is None and not (log.exists() and len(log.read_text().split()) > 2):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.kill()
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "checkpoint").exists() and (out / "log.csv").exists()
+    assert main(["train", *args, "--out", str(out), "--steps", "3", "--resume"]) == 0
+    assert "interrupted before its first checkpoint" in capsys.readouterr().err
+    steps = [r.split(",")[0] for r in (out / "log.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3"]
+    # a plain rerun of a folder in that state works too
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "log.csv").write_text((out / "log.csv").read_text())
+    assert main(["train", *args, "--out", str(tmp_path / "again"), "--steps", "3"]) == 0
+    # a finished run is still never overwritten
+    assert main(["train", *args, "--out", str(out), "--steps", "3"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from deepcd.bench.solvers import needs_csr, run_solver
 from deepcd.hardware import cpu_name
 from deepcd.problems import load_problem, save_problem, scene
 from deepcd.problems.problem import Problem
+from deepcd.progress import bars_enabled
 
 
 def peak_rss_mb() -> float:
@@ -50,7 +51,7 @@ def run_one(
 ) -> dict:
     """Run one solver on one problem and return its record."""
     monitor = bar = None
-    if progress:
+    if bars_enabled(progress):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=100, desc=f"  {name}", unit="%", leave=False)
@@ -109,10 +110,13 @@ def _run_isolated(path: str, name: str, rtol: float, maxiter: int | None) -> dic
 
 
 def environment() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on, with the thread settings and the machine's load
+    (os.getloadavg: other work on the cores slows every solver)."""
     import numba
     import pyamg
     import scipy
+
+    from deepcd import threads
 
     return {
         "deepcd": __version__,
@@ -125,6 +129,7 @@ def environment() -> dict:
         "machine": platform.machine(),
         "processor": cpu_name(),
         "cpu_count": mp.cpu_count(),
+        **threads.settings(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -156,7 +161,9 @@ def run_benchmark(
         for ndim in sorted({len(sh) for sh in shapes}):
             warm_up(solvers, ndim)
     total = len(combos) * len(solvers)
-    with tqdm(total=total, desc="benchmark", unit="run", disable=not progress) as outer:
+    with tqdm(
+        total=total, desc="benchmark", unit="run", disable=not bars_enabled(progress)
+    ) as outer:
         for name, shape in combos:
             t = time.perf_counter()
             problem = scene(name, shape, seed=seed)

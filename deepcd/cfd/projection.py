@@ -45,6 +45,8 @@ class Projector:
 
     Keeps the assembled problem (CSR, stencil, closed regions) and, for method="dcdm", the
     loaded trained solver, so each `project` call only builds the divergence and solves.
+    Flags edited in place between calls are picked up (the setup is rebuilt, `rebuilds`
+    counts how often); `set_flags` replaces them explicitly.
     flags: int8 grid (FLUID=0, SOLID=1, AIR=2); boundary: the flag outside each grid face
     (SOLID or AIR, one or one per face). Other arguments as for `project`.
     """
@@ -59,19 +61,12 @@ class Projector:
         method: str = "dcdm",
         **solve_options: Any,
     ):
-        self.flags = validate_flags(flags)
-        self.ndim = self.flags.ndim
-        self.boundary = normalize_boundary(boundary, self.ndim)
         self.dx = _positive("dx", dx)
         self.density = _positive("density", density)
         self.method = method
         self.options = dict(solve_options)
-        self.problem = Problem(
-            self.flags, np.zeros(int((self.flags == FLUID).sum())), self.boundary
-        )
-        self.shapes = face_shapes(self.flags.shape)
-        self.solid_faces = solid_face_masks(self.flags, self.boundary)
-        self.gradient_faces = self._gradient_faces()
+        self._boundary_given = boundary
+        self.set_flags(flags)
         if method == "dcdm" and "model" not in self.options and self.problem.n:
             from deepcd.api import resolve_device
             from deepcd.nn.weights import default_solver, load_solver
@@ -80,6 +75,34 @@ class Projector:
             self.options["model"] = load_solver(
                 default_solver(self.ndim), device=resolve_device(device)
             )[0]
+
+    def set_flags(self, flags: np.ndarray) -> None:
+        """Rebuild the setup for new cell flags (obstacles moved, liquid advected).
+
+        `project` calls it by itself when the array given here (or to the constructor) was
+        changed in place since: the projector keeps its own read-only copy and compares the
+        two before every projection, so a stale setup is never used.
+        """
+        self._source = flags if isinstance(flags, np.ndarray) else None
+        self.flags = validate_flags(flags).copy()
+        self.flags.flags.writeable = False
+        self.ndim = self.flags.ndim
+        self.boundary = normalize_boundary(self._boundary_given, self.ndim)
+        self.problem = Problem(
+            self.flags, np.zeros(int((self.flags == FLUID).sum())), self.boundary
+        )
+        self.shapes = face_shapes(self.flags.shape)
+        self.solid_faces = solid_face_masks(self.flags, self.boundary)
+        self.gradient_faces = self._gradient_faces()
+        self.rebuilds = getattr(self, "rebuilds", -1) + 1
+
+    def _sync_flags(self) -> None:
+        """Pick up in-place edits of the caller's flags array (one int8 comparison)."""
+        src = self._source
+        if src is None:
+            return
+        if src.shape != self.flags.shape or not np.array_equal(src, self.flags):
+            self.set_flags(src)
 
     def _gradient_faces(self) -> tuple[np.ndarray, ...]:
         """Per axis, the faces the pressure gradient acts on: not touching SOLID, and with a
@@ -125,6 +148,7 @@ class Projector:
     ) -> tuple[tuple[np.ndarray, ...], np.ndarray, SolveResult]:
         """(divergence-free velocity, pressure grid, solver result); see `project`."""
         dt = _positive("dt", dt)
+        self._sync_flags()
         comps = check_faces(velocity, self.shapes, "velocity", allow_none=False)
         walls = (
             [None] * self.ndim

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcd.cfd.smoke import SmokeSimulation, StepRecord
+from deepcd.progress import bars_enabled
 
 CSV_COLUMNS = (
     "step",
@@ -96,7 +97,7 @@ def run_simulation(
     frames: list[Path] = []
     t0 = time.perf_counter()
     bar = None
-    if progress:
+    if bars_enabled(progress):
         from tqdm import tqdm
 
         bar = tqdm(total=steps, desc="simulate", unit="step")

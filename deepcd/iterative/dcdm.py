@@ -329,6 +329,11 @@ def dcdm(
             a, c = 0.0, vr / vav
         elif uau == 0.0:
             if source == "network":  # an unusable direction has lost too
+                if not stats["rejected_directions"]:
+                    switch.events.append(
+                        f"iteration {it}: the network's direction was unusable (NaN/Inf, zero "
+                        "or no curvature left); took the classical step"
+                    )
                 stats["rejected_directions"] += 1
                 stats["network_losses"] += 1
             stats["safeguard_steps"] += 1

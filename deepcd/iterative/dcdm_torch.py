@@ -73,7 +73,7 @@ def dcdm_torch(
         return torch.sum(a * c)
 
     spd = bool(getattr(network, "spd", False))
-    flags = torch.as_tensor(problem.flags, device=device)
+    flags = torch.tensor(problem.flags, device=device)
     boundary = tuple(problem.boundary)
     b_grid = grid.to_grid(b)
     x = grid.to_grid(x0) if x0 is not None else torch.zeros_like(b_grid)

@@ -59,7 +59,7 @@ class DeviceGrid:
 
     def to_grid(self, v: np.ndarray) -> torch.Tensor:
         g = torch.zeros(self.shape, dtype=F64, device=self.device)
-        g.view(-1)[self.index] = torch.as_tensor(v, dtype=F64, device=self.device)
+        g.view(-1)[self.index] = torch.tensor(v, dtype=F64, device=self.device)
         return g
 
     def from_grid(self, g: torch.Tensor) -> np.ndarray:

@@ -589,7 +589,9 @@ def generate_dataset(
                     done += 1
                     continue
                 del groups[key]  # half-written: redo it
-        if progress:
+        from deepcd.progress import bars_enabled
+
+        if bars_enabled(progress):
             bars = _Bars(len(recipe.matrices), done)
         for spec in recipe.matrices:
             if f"{spec.id:04d}" in groups:

@@ -36,7 +36,7 @@ class NetworkDirection:
         self.index = torch.as_tensor(
             np.flatnonzero(problem.flags.ravel() == FLUID), device=self.device
         )
-        self.flags = torch.as_tensor(problem.flags, device=self.device)[None, None]
+        self.flags = torch.tensor(problem.flags, device=self.device)[None, None]
         self.boundary = tuple(problem.boundary)
         self.grid = torch.zeros((1, 1, *problem.shape), dtype=dtype, device=self.device)
         self.n = problem.n

@@ -573,6 +573,10 @@ def _progress(progress, m: int):
     if progress is True:
         from tqdm.auto import tqdm
 
+        from deepcd.progress import bars_enabled
+
+        if not bars_enabled():
+            return None
         return _Tick(tqdm(total=m, desc="lanczos", unit="step", leave=False))
     if progress is False or progress is None:
         return None

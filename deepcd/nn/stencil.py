@@ -45,7 +45,7 @@ def _as_flag_tensor(flags, device) -> torch.Tensor:
         arr = np.asarray(flags)
         if arr.dtype.kind not in "iub":
             raise TypeError(f"flags must be an integer array of cell flags, got dtype {arr.dtype}")
-        t = torch.as_tensor(np.ascontiguousarray(arr, dtype=np.int8), device=device)
+        t = torch.tensor(np.ascontiguousarray(arr, dtype=np.int8), device=device)
     if t.numel() and (int(t.min()) < FLUID or int(t.max()) > AIR):
         raise ValueError("flags may only hold FLUID=0, SOLID=1, AIR=2")
     return t

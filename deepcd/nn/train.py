@@ -76,6 +76,7 @@ import os
 import platform
 import shlex
 import shutil
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -129,7 +130,9 @@ class TrainConfig:
     FLUID/SOLID masks to the network. steps or epochs (epochs → ceil(epochs·train/batch) steps;
     neither: 1000 steps). lr None: the optimizer's default (`DEFAULT_LR`). warmup: linear ramp
     over that many steps before the schedule. val_scenes: "NAME:SHAPE:SEED" strings, None for
-    the defaults, [] for none. eval_every/checkpoint_every 0: only at the start/end.
+    the defaults, [] for none. eval_every/checkpoint_every 0: only at the start/end;
+    checkpoint_every None: every `default_checkpoint_every(steps)` steps (a tenth of the run,
+    at most 100). The last step is always checkpointed.
     stop_at: stop after this step as if killed (a checkpoint is written there); resume later.
     command: the command line as typed, for the model card.
     """
@@ -158,7 +161,7 @@ class TrainConfig:
     val_maxiter: int = 2000
     safeguard: str = "none"
     loss: str = "dcdm"
-    checkpoint_every: int = 1000
+    checkpoint_every: int | None = None
     resume: bool = False
     stop_at: int | None = None
     progress: bool = True
@@ -220,6 +223,11 @@ class ValScene:
         return cls(name, grid, seed_value)
 
 
+def default_checkpoint_every(total: int) -> int:
+    """Checkpoint interval when none is given: a tenth of the run, between 1 and 100 steps."""
+    return max(1, min(100, total // 10))
+
+
 def _positive_int(value, what: str, zero_ok: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{what} must be an int, got {value!r}")
@@ -272,7 +280,8 @@ def _check_config(cfg: TrainConfig) -> None:
     _positive_int(cfg.warmup, "warmup", zero_ok=True)
     _positive_int(cfg.seed, "seed", zero_ok=True)
     _positive_int(cfg.eval_every, "eval_every", zero_ok=True)
-    _positive_int(cfg.checkpoint_every, "checkpoint_every", zero_ok=True)
+    if cfg.checkpoint_every is not None:
+        _positive_int(cfg.checkpoint_every, "checkpoint_every", zero_ok=True)
     _positive_int(cfg.val_samples, "val_samples", zero_ok=True)
     _positive_int(cfg.val_maxiter, "val_maxiter")
     if cfg.threads is not None:
@@ -934,6 +943,7 @@ def _train(
     from deepcd.nn.dataset import PoissonDataset
     from deepcd.nn.networks import build_network, count_parameters, flops_per_unknown
     from deepcd.nn.weights import load_solver, save_solver
+    from deepcd.progress import bars_enabled
 
     t_start = time.perf_counter()
     train_ds = PoissonDataset(cfg.dataset, "train")
@@ -991,10 +1001,18 @@ def _train(
         "val_samples": len(val_ds),
     }
 
-    # the run folder: a new run never overwrites an old one
+    # the run folder: a new run never overwrites an old one, but a run that was interrupted
+    # before its first checkpoint saved nothing to continue from: it starts again at step 0
     ckpt_path = checkpoint_dir(out)
     state = None
-    if cfg.resume:
+    unsaved = ckpt_path is None and (out / "log.csv").exists()
+    if unsaved and rank == 0:
+        print(
+            f"deepcd train: {out} holds a run interrupted before its first checkpoint; "
+            "starting it again from step 0",
+            file=sys.stderr,
+        )
+    if cfg.resume and not unsaved:
         if ckpt_path is None:
             raise ValueError(f"--resume: {out} holds no checkpoint to resume from")
         state, model_tensors, state_tensors = load_checkpoint(ckpt_path)
@@ -1010,7 +1028,7 @@ def _train(
             raise ValueError(
                 f"--resume: the checkpoint is at step {state['step']}, beyond --steps {total}"
             )
-    elif ckpt_path is not None or (out / "log.csv").exists():
+    elif ckpt_path is not None:
         raise ValueError(
             f"{out} already holds a training run; pass --resume to continue it, or choose "
             "another --out (or delete the folder) to start over"
@@ -1202,10 +1220,13 @@ def _train(
         initial=start,
         desc="train",
         unit="step",
-        disable=not (cfg.progress and is_main),
+        disable=not (bars_enabled(cfg.progress) and is_main),
         dynamic_ncols=True,
     )
     end = total if cfg.stop_at is None else min(cfg.stop_at, total)
+    every = (
+        default_checkpoint_every(total) if cfg.checkpoint_every is None else cfg.checkpoint_every
+    )
     pool = ThreadPoolExecutor(max_workers=1)
     pending = pool.submit(load, start) if start < end else None
     step = start
@@ -1267,11 +1288,7 @@ def _train(
                     _write_json(out / "log.json", summary("running", step, wall_now()))
             if eval_due:
                 _barrier(world)
-            if (
-                (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-                or step == total
-                or step == cfg.stop_at
-            ):
+            if (every and step % every == 0) or step == total or step == cfg.stop_at:
                 checkpoint(step, wall_now())
     finally:
         bar.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ SOLVER_DIRS = (
     Path(__file__).resolve().parents[2] / "solvers",
     Path(__file__).resolve().parents[1] / "solvers",
 )
+
+
+MAX_WEIGHTS_BYTES = 1 << 30  # the paper's largest network is ~0.6 MiB; shipped ones ~1 KiB
 
 
 def sha256(path: Path) -> str:
@@ -122,6 +126,17 @@ def load_solver(
     weights = directory / WEIGHTS
     if not weights.exists():
         raise FileNotFoundError(f"{directory} has no {WEIGHTS}")
+    info = weights.stat()  # follows symlinks: what would be read
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(
+            f"{weights} is not a regular file (a device, pipe or a link to one): refusing to "
+            "read it"
+        )
+    if info.st_size > MAX_WEIGHTS_BYTES:
+        raise ValueError(
+            f"{weights} is {info.st_size / 2**20:.0f} MiB, more than any solver's weights "
+            f"({MAX_WEIGHTS_BYTES / 2**20:.0f} MiB at most): refusing to read it"
+        )
     digest = sha256(weights)
     if digest != card["weights_sha256"]:
         raise ValueError(

@@ -86,6 +86,13 @@ def load_problem(path: str | os.PathLike) -> Problem:
             missing = [k for k in ("flags", "rhs") if k not in f]
             if missing:
                 raise ValueError(f"{path} is incomplete: missing dataset(s) {missing}")
+            absent = [k for k in ("boundary", "generator", "params", "seed") if k not in f.attrs]
+            if absent:
+                raise ValueError(
+                    f"{path} is incomplete: missing attribute(s) {absent} (a deepcd problem "
+                    "file stores the boundary flag of each grid face, the generator, its "
+                    "parameters and seed; rewrite it with deepcd.problems.save_problem)"
+                )
             flags = f["flags"][...]
             rhs = f["rhs"][...]
             seed = int(f.attrs["seed"])

@@ -14,12 +14,22 @@ from deepcd.problems import assembly
 from deepcd.problems.flags import FLUID, SOLID, normalize_boundary, validate_flags
 
 
+def _owned(arr: np.ndarray) -> np.ndarray:
+    """A read-only C-contiguous copy of `arr` (int8 flags: 2 MiB at 128³)."""
+    out = np.array(arr, order="C", copy=True)
+    out.flags.writeable = False
+    return out
+
+
 @dataclass(eq=False)
 class Problem:
     """A pressure Poisson system A p = b over the FLUID cells of a cell-flag grid.
 
     flags: int8 grid (nx, ny) or (nx, ny, nz) of FLUID/SOLID/AIR.
     b: float64 (n,) right-hand side over the fluid cells, in C order of the grid.
+    The problem owns both: they are copied on construction and stored read-only, so the
+    assembled forms (CSR, stencil, regions, cached on first use) can never go stale when the
+    caller edits the arrays it passed in; a new grid needs a new Problem.
     boundary: flag of the cells outside the grid, per face (x-lo, x-hi, y-lo, y-hi[, z-lo, z-hi]).
     generator/params/seed: where the problem came from (kept in HDF5 files and benchmarks).
     """
@@ -32,7 +42,7 @@ class Problem:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        self.flags = validate_flags(self.flags)
+        self.flags = _owned(validate_flags(self.flags))
         self.boundary = normalize_boundary(
             self.boundary if self.boundary != () else SOLID, self.flags.ndim
         )
@@ -51,7 +61,7 @@ class Problem:
             )
         if not np.all(np.isfinite(b)):
             raise ValueError("b contains NaN or Inf")
-        self.b = np.ascontiguousarray(b, dtype=np.float64)
+        self.b = _owned(np.asarray(b, dtype=np.float64))
         json.dumps(self.params)  # params must survive an HDF5 round trip
 
     # -- shape -----------------------------------------------------------------------------
@@ -119,14 +129,22 @@ class Problem:
         return np.ascontiguousarray(g[self.flags == FLUID])
 
     def with_rhs(self, b: np.ndarray) -> Problem:
-        """The same grid with another right-hand side (shares the assembled forms' inputs)."""
-        return Problem(self.flags, b, self.boundary, self.generator, dict(self.params), self.seed)
+        """The same grid with another right-hand side; shares the forms assembled so far
+        (safe: the flags are read-only and owned)."""
+        other = Problem(self.flags, b, self.boundary, self.generator, dict(self.params), self.seed)
+        for name in _FORMS:
+            if name in self.__dict__:
+                other.__dict__[name] = self.__dict__[name]
+        return other
 
     def __repr__(self) -> str:
         return (
             f"Problem(generator={self.generator!r}, shape={self.shape}, n={self.n}, "
             f"boundary={self.boundary}, seed={self.seed})"
         )
+
+
+_FORMS = ("index", "diagonal", "A", "stencil", "closed_regions")
 
 
 def from_flags(flags: np.ndarray, rhs: np.ndarray | None = None, *, boundary=SOLID) -> Problem:

@@ -1,0 +1,73 @@
+"""deepcd.threads: one thread count for numba and torch, passive OpenMP waiting (issue 14.3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import json, os
+import deepcd, numba
+from deepcd.problems import scene
+p = scene("smoke-obstacles", (16, 16, 16), seed=0)
+out = {"policy": os.environ.get("OMP_WAIT_POLICY")}
+deepcd.solve(p, method="cg")
+out["numba_after_cg"] = numba.get_num_threads()
+res = deepcd.solve_result(p, rtol=1e-6)
+import torch
+out["numba"], out["torch"] = numba.get_num_threads(), torch.get_num_threads()
+out["settings_threads"] = res.settings["threads"]
+res = deepcd.solve_result(p, rtol=1e-6, threads=1)
+out["inside"] = res.settings["threads"]
+out["numba_restored"], out["torch_restored"] = numba.get_num_threads(), torch.get_num_threads()
+from deepcd import threads
+out["env"] = threads.settings()
+print(json.dumps(out))
+"""
+
+
+def _probe(**env) -> dict:
+    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "DEEPCD_THREADS")}
+    full.update(env)
+    full["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE], env=full, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_one_place_decides_threads_for_numba_and_torch():
+    cores = len(os.sched_getaffinity(0))
+    out = _probe(DEEPCD_THREADS="1")
+    assert out["policy"] == "PASSIVE"  # set by importing deepcd: no spinning idle threads
+    assert out["numba_after_cg"] == 1 and out["numba"] == 1 and out["torch"] == 1
+    assert out["settings_threads"] == 1 and out["inside"] == 1
+    env = out["env"]
+    assert env["threads_source"] == "DEEPCD_THREADS" and env["cores_available"] == cores
+    assert env["omp_wait_policy_effective"] and len(env["loadavg"]) == 3
+    if cores > 1:
+        out = _probe()
+        assert out["numba"] == cores and out["torch"] == cores
+        assert out["inside"] == 1  # solve(threads=1) ...
+        assert out["numba_restored"] == cores and out["torch_restored"] == cores  # ... restores
+
+
+def test_a_users_wait_policy_is_kept_and_bad_counts_are_errors(monkeypatch):
+    out = _probe(DEEPCD_THREADS="1", OMP_WAIT_POLICY="ACTIVE")
+    assert out["policy"] == "ACTIVE"
+    from deepcd import threads
+
+    for bad in ("0", "two", "2.5", "-1"):
+        monkeypatch.setenv("DEEPCD_THREADS", bad)
+        with pytest.raises(ValueError, match="DEEPCD_THREADS"):
+            threads.decide()
+    with pytest.raises(TypeError, match="threads"):
+        threads.decide(2.5)
