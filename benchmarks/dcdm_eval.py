@@ -1,7 +1,10 @@
 """Iterations to rtol 1e-6 of DCDM with a trained solver against CG and the safeguard's PCG.
 
-Run:  .venv/bin/python benchmarks/dcdm_eval.py SOLVER --shape 64 --shape 128 [--out DIR] [--card]
-Held-out scenes (seeds the training recipes do not use): bunny 7, smoke-obstacles 11, pool 13.
+Run:  .venv/bin/python benchmarks/dcdm_eval.py SOLVER --shape 64 --shape 128 --hard-shape 64
+      [--out DIR] [--card]
+Held-out scenes (seeds the training recipes do not use): bunny 7, smoke-obstacles 11, pool 13
+at every --shape; the hard families (baffles 17, maze 19, porous 23, splash 29, pockets 31)
+at every --hard-shape (CG and MIC(0) need 10^4+ iterations on mazes: capped by --maxiter).
 Columns: plain CG; MIC(0)-PCG; DCDM whose safeguard direction is the residual itself (alone,
 that direction is CG); DCDM whose safeguard direction is MIC(0) (alone: MIC(0)-PCG). So each
 DCDM column has its "classical direction used alone" to its left. --card writes the solver's
@@ -32,6 +35,7 @@ from deepcd.nn.weights import CARD, load_solver, resolve_solver
 from deepcd.problems import scene
 
 HELD_OUT = (("bunny", 7), ("smoke-obstacles", 11), ("pool", 13))
+HARD = (("baffles", 17), ("maze", 19), ("porous", 23), ("splash", 29), ("pockets", 31))
 KEYS = ("cg", "mic0-pcg", "dcdm", "dcdm+mic0", "dcdm-untrained")
 
 
@@ -39,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("solver")
     ap.add_argument("--shape", type=int, action="append", default=[])
+    ap.add_argument("--hard-shape", type=int, action="append", default=[])
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--maxiter", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
@@ -74,40 +79,41 @@ def main() -> None:
     torch.manual_seed(0)
     untrained = build_network(card["arch"], **card["config"]).eval()  # the same net at init
     rows = []
-    for size in args.shape or [64]:
-        for name, seed in HELD_OUT:
-            p = scene(name, (size,) * model.dim, seed=seed)
-            torch.set_num_threads(args.threads)
-            op = p.stencil
-            mic0 = make_preconditioner("mic0", op)
-            row = {"scene": name, "seed": seed, "shape": size, "unknowns": p.n}
-            for key in KEYS:
-                torch.set_num_threads(args.threads)  # numba resets it
-                t = time.perf_counter()
-                common = dict(rtol=args.rtol, maxiter=args.maxiter)
-                if key == "cg":
-                    res = cg(op, p.b, **common)
-                elif key == "mic0-pcg":
-                    res = cg(op, p.b, M=mic0, **common)
-                else:
-                    M = mic0 if key == "dcdm+mic0" else None
-                    net = untrained if key == "dcdm-untrained" else model
-                    res = dcdm(op, p.b, direction=NetworkDirection(net, p), M=M, **common)
-                row[key] = {
-                    "iterations": res.iterations,
-                    "converged": res.converged,
-                    "seconds": time.perf_counter() - t,
-                    "final_relres": res.final_relres,
-                }
-                if key.startswith("dcdm"):
-                    row[key]["safeguard_steps"] = res.settings["safeguard_steps"]
-            rows.append(row)
-            print(
-                json.dumps(
-                    {k: (v["iterations"] if isinstance(v, dict) else v) for k, v in row.items()}
-                ),
-                flush=True,
-            )
+    cases = [(size, c) for size in args.shape or [64] for c in HELD_OUT]
+    cases += [(size, c) for size in args.hard_shape for c in HARD]
+    for size, (name, seed) in cases:
+        p = scene(name, (size,) * model.dim, seed=seed)
+        torch.set_num_threads(args.threads)
+        op = p.stencil
+        mic0 = make_preconditioner("mic0", op)
+        row = {"scene": name, "seed": seed, "shape": size, "unknowns": p.n}
+        for key in KEYS:
+            torch.set_num_threads(args.threads)  # numba resets it
+            t = time.perf_counter()
+            common = dict(rtol=args.rtol, maxiter=args.maxiter)
+            if key == "cg":
+                res = cg(op, p.b, **common)
+            elif key == "mic0-pcg":
+                res = cg(op, p.b, M=mic0, **common)
+            else:
+                M = mic0 if key == "dcdm+mic0" else None
+                net = untrained if key == "dcdm-untrained" else model
+                res = dcdm(op, p.b, direction=NetworkDirection(net, p), M=M, **common)
+            row[key] = {
+                "iterations": res.iterations,
+                "converged": res.converged,
+                "seconds": time.perf_counter() - t,
+                "final_relres": res.final_relres,
+            }
+            if key.startswith("dcdm"):
+                row[key]["safeguard_steps"] = res.settings["safeguard_steps"]
+        rows.append(row)
+        print(
+            json.dumps(
+                {k: (v["iterations"] if isinstance(v, dict) else v) for k, v in row.items()}
+            ),
+            flush=True,
+        )
     command = "python benchmarks/dcdm_eval.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
         f"`{command}` (rtol {args.rtol}; iterations, seconds in brackets)",
@@ -140,7 +146,7 @@ def main() -> None:
             "rtol": args.rtol,
             "threads": args.threads,
             "cpu": cpu_name(),
-            "held_out": [f"{n}:{s}" for n, s in HELD_OUT],
+            "held_out": [f"{n}:{s}" for n, s in HELD_OUT + HARD],
             "table_markdown": lines,
             "rows": rows,
         }

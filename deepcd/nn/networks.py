@@ -42,17 +42,19 @@ multilevel: a U-Net/V-cycle whose depth follows the grid. Each axis is halved (w
     transition (width c_last → c_last) is only used once the grid needs ≥ len(channels)
     halvings; the modules exist (and are counted) at every size.
 
-vcycle: a learned multigrid V-cycle — a linear convolutional network that reads the cell
-    flags through its operator (it needs `flags`, and `boundary` when the outside is not
-    SOLID) and is symmetric positive definite for any parameter values. Levels: the flags'
-    pressure Laplacian and its exact Galerkin coarsenings P₀ᵀAP₀ (`deepcd.nn.multigrid`),
-    halving as in `multilevel`. Per level: `smooth` steps of a learned Chebyshev-polynomial
-    smoother of `degree` (see `VCycleNet._smoother`), the residual restricted by Pᵀ, the cycle
-    below, the correction prolonged by P (nearest upsampling then a learned symmetric 3^d
-    convolution, initially (bi/tri)linear interpolation) with a learned weight c > 0, and
-    `smooth` steps again; the coarsest level takes `coarse_sweeps` smoothing steps. Levels
-    ≥ `levels` − 1 share parameters, so one parameter set serves any depth. In DCDM its
-    steps are PCG steps with a learned SPD preconditioner. Trained with `--loss residual`.
+vcycle: a learned multigrid V-cycle — a linear network that reads the cell flags through its
+    operator (it needs `flags`, and `boundary` when the outside is not SOLID) and is symmetric
+    positive definite for any parameter values. Levels (`deepcd.nn.multigrid`): the flags'
+    pressure Laplacian, then one unknown per connected component of each 2^m block's unknowns
+    with the exact Galerkin operator ½·P₀ᵀAP₀, halving as in `multilevel`; the coarsest level
+    is solved exactly (dense, ≤ DENSE_MAX unknowns; else `coarse_sweeps` smoothing steps).
+    Per level: `smooth` steps of a learned Chebyshev-polynomial smoother of `degree` (see
+    `VCycleNet._smoother`), the residual restricted by Pᵀ, the cycle below, the correction
+    prolonged by P = S_0⋯S_{d−1}P₀ — the aggregation smoothed along each halved axis through
+    the level's links, S_a = I − ω_a L̂_a with ω_a = ½·sigmoid(θ) (¼, linear interpolation, at
+    the start) — with a learned weight c > 0, and `smooth` steps again. Levels ≥ `levels` − 1
+    share parameters, so one parameter set serves any depth. `spd = True`: DCDM runs it as
+    PCG's M. Trained with `--loss pcg`.
 
 `count_parameters(model)` and `flops_per_unknown(model, shape)` (conv multiply-adds per grid
 cell of one forward pass, counted with forward hooks on the convs actually executed; bias,
