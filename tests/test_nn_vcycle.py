@@ -53,7 +53,7 @@ def test_galerkin_levels_equal_scipy_products(shape, boundary):
     block, computed here independently with scipy (components with a zero coarse diagonal,
     whole closed regions inside a block, dropped)."""
     problem = random_problem(shape, seed=len(shape), boundary=boundary)
-    flags = torch.as_tensor(problem.flags)[None]
+    flags = torch.tensor(problem.flags)[None]
     plan = coarsening_plan(shape, 2)
     h = build_hierarchy(flags, problem.boundary, plan, dtype=torch.float64)
     A = grid_matrix(problem)
@@ -123,7 +123,7 @@ def perturbed(dim: int, seed: int = 0):
 def test_symmetric_linear_and_masked(shape):
     problem = random_problem(shape, seed=3, boundary=AIR)
     net = perturbed(len(shape))
-    flags = torch.as_tensor(problem.flags)
+    flags = torch.tensor(problem.flags)
     u, v = torch.randn(2, 1, 1, *shape, dtype=torch.float64)
     with torch.no_grad():
         mu, mv = net(u, flags, problem.boundary), net(v, flags, problem.boundary)
@@ -138,7 +138,7 @@ def test_inference_fast_paths_equal_the_autograd_path(shape):
     transfer weights; training runs torch ops. Both must compute the same V-cycle."""
     problem = random_problem(shape, seed=4)
     net = perturbed(len(shape)).float()
-    flags = torch.as_tensor(problem.flags)
+    flags = torch.tensor(problem.flags)
     r = torch.randn(1, 1, *shape)
     with torch.inference_mode():
         fast = net(r, flags, problem.boundary)
@@ -155,7 +155,7 @@ def test_positive_definite_for_any_parameters(spread):
     with torch.no_grad():
         for p in net.parameters():
             p.add_(spread * torch.randn_like(p))
-    flags = torch.as_tensor(problem.flags)
+    flags = torch.tensor(problem.flags)
     n = problem.n
     basis = np.eye(n)
     cols = []
@@ -237,3 +237,19 @@ def test_switched_off_network_restarts_as_cg():
     assert res.settings["network_steps"] == 2 and res.settings["network_losses"] == 3
     assert len(calls) == 5
     assert res.iterations <= base.iterations + 5
+
+
+def test_coarsening_continues_until_the_coarsest_level_is_solved_exactly(monkeypatch):
+    """A 3D maze barely coarsens (every block holds separate corridors): the hierarchy keeps
+    coarsening past the geometric plan until the exact dense solve applies."""
+    import deepcd.nn.multigrid as mg
+
+    monkeypatch.setattr(mg, "DENSE_MAX", 40)
+    problem = scene("maze", (16, 16, 16), seed=0)
+    plan = coarsening_plan(problem.shape, 4)
+    h = mg.build_hierarchy(torch.tensor(problem.flags)[None], problem.boundary, plan)
+    assert len(h.levels) > len(plan) + 1
+    assert h.levels[-1].n <= 40 and h.coarse_inverse is not None
+    net = build_network("vcycle", 3, smooth=1, degree=6)
+    res = dcdm(problem.stencil, problem.b, direction=NetworkDirection(net, problem), rtol=1e-6)
+    assert res.converged

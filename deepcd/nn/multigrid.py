@@ -219,7 +219,18 @@ def _host_levels(diag, links, plan3, scale: float) -> list[dict]:
         dict(node=node, coords=coords, d=d, indptr=indptr, indices=indices, w=weight, axis=axis)
     ]
     shape = np.array(diag.shape, dtype=np.int64)
-    for halved in plan3:
+    plan3 = list(plan3)
+    step = 0
+    while True:
+        if step < len(plan3):
+            halved = plan3[step]
+        elif len(levels[-1]["d"]) > DENSE_MAX and np.any(shape > 1):
+            # too many unknowns left for the exact coarsest solve (a maze: every block a
+            # separate corridor): keep coarsening past the geometric plan
+            halved = tuple(bool(n > 1) for n in shape)
+        else:
+            break
+        step += 1
         lv = levels[-1]
         h = np.array(halved, dtype=np.bool_)
         shape = np.where(h, (shape + 1) // 2, shape)
