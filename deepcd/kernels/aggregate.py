@@ -24,7 +24,6 @@ import numba as nb
 import numpy as np
 
 
-@nb.njit(cache=True)
 def grid_graph(diag, lx, ly, lz):
     """Level 0 from a stencil on the grid: diag (nx, ny, nz), face weights lx (nx-1, ny, nz),
     ly (nx, ny-1, nz), lz (nx, ny, nz-1). Nodes are the cells with diag > 0, in C order.
@@ -32,68 +31,60 @@ def grid_graph(diag, lx, ly, lz):
     Returns node (nx, ny, nz) int64 (node id or -1), coords (n, 3) int32, d (n,) float64 and
     the CSR links indptr (n+1,) int64, indices int32, weight float64, axis int8.
     """
-    nx, ny, nz = diag.shape
-    node = np.full((nx, ny, nz), -1, dtype=np.int64)
-    n = 0
-    for i in range(nx):
-        for j in range(ny):
-            for k in range(nz):
-                if diag[i, j, k] > 0.0:
-                    node[i, j, k] = n
-                    n += 1
-    coords = np.empty((n, 3), dtype=np.int32)
-    d = np.empty(n)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    for i in range(nx):
+    active = diag > 0
+    node = np.where(active, np.cumsum(active.ravel()).reshape(diag.shape) - 1, -1)
+    coords = np.argwhere(active).astype(np.int32)
+    d = diag[active].astype(np.float64)
+    n = len(d)
+    counts = np.zeros(n + 1, dtype=np.int64)
+    none_i, none_w, none_a = np.empty(0, np.int32), np.empty(0), np.empty(0, np.int8)
+    _grid_links(node, lx, ly, lz, counts[1:], none_i, none_w, none_a, True)
+    indptr = np.cumsum(counts)
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    weight = np.empty(indptr[-1])
+    axis = np.empty(indptr[-1], dtype=np.int8)
+    _grid_links(node, lx, ly, lz, indptr, indices, weight, axis, False)
+    return node, coords, d, indptr, indices, weight, axis
+
+
+@nb.njit(parallel=True, cache=True)
+def _grid_links(node, lx, ly, lz, indptr, indices, weight, axis, count_only):
+    """Each node's links to its FLUID neighbours: counted into indptr[node] (count_only),
+    else written from indptr[node] on."""
+    nx, ny, nz = node.shape
+    for i in nb.prange(nx):
         for j in range(ny):
             for k in range(nz):
                 a = node[i, j, k]
                 if a < 0:
                     continue
-                coords[a, 0], coords[a, 1], coords[a, 2] = i, j, k
-                d[a] = diag[i, j, k]
-                c = 0
+                p = 0 if count_only else indptr[a]
                 if i > 0 and lx[i - 1, j, k] > 0.0 and node[i - 1, j, k] >= 0:
-                    c += 1
+                    if not count_only:
+                        indices[p], weight[p], axis[p] = node[i - 1, j, k], lx[i - 1, j, k], 0
+                    p += 1
                 if i < nx - 1 and lx[i, j, k] > 0.0 and node[i + 1, j, k] >= 0:
-                    c += 1
+                    if not count_only:
+                        indices[p], weight[p], axis[p] = node[i + 1, j, k], lx[i, j, k], 0
+                    p += 1
                 if j > 0 and ly[i, j - 1, k] > 0.0 and node[i, j - 1, k] >= 0:
-                    c += 1
+                    if not count_only:
+                        indices[p], weight[p], axis[p] = node[i, j - 1, k], ly[i, j - 1, k], 1
+                    p += 1
                 if j < ny - 1 and ly[i, j, k] > 0.0 and node[i, j + 1, k] >= 0:
-                    c += 1
+                    if not count_only:
+                        indices[p], weight[p], axis[p] = node[i, j + 1, k], ly[i, j, k], 1
+                    p += 1
                 if k > 0 and lz[i, j, k - 1] > 0.0 and node[i, j, k - 1] >= 0:
-                    c += 1
+                    if not count_only:
+                        indices[p], weight[p], axis[p] = node[i, j, k - 1], lz[i, j, k - 1], 2
+                    p += 1
                 if k < nz - 1 and lz[i, j, k] > 0.0 and node[i, j, k + 1] >= 0:
-                    c += 1
-                indptr[a + 1] = c
-    for a in range(n):
-        indptr[a + 1] += indptr[a]
-    nnz = indptr[n]
-    indices = np.empty(nnz, dtype=np.int32)
-    weight = np.empty(nnz)
-    axis = np.empty(nnz, dtype=np.int8)
-    for a in range(n):
-        i, j, k = coords[a, 0], coords[a, 1], coords[a, 2]
-        p = indptr[a]
-        if i > 0 and lx[i - 1, j, k] > 0.0 and node[i - 1, j, k] >= 0:
-            indices[p], weight[p], axis[p] = node[i - 1, j, k], lx[i - 1, j, k], 0
-            p += 1
-        if i < nx - 1 and lx[i, j, k] > 0.0 and node[i + 1, j, k] >= 0:
-            indices[p], weight[p], axis[p] = node[i + 1, j, k], lx[i, j, k], 0
-            p += 1
-        if j > 0 and ly[i, j - 1, k] > 0.0 and node[i, j - 1, k] >= 0:
-            indices[p], weight[p], axis[p] = node[i, j - 1, k], ly[i, j - 1, k], 1
-            p += 1
-        if j < ny - 1 and ly[i, j, k] > 0.0 and node[i, j + 1, k] >= 0:
-            indices[p], weight[p], axis[p] = node[i, j + 1, k], ly[i, j, k], 1
-            p += 1
-        if k > 0 and lz[i, j, k - 1] > 0.0 and node[i, j, k - 1] >= 0:
-            indices[p], weight[p], axis[p] = node[i, j, k - 1], lz[i, j, k - 1], 2
-            p += 1
-        if k < nz - 1 and lz[i, j, k] > 0.0 and node[i, j, k + 1] >= 0:
-            indices[p], weight[p], axis[p] = node[i, j, k + 1], lz[i, j, k], 2
-            p += 1
-    return node, coords, d, indptr, indices, weight, axis
+                    if not count_only:
+                        indices[p], weight[p], axis[p] = node[i, j, k + 1], lz[i, j, k], 2
+                    p += 1
+                if count_only:
+                    indptr[a] = p
 
 
 @nb.njit(cache=True)
@@ -296,12 +287,24 @@ def prolong_copy(xc, agg, out):
 
 
 def members_of(agg: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mstart (m+1,), members) listing the fine nodes of each coarse node (agg >= 0)."""
-    valid = np.flatnonzero(agg >= 0)
-    order = valid[np.argsort(agg[valid], kind="stable")]
+    """(mstart (m+1,), members) listing the fine nodes of each coarse node (agg >= 0), in
+    increasing order (a counting sort)."""
+    agg = np.ascontiguousarray(agg, dtype=np.int64)
     mstart = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(np.bincount(agg[valid], minlength=m), out=mstart[1:])
-    return mstart, order.astype(np.int64)
+    np.cumsum(np.bincount(agg[agg >= 0], minlength=m), out=mstart[1:])
+    members = np.empty(mstart[m], dtype=np.int64)
+    _fill_members(agg, mstart, members)
+    return mstart, members
+
+
+@nb.njit(cache=True)
+def _fill_members(agg, mstart, members):
+    fill = mstart[:-1].copy()
+    for i in range(agg.shape[0]):
+        c = agg[i]
+        if c >= 0:
+            members[fill[c]] = i
+            fill[c] += 1
 
 
 # -- level 0 on the grid (CPU inference): the same transfers without a node vector ----------

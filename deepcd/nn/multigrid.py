@@ -86,9 +86,21 @@ class GraphLevel:
         self.device, self.dtype = device, dtype
         self.cache: dict = {}
 
+    def host_full(self) -> dict:
+        """`host` with the arrays only transfers need (ŵ, members), derived on first use
+        (level 0's transfers run on the grid, so its are never built in CPU inference)."""
+        h = self.host
+        if "nweight" not in h:
+            lv = dict(d=h["diag"], w=h["weight"], indptr=h["indptr"], indices=h["indices"])
+            h["nweight"] = _normalized(lv)
+        if "agg" in h and "members" not in h:
+            m = int(h["agg"].max()) + 1 if len(h["agg"]) else 0
+            h["mstart"], h["members"] = K.members_of(h["agg"], max(m, 0))
+        return h
+
     def _torch(self) -> dict:
         if "torch" not in self.cache:
-            h, n = self.host, self.n
+            h, n = self.host_full(), self.n
 
             def t(a, dt=self.dtype):
                 return torch.as_tensor(np.ascontiguousarray(a), device=self.device, dtype=dt)
@@ -396,15 +408,12 @@ def _graph_level(lv: dict, dim: int, device, dtype) -> GraphLevel:
         indptr=lv["indptr"].astype(np.int64, copy=False),
         indices=lv["indices"].astype(np.int32, copy=False),
         weight=lv["w"],
-        nweight=_normalized(lv),
         axis=(lv["axis"] - (3 - dim)).astype(np.int8),  # in the grid's own axis numbering
         diag=lv["d"],
         s=np.where(lv["d"] > 0, 1.0 / np.sqrt(np.maximum(lv["d"], 1e-300)), 0.0),
     )
     if "agg" in lv:
         host["agg"] = lv["agg"].astype(np.int64, copy=False)
-        m = int(host["agg"].max()) + 1 if len(host["agg"]) else 0
-        host["mstart"], host["members"] = K.members_of(host["agg"], max(m, 0))
     halved = lv.get("halved")
     return GraphLevel(
         host, lv["coords"], None if halved is None else halved[3 - dim :], dim, device, dtype
@@ -415,7 +424,7 @@ def host_arrays(level: GraphLevel, dtype: np.dtype) -> dict:
     """The level's CPU-kernel arrays in `dtype` (cached)."""
     key = np.dtype(dtype).str
     if key not in level.cache:
-        h = level.host
+        h = level.host_full()
         level.cache[key] = {
             k: (v.astype(dtype) if k in ("weight", "nweight", "diag", "s") else v)
             for k, v in h.items()

@@ -591,7 +591,10 @@ class VCycleNet(GridNet):
 
             out = np.empty(coarse.n, dtype=_np_dtype(r.dtype))
             restrict_sum(
-                r.contiguous().numpy().reshape(-1), level.host["mstart"], level.host["members"], out
+                r.contiguous().numpy().reshape(-1),
+                level.host_full()["mstart"],
+                level.host_full()["members"],
+                out,
             )
             return torch.from_numpy(out)[:, None]
         return restrict(level, coarse.n, r)
