@@ -200,7 +200,8 @@ def cmd_train(args) -> int:
     state = "finished" if result.finished else "stopped"
     print(
         f"{state} at step {result.steps}/{result.total_steps} in {result.wall_s:.1f} s "
-        f"({result.samples_per_s:.2f} samples/s); train loss {result.train_loss:.4g}"
+        f"({result.samples_per_s or 0.0:.2f} samples/s)"
+        + (f"; train loss {result.train_loss:.4g}" if result.train_loss is not None else "")
         + (f", val loss {result.val_loss:.4g}" if result.val_loss is not None else "")
     )
     if result.best:

@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcd.nn.multigrid import GraphLevel
+from deepcd.nn.multigrid import GraphLevel, StencilLevel
 from deepcd.problems.flags import FLUID, SOLID
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -493,6 +493,22 @@ class VCycleNet(GridNet):
             q = q + w[j] * u
         return s * q
 
+    def _grid_arrays(self, level, dt: torch.dtype):
+        """(s, diag, [lx, ly, lz]) of a grid level as 3D numpy arrays in dt (cached; 2D grids
+        as (1, nx, ny) with an empty x-axis face array)."""
+        key = ("grid", dt)
+        if key not in level.cache:
+            grid = (1,) * (3 - self.dim) + tuple(level.shape)
+
+            def view(t: torch.Tensor, shape) -> np.ndarray:
+                return t.to(dt).contiguous().reshape(shape).numpy()
+
+            links = [view(t, (1,) * (3 - self.dim) + tuple(t.shape[2:])) for t in level.links]
+            if self.dim == 2:  # the unused x-axis faces of a (1, nx, ny) view: empty
+                links.insert(0, np.zeros((0, *grid[1:]), dtype=links[0].dtype))
+            level.cache[key] = (view(level.inv_sqrt_diag, grid), view(level.diag, grid), links)
+        return level.cache[key]
+
     def _smoother_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float):
         """`_smoother` on the grid with each recurrence step as one fused numba pass."""
         from deepcd.kernels.smoother import chebyshev_step
@@ -505,13 +521,7 @@ class VCycleNet(GridNet):
         def view(t: torch.Tensor, shape) -> np.ndarray:
             return t.to(dt).contiguous().reshape(shape).numpy()
 
-        key = ("grid", dt)
-        if key not in level.cache:
-            links = [view(t, (1,) * (3 - self.dim) + tuple(t.shape[2:])) for t in level.links]
-            if self.dim == 2:  # the unused x-axis faces of a (1, nx, ny) view: empty
-                links.insert(0, np.zeros((0, *grid[1:]), dtype=links[0].dtype))
-            level.cache[key] = (view(level.inv_sqrt_diag, grid), view(level.diag, grid), links)
-        s, diag, links = level.cache[key]
+        s, diag, links = self._grid_arrays(level, dt)
         w = torch.softmax(logits.detach().to(torch.float64), dim=0).tolist()
         hat = s * view(y, grid)
         u = (c * hat).astype(s.dtype)
@@ -542,6 +552,23 @@ class VCycleNet(GridNet):
             )
             u_prev, u, u_new = u, u_new, u_prev
         return torch.from_numpy(s * q).reshape(y.shape)
+
+    def _residual(self, level, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """r − A x on a level (one fused numba pass on the grid in CPU inference)."""
+        if (
+            isinstance(level, StencilLevel)
+            and _fast(x, self.smoothers)
+            and level.diag.shape[0] == 1
+        ):
+            from deepcd.kernels.smoother import stencil_residual
+
+            _, diag, links = self._grid_arrays(level, x.dtype)
+            grid = diag.shape
+            out = np.empty(grid, dtype=diag.dtype)
+            rv = r.to(x.dtype).contiguous().numpy().reshape(grid)
+            stencil_residual(rv, x.contiguous().numpy().reshape(grid), diag, *links, out)
+            return torch.from_numpy(out).reshape(x.shape)
+        return r - self._level_apply(level, x)
 
     def _level_apply(self, level, x: torch.Tensor) -> torch.Tensor:
         """A x on a level (numba on a graph level in CPU inference)."""
@@ -742,14 +769,14 @@ class VCycleNet(GridNet):
             weights = self.smoothers[J]
             x = self._smoother(level, r, weights)
             for _ in range(self.coarse_sweeps - 1):
-                x = x + self._smoother(level, r - self._level_apply(level, x), weights)
+                x = x + self._smoother(level, self._residual(level, r, x), weights)
             return x
         i = min(depth, J - 1)
         weights = self.smoothers[i]
         x = self._smoother(level, r, weights)
         for _ in range(self.smooth - 1):
-            x = x + self._smoother(level, r - self._level_apply(level, x), weights)
-        res = r - self._level_apply(level, x)
+            x = x + self._smoother(level, self._residual(level, r, x), weights)
+        res = self._residual(level, r, x)
         if depth == 0:  # level 0's transfers in grid form
             rc = self._restrict_grid(h, res)
             corr = self._prolong_grid(h, self._cycle(h, 1, rc))
@@ -758,7 +785,7 @@ class VCycleNet(GridNet):
             corr = self._prolong(h, depth, self._cycle(h, depth + 1, rc))
         x = x + F.softplus(self.corrections[i]).to(r.dtype) * corr
         for _ in range(self.smooth):
-            x = x + self._smoother(level, r - self._level_apply(level, x), weights)
+            x = x + self._smoother(level, self._residual(level, r, x), weights)
         return x
 
     def forward(

@@ -270,7 +270,7 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.steps is not None and cfg.epochs is not None:
         raise ValueError("give steps or epochs, not both")
     if cfg.steps is not None:
-        _positive_int(cfg.steps, "steps")
+        _positive_int(cfg.steps, "steps", zero_ok=True)  # 0: the initialization, evaluated
     if cfg.epochs is not None and not (math.isfinite(cfg.epochs) and cfg.epochs > 0):
         raise ValueError(f"epochs must be a positive number, got {cfg.epochs}")
     if cfg.lr is not None and not (math.isfinite(cfg.lr) and cfg.lr > 0):
