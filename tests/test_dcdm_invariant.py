@@ -93,6 +93,13 @@ CASES = {
     "baffles-3d": lambda: baffles((24, 20, 16)),
     "maze": maze,
     "smoke": lambda: scene("smoke-obstacles", (24, 24, 24), seed=4),
+    # the hard-geometry scenes themselves (deepcd.problems.scenes_hard)
+    "scene-baffles": lambda: scene("baffles", (24, 20, 16), seed=5),
+    "scene-maze": lambda: scene("maze", (16, 16, 16), seed=6),
+    "scene-maze-2d": lambda: scene("maze", (48, 48), seed=6, corridor=2),
+    "scene-porous": lambda: scene("porous", (20, 20, 20), seed=7),
+    "scene-splash": lambda: scene("splash", (20, 20, 24), seed=8),
+    "scene-pockets": lambda: scene("pockets", (40, 40), seed=9),
 }
 
 
@@ -170,7 +177,10 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("case", ["strip", "checkerboard", "baffles-2d", "maze", "smoke"])
+@pytest.mark.parametrize(
+    "case",
+    ["strip", "checkerboard", "baffles-2d", "maze", "smoke", "scene-porous", "scene-pockets"],
+)
 @pytest.mark.parametrize("bad", sorted(BAD))
 @pytest.mark.parametrize("safeguard", [None, "mic0"])
 def test_bad_network_is_never_worse_than_its_safeguard(case, bad, safeguard):

@@ -169,6 +169,7 @@ class Hierarchy:
         return self.grid.shape
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        """Grid field (B, 1, *g) → (Bf·G, C): cells sample-major, columns last."""
         bf, c = self.grid.diag.shape[0], self.columns
         return x.reshape(bf, c, -1).transpose(1, 2).reshape(-1, c)
 
@@ -206,9 +207,7 @@ class Hierarchy:
 
     def to_nodes(self, x: torch.Tensor) -> torch.Tensor:
         """Grid field (B, 1, *g) → level-0 node vector (n0, C)."""
-        bf, c = self.grid.diag.shape[0], self.columns
-        flat = x.reshape(bf, c, -1).transpose(1, 2).reshape(-1, c)
-        return flat[self.index]
+        return self._flat(x)[self.index]
 
     def from_nodes(self, v: torch.Tensor) -> torch.Tensor:
         """Level-0 node vector (n0, C) → grid field (B, 1, *g), zero off the unknowns."""
