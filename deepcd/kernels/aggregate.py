@@ -98,33 +98,51 @@ def _find(parent, i):
 
 
 @nb.njit(cache=True)
-def aggregate(coords, d, indptr, indices, weight, axis, halved, coarse_shape, scale):
+def aggregate(coords, d, indptr, indices, weight, axis, halved, coarse_shape, scale, pairwise):
     """One coarsening: components of the nodes inside each block, and their Galerkin level.
 
     coords (n, 3) int32 cells on the fine grid; halved (3,) bool; coarse_shape (3,) int64.
+    pairwise: once the grid is one cell (a maze's coarse levels can still hold thousands of
+    unknowns), aggregate each node with its most strongly linked unaggregated neighbour
+    instead (greedy matching on the graph: at most two nodes per aggregate, both linked).
     Returns agg (n,) int64 (coarse node of each node, -1 when its component has no coarse
     unknown), and the coarse level's coords, d, indptr, indices, weight, axis as `grid_graph`.
     """
     n = coords.shape[0]
     cx, cy, cz = coarse_shape[0], coarse_shape[1], coarse_shape[2]
-    block = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        b0 = coords[i, 0] // 2 if halved[0] else coords[i, 0]
-        b1 = coords[i, 1] // 2 if halved[1] else coords[i, 1]
-        b2 = coords[i, 2] // 2 if halved[2] else coords[i, 2]
-        block[i] = (b0 * cy + b1) * cz + b2
-    # union-find over the links inside a block
+    block = np.zeros(n, dtype=np.int64)
     parent = np.arange(n)
-    for i in range(n):
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            if j > i and block[j] == block[i]:
-                ri, rj = _find(parent, i), _find(parent, j)
-                if ri != rj:
-                    if ri < rj:
-                        parent[rj] = ri
-                    else:
-                        parent[ri] = rj
+    if pairwise:
+        taken = np.zeros(n, dtype=np.bool_)
+        for i in range(n):  # nodes before i are all taken: a partner j is always > i
+            if taken[i]:
+                continue
+            taken[i] = True
+            best, wbest = -1, 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                if not taken[j] and weight[p] > wbest:
+                    best, wbest = j, weight[p]
+            if best >= 0:
+                taken[best] = True
+                parent[best] = i
+    else:
+        for i in range(n):
+            b0 = coords[i, 0] // 2 if halved[0] else coords[i, 0]
+            b1 = coords[i, 1] // 2 if halved[1] else coords[i, 1]
+            b2 = coords[i, 2] // 2 if halved[2] else coords[i, 2]
+            block[i] = (b0 * cy + b1) * cz + b2
+        # union-find over the links inside a block
+        for i in range(n):
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                if j > i and block[j] == block[i]:
+                    ri, rj = _find(parent, i), _find(parent, j)
+                    if ri != rj:
+                        if ri < rj:
+                            parent[rj] = ri
+                        else:
+                            parent[ri] = rj
     # nodes in block order (a counting sort), components numbered in that order
     nblocks = cx * cy * cz
     start = np.zeros(nblocks + 1, dtype=np.int64)

@@ -233,12 +233,14 @@ def _host_levels(diag, links, plan3, scale: float) -> list[dict]:
     plan3 = list(plan3)
     step = 0
     while True:
+        pairwise = False
         if step < len(plan3):
             halved = plan3[step]
-        elif len(levels[-1]["d"]) > DENSE_MAX and np.any(shape > 1):
-            # too many unknowns left for the exact coarsest solve (a maze: every block a
-            # separate corridor): keep coarsening past the geometric plan
-            halved = tuple(bool(n > 1) for n in shape)
+        elif len(levels[-1]["d"]) > DENSE_MAX:
+            # too many unknowns left for the exact coarsest solve (a maze: every block holds
+            # separate corridors): keep coarsening past the geometric plan by pairing nodes
+            # on the graph (a bigger block would merge a whole tangle into one unknown)
+            halved, pairwise = (False, False, False), True
         else:
             break
         step += 1
@@ -246,8 +248,19 @@ def _host_levels(diag, links, plan3, scale: float) -> list[dict]:
         h = np.array(halved, dtype=np.bool_)
         shape = np.where(h, (shape + 1) // 2, shape)
         agg, coords, d, indptr, indices, weight, axis = K.aggregate(
-            lv["coords"], lv["d"], lv["indptr"], lv["indices"], lv["w"], lv["axis"], h, shape, scale
+            lv["coords"],
+            lv["d"],
+            lv["indptr"],
+            lv["indices"],
+            lv["w"],
+            lv["axis"],
+            h,
+            shape,
+            scale,
+            pairwise,
         )
+        if pairwise and len(d) > 0.9 * len(lv["d"]):  # no progress: stop at what there is
+            break
         lv["agg"], lv["halved"] = agg, tuple(bool(v) for v in halved)
         levels.append(dict(coords=coords, d=d, indptr=indptr, indices=indices, w=weight, axis=axis))
         if len(d) == 0:
