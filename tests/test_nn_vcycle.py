@@ -250,6 +250,10 @@ def test_coarsening_continues_until_the_coarsest_level_is_solved_exactly(monkeyp
     h = mg.build_hierarchy(torch.tensor(problem.flags)[None], problem.boundary, plan)
     assert len(h.levels) > len(plan) + 1
     assert h.levels[-1].n <= 40 and h.coarse_inverse is not None
+    for level in h.levels[len(plan) : -1]:  # past the plan: pairs of linked nodes
+        agg = level.host["agg"]
+        sizes = np.bincount(agg[agg >= 0])
+        assert sizes.max() <= 2 and (sizes == 2).any()
     net = build_network("vcycle", 3, smooth=1, degree=6)
     res = dcdm(problem.stencil, problem.b, direction=NetworkDirection(net, problem), rtol=1e-6)
     assert res.converged
