@@ -13,7 +13,8 @@ scenes=(--scene baffles --scene maze --scene porous --scene splash --scene pocke
 solvers=dcdm,mgpcg,mic0,amg-sa,amg-rs,cg
 run() {  # NAME SHAPE DIM MAXITER
     $deepcd bench "${scenes[@]}" --shape "$2" --dim "$3" --maxiter "$4" --solvers $solvers \
-        --isolate --no-progress --out "$out/$1" || echo "hard_geometry: $1 failed (exit $?)" >&2
+        --isolate --no-progress --out "$out/$1" ||
+        echo "hard_geometry: $1: deepcd bench exited $? (a capped run did not converge)" >&2
 }
 run 3d-64 64 3 20000
 run 3d-128 128 3 3000

@@ -172,7 +172,7 @@ def test_batch_of_different_flags_and_no_stale_cache():
     a, b = random_problem((10, 9, 8), 5), random_problem((10, 9, 8), 6, boundary=AIR)
     net = perturbed(3)
     r = torch.randn(2, 1, 10, 9, 8, dtype=torch.float64)
-    fa, fb = torch.as_tensor(a.flags), torch.as_tensor(b.flags)
+    fa, fb = torch.tensor(a.flags), torch.tensor(b.flags)
     with torch.no_grad():
         qa = net(r[:1], fa, a.boundary)
         qa_again = net(r[:1], fa, a.boundary)  # cached hierarchy
