@@ -247,6 +247,13 @@ def dcdm(
             raise ValueError(f"the direction source returned shape {q.shape}, expected ({n},)")
         return q if np.all(np.isfinite(q)) and np.any(q) else None
 
+    def conjugated(w: np.ndarray, aw: np.ndarray, values: np.ndarray | None = None) -> None:
+        """w (= values, if given) and A·w, A-orthogonalized against the stored directions."""
+        if values is not None:
+            w[:] = values
+        op.matvec(w, aw)
+        store.orthogonalize(w, aw)
+
     for it in range(1, maxiter + 1):
         rnorm = math.sqrt(rr)
         if rnorm <= tol:
@@ -271,9 +278,7 @@ def dcdm(
         if source == "network":
             q = network(r, rnorm)
             if q is not None:
-                u[:] = q
-                op.matvec(u, au)
-                store.orthogonalize(u, au)
+                conjugated(u, au, q)
                 uau = _usable(u, au, dot(u, u))
         if uau == 0.0:  # unusable or switched off: no NaN/Inf may leak into the step below
             u.fill(0.0)
@@ -284,9 +289,7 @@ def dcdm(
         if source == "network-pcg":
             q = network(r, rnorm)
             if q is not None:
-                v[:] = q
-                op.matvec(v, av)
-                store.orthogonalize(v, av)
+                conjugated(v, av, q)
             if q is None or not dot(v, av) > 0.0 or not dot(v, r) > 0.0:
                 # not positive definite after all (NaN, zeros, a broken net): PCG with M
                 # from here, which converges whatever the network was
@@ -303,8 +306,7 @@ def dcdm(
                 v[:] = r
             else:
                 M.apply(r, v)
-            op.matvec(v, av)
-            store.orthogonalize(v, av)
+            conjugated(v, av)
         vav = dot(v, av)
         if not math.isfinite(vav):
             return done(
