@@ -23,7 +23,7 @@ A symmetric positive definite direction source (`direction.spd`, e.g. the vcycle
 linear and SPD for any weights) *is* a preconditioner: then every step is a PCG step with the
 network as M (q = f(r), A-orthogonalized against the last k directions), with all of PCG's
 guarantees, and the safeguard's M is only the measured alternative of rule 4. Mixing an SPD
-V-cycle's directions with a classical one loses PCG's conjugacy (measured: 163 iterations
+V-cycle's directions with a classical one loses PCG's conjugacy (as reported: 163 iterations
 against PCG's 110 on a 2D density-jump problem), and a one-step comparison switches it off on
 right-hand sides near an eigenvector (156 iterations against 3).
 

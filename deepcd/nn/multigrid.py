@@ -79,8 +79,8 @@ class GraphLevel:
     both ways; `axis_edges[a]` = (rows, cols, ŵ (nnz_a, 1), degree (N, 1)); agg (N,).
     """
 
-    def __init__(self, host: dict, coords: np.ndarray, halved, dim: int, device, dtype):
-        self.host, self.coords, self.dim = host, coords, dim
+    def __init__(self, host: dict, halved, dim: int, device, dtype):
+        self.host, self.dim = host, dim
         self.halved = None if halved is None else tuple(halved)
         self.n = len(host["diag"])
         self.device, self.dtype = device, dtype
@@ -163,6 +163,7 @@ class Hierarchy:
     coarse_inverse: torch.Tensor | None
     grid_agg: torch.Tensor | None = None  # (Bf·G,): level-1 unknown of each cell, or -1
     grid_axis: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per axis (ŵ, degree)
+    _members: tuple | None = field(default=None, repr=False)  # `grid_members`, on first use
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -200,7 +201,7 @@ class Hierarchy:
 
     def grid_members(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mstart, members, agg) over the flattened grid cells for the CPU kernels."""
-        if not hasattr(self, "_members"):
+        if self._members is None:
             agg = self.grid_agg.cpu().numpy()
             self._members = (*K.members_of(agg, self.levels[1].n), agg)
         return self._members
@@ -259,12 +260,12 @@ def _host_levels(diag, links, plan3, scale: float) -> list[dict]:
             scale,
             pairwise,
         )
-        if pairwise and len(d) > 0.9 * len(lv["d"]):  # no progress: stop at what there is
+        if len(d) == 0 or (pairwise and len(d) > 0.9 * len(lv["d"])):
+            # nothing left (every region closed: the last level is solved exactly with its
+            # constants pinned) or no progress: stop at what there is
             break
         lv["agg"], lv["halved"] = agg, tuple(bool(v) for v in halved)
         levels.append(dict(coords=coords, d=d, indptr=indptr, indices=indices, w=weight, axis=axis))
-        if len(d) == 0:
-            break
     return levels
 
 
@@ -427,9 +428,7 @@ def _graph_level(lv: dict, dim: int, device, dtype) -> GraphLevel:
     if "agg" in lv:
         host["agg"] = lv["agg"].astype(np.int64, copy=False)
     halved = lv.get("halved")
-    return GraphLevel(
-        host, lv["coords"], None if halved is None else halved[3 - dim :], dim, device, dtype
-    )
+    return GraphLevel(host, None if halved is None else halved[3 - dim :], dim, device, dtype)
 
 
 def host_arrays(level: GraphLevel, dtype: np.dtype) -> dict:
