@@ -191,6 +191,7 @@ class GridCheck:
     inferred: bool = False
     mismatched_rows: int = 0
     note: str = ""
+    stencil: bool = False  # A was read as a variable-coefficient stencil (`stencil_of_csr`)
 
 
 def _csr_scale(csr: sp.csr_matrix, diag_l: np.ndarray) -> float:
@@ -330,6 +331,24 @@ def _grid_problem(A, op: Operator, flags, boundary) -> tuple[Problem, float, Gri
             "assembled from these flags"
         )
     check = check_grid(A, op, flags, boundary)
+    if check.mismatched_rows and isinstance(op, CSROperator):
+        # not the flags' Laplacian: a variable-coefficient pressure matrix is read as the
+        # stencil it is, and the network's levels are built from it
+        from deepcd.problems.coefficients import Coefficients, stencil_of_csr
+
+        try:
+            diag, links = stencil_of_csr(op.csr, flags)
+        except ValueError as err:
+            check.note += f" (A is not read as a grid stencil either: {err})"
+        else:
+            coefficients = Coefficients.from_stencil(flags, diag, links)
+            check.note = (
+                "A is not a multiple of the flags' Laplacian: read as a variable-coefficient "
+                "stencil on the grid, and the network's levels are built from it"
+            )
+            check.stencil = True
+            problem = from_flags(flags, boundary=check.boundary, coefficients=coefficients)
+            return problem, 1.0, check
     return from_flags(flags, boundary=check.boundary), check.scale, check
 
 
@@ -350,7 +369,7 @@ def _dcdm(
     problem, scale, check = _grid_problem(
         A, op, options.pop("flags", None), options.pop("boundary", None)
     )
-    if check is not None and check.mismatched_rows:
+    if check is not None and check.mismatched_rows and not check.stencil:
         warn_user(check.note, GridMismatchWarning)
     requested = options.pop("device", "auto")
     device = resolve_device(requested)
@@ -401,8 +420,10 @@ def _dcdm(
             )
         if scale == 0.0:
             raise ValueError(
-                "the CUDA path applies the grid Laplacian of the flags on the GPU, but A is not "
-                "a positive multiple of it; use device='cpu' (any SPD A with a grid works there)"
+                "the CUDA path applies A as a stencil on the grid, but A is neither a positive "
+                "multiple of the flags' Laplacian nor a symmetric, weakly diagonally dominant "
+                "5/7-point stencil with non-positive couplings; use device='cpu' (any SPD A "
+                "with a grid works there)"
                 + (f": {check.note}" if check is not None and check.note else "")
             )
         result = dcdm_torch(
@@ -432,6 +453,7 @@ def _dcdm(
             "boundary_inferred": check.inferred,
             "scale": check.scale,
             "mismatched_rows": check.mismatched_rows,
+            "read_as_stencil": check.stencil,
         }
         if check.note:
             result.message = "; ".join(m for m in (check.note, result.message) if m)
@@ -455,8 +477,9 @@ def _torch_pcg(A, op, b, x0, method, *, rtol, atol, maxiter, callback, monitor, 
     )
     if scale == 0.0:
         raise ValueError(
-            "the torch path applies the grid Laplacian of the flags, but A is not a positive "
-            "multiple of it" + (f": {check.note}" if check is not None and check.note else "")
+            "the torch path applies A as a stencil on the grid, but A is neither a positive "
+            "multiple of the flags' Laplacian nor a symmetric 5/7-point pressure stencil"
+            + (f": {check.note}" if check is not None and check.note else "")
         )
     requested = options.pop("device", "auto")
     device = resolve_device(requested)
@@ -470,12 +493,13 @@ def _torch_pcg(A, op, b, x0, method, *, rtol, atol, maxiter, callback, monitor, 
         # the classical geometric V-cycle: the shipped solver's architecture at its
         # initialization (Chebyshev smoothing, linear interpolation, no learned weights)
         card = read_card(resolve_solver(default_solver(problem.ndim)))
+        from deepcd.nn.stencil import GridLaplacian
+
         net = build_network(card["arch"], **card["config"]).to(device).eval()
-        flags = torch.tensor(problem.flags, device=device)
-        boundary = tuple(problem.boundary)
+        operator = GridLaplacian.from_problem(problem, device=device, dtype=torch.float64)
 
         def preconditioner(r):
-            return net(r, flags, boundary)
+            return net(r, operator=operator)
 
     extra = {"check_every": options.pop("check_every")} if "check_every" in options else {}
     result = pcg_torch(

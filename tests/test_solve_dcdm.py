@@ -48,12 +48,15 @@ def test_csr_with_flags_and_a_mesh_scale():
     np.testing.assert_allclose(A @ x, problem.b, atol=1e-8 * np.linalg.norm(problem.b))
     grid, scale, _ = _grid_problem(A, CSROperator(A), flags, None)
     assert grid.n == problem.n and scale == pytest.approx(1 / h**2)
-    # a matrix that is not a multiple of the flags' Laplacian still works on the CPU path
-    B = A + sp.identity(A.shape[0])
-    with pytest.warns(deepcd.GridMismatchWarning):
-        assert _grid_problem(B, CSROperator(B), flags, None)[1] == 0.0
-        x, info = deepcd.solve(B, problem.b, flags=flags, rtol=1e-9)
+    # a matrix that is not a multiple of the flags' Laplacian but a pressure stencil on the
+    # grid (here with a reaction term) is read as the stencil it is: the network fits it
+    B = (A + sp.identity(A.shape[0])).tocsr()
+    grid, scale, check = _grid_problem(B, CSROperator(B), flags, None)
+    assert scale == 1.0 and check.stencil and grid.has_coefficients
+    assert abs(grid.A - B).max() <= 1e-12 * abs(B).max()
+    x, info = deepcd.solve(B, problem.b, flags=flags, rtol=1e-9)
     assert info == 0
+    np.testing.assert_allclose(B @ x, problem.b, atol=1e-8 * np.linalg.norm(problem.b))
 
 
 def test_user_flags_closed_domain_is_projected():
@@ -195,24 +198,46 @@ def test_matrix_with_flags_infers_the_boundary(name):
 
 
 @pytest.mark.filterwarnings("ignore::deepcd.NetworkUnusedWarning")
-@pytest.mark.parametrize("change", ["permuted", "diagonal", "wrong-boundary"])
+@pytest.mark.parametrize("change", ["permuted", "positive-coupling"])
 def test_matrix_that_does_not_fit_its_flags_is_named(change):
-    """Issue 14.2: A that is not the flags' Laplacian: a GridMismatchWarning naming the rows,
-    the mismatch in the result's message, and still a converged answer (the CPU path)."""
+    """Issue 14.2: A that is neither the flags' Laplacian nor a pressure stencil on their
+    grid: a GridMismatchWarning naming the rows, the mismatch in the result's message, and
+    still a converged answer (the CPU path)."""
     problem = scene("smoke-obstacles", (16, 16, 16), seed=0)
     A, b, boundary = problem.A, problem.b, None
     if change == "permuted":
         perm = np.random.default_rng(0).permutation(problem.n)
         A, b = A[perm][:, perm].tocsr(), b[perm]
-    elif change == "diagonal":
-        A = (A + 0.5 * sp.identity(problem.n)).tocsr()
-    else:
-        boundary = AIR  # stated, and wrong
+    else:  # SPD, but one coupling with the wrong sign: no pressure stencil
+        A = A.tolil()
+        i, j = 0, A.rows[0][-1]
+        A[i, j] = A[j, i] = 0.5
+        A = (A + sp.identity(problem.n)).tocsr()
     match = r"differs from the flags' Laplacian .* in \d+ of"
     with pytest.warns(deepcd.GridMismatchWarning, match=match):
         res = deepcd.solve_result(A, b, flags=problem.flags, boundary=boundary, rtol=1e-6)
     assert res.converged and "expect many more iterations" in res.message
     assert res.settings["grid_check"]["mismatched_rows"] > 0
+    assert not res.settings["grid_check"]["read_as_stencil"]
+
+
+@pytest.mark.filterwarnings("error::deepcd.GridMismatchWarning")
+@pytest.mark.parametrize("change", ["diagonal", "wrong-boundary"])
+def test_pressure_matrix_off_the_flags_laplacian_is_read_as_its_stencil(change):
+    """Issue 11: a symmetric 5/7-point pressure matrix on the grid that is not the flags'
+    Laplacian (a reaction term; a boundary= that does not match) solves with the network
+    built from A itself, in the iterations of the Problem that has that operator."""
+    problem = scene("smoke-obstacles", (16, 16, 16), seed=0)
+    A, boundary = problem.A, None
+    if change == "diagonal":
+        A = (A + 0.5 * sp.identity(problem.n)).tocsr()
+    else:
+        boundary = AIR  # stated, and wrong: A's own diagonal wins
+    res = deepcd.solve_result(A, problem.b, flags=problem.flags, boundary=boundary, rtol=1e-6)
+    assert res.converged and res.settings["grid_check"]["read_as_stencil"]
+    assert "read as a variable-coefficient stencil" in res.message
+    ref = deepcd.solve_result(problem, rtol=1e-6)
+    assert res.iterations <= ref.iterations + 2, (res.iterations, ref.iterations)
 
 
 def test_every_fallback_is_in_the_message_and_an_unused_network_warns():

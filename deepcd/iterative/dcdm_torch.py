@@ -27,6 +27,7 @@ import torch
 from deepcd.iterative.dcdm import REFRESH_EVERY, WIN_MARGIN, SourceSwitch
 from deepcd.iterative.device import F64, DeviceGrid, HostChecks, device_result
 from deepcd.iterative.result import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, History, SolveResult
+from deepcd.nn.direction import apply_network
 from deepcd.problems.problem import Problem
 
 SAFEGUARDS = ("none", "jacobi")
@@ -75,6 +76,8 @@ def dcdm_torch(
     spd = bool(getattr(network, "spd", False))
     flags = torch.tensor(problem.flags, device=device)
     boundary = tuple(problem.boundary)
+    # a variable-coefficient A: the network builds its levels from A's own stencil
+    operator = grid.lap if grid.lap.weighted else None
     b_grid = grid.to_grid(b)
     x = grid.to_grid(x0) if x0 is not None else torch.zeros_like(b_grid)
     t_solve = time.perf_counter()
@@ -159,7 +162,9 @@ def dcdm_torch(
             # the classical direction: PCG's, with the SPD network or the safeguard's M
             if source == "network-pcg":
                 t_net = time.perf_counter()
-                v = network((r / rnorm_dev).to(network_dtype), flags, boundary).to(F64)
+                v = apply_network(
+                    network, (r / rnorm_dev).to(network_dtype), flags, boundary, operator
+                ).to(F64)
                 stats["direction_s"] += time.perf_counter() - t_net
                 v = v * grid.fluid
                 wins += 1
@@ -170,7 +175,9 @@ def dcdm_torch(
             vav, vr = inner(v, av), inner(v, r)
             if source == "network":
                 t_net = time.perf_counter()
-                q = network((r / rnorm_dev).to(network_dtype), flags, boundary).to(F64)
+                q = apply_network(
+                    network, (r / rnorm_dev).to(network_dtype), flags, boundary, operator
+                ).to(F64)
                 stats["direction_s"] += time.perf_counter() - t_net
                 q = q * grid.fluid
                 finite = torch.isfinite(q).all()

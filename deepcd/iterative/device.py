@@ -49,13 +49,15 @@ class DeviceGrid:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.scale = float(scale)
-        self.lap = GridLaplacian(problem.flags, problem.boundary, device=self.device, dtype=F64)
+        self.lap = GridLaplacian.from_problem(problem, device=self.device, dtype=F64)
         flat = np.flatnonzero(problem.flags.ravel() == FLUID)
         self.index = torch.as_tensor(flat, device=self.device)
         self.shape = (1, 1, *problem.shape)
         self.fluid = self.lap.fluid
         diag = self.lap.diag
-        self.inv_diag = torch.where(diag > 0, 1.0 / (self.scale * diag.clamp_min(1)), 0.0)
+        self.inv_diag = torch.where(
+            diag > 0, 1.0 / (self.scale * diag.clamp_min(1e-300)), torch.zeros_like(diag)
+        )
 
     def to_grid(self, v: np.ndarray) -> torch.Tensor:
         g = torch.zeros(self.shape, dtype=F64, device=self.device)

@@ -98,10 +98,15 @@ def _find(parent, i):
 
 
 @nb.njit(cache=True)
-def aggregate(coords, d, indptr, indices, weight, axis, halved, coarse_shape, scale, pairwise):
+def aggregate(
+    coords, d, indptr, indices, weight, axis, halved, coarse_shape, scale, pairwise, strength
+):
     """One coarsening: components of the nodes inside each block, and their Galerkin level.
 
     coords (n, 3) int32 cells on the fine grid; halved (3,) bool; coarse_shape (3,) int64.
+    strength: only *strong* links join a component, w_ij ≥ strength·max(w_max,i, w_max,j)
+    (w_max,i: node i's largest link), so a coefficient jump (water beside air, 1000× apart)
+    splits a block's cells into separate coarse unknowns as a wall does; 0 joins every link.
     pairwise: once the grid is one cell (a maze's coarse levels can still hold thousands of
     unknowns), aggregate each node with its most strongly linked unaggregated neighbour
     instead (greedy matching on the graph: at most two nodes per aggregate, both linked).
@@ -112,6 +117,10 @@ def aggregate(coords, d, indptr, indices, weight, axis, halved, coarse_shape, sc
     cx, cy, cz = coarse_shape[0], coarse_shape[1], coarse_shape[2]
     block = np.zeros(n, dtype=np.int64)
     parent = np.arange(n)
+    wmax = np.zeros(n)
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            wmax[i] = max(wmax[i], weight[p])
     if pairwise:
         taken = np.zeros(n, dtype=np.bool_)
         for i in range(n):  # nodes before i are all taken: a partner j is always > i
@@ -121,7 +130,8 @@ def aggregate(coords, d, indptr, indices, weight, axis, halved, coarse_shape, sc
             best, wbest = -1, 0.0
             for p in range(indptr[i], indptr[i + 1]):
                 j = indices[p]
-                if not taken[j] and weight[p] > wbest:
+                strong = weight[p] >= strength * max(wmax[i], wmax[j])
+                if strong and not taken[j] and weight[p] > wbest:
                     best, wbest = j, weight[p]
             if best >= 0:
                 taken[best] = True
@@ -136,7 +146,8 @@ def aggregate(coords, d, indptr, indices, weight, axis, halved, coarse_shape, sc
         for i in range(n):
             for p in range(indptr[i], indptr[i + 1]):
                 j = indices[p]
-                if j > i and block[j] == block[i]:
+                strong = weight[p] >= strength * max(wmax[i], wmax[j])
+                if j > i and block[j] == block[i] and strong:
                     ri, rj = _find(parent, i), _find(parent, j)
                     if ri != rj:
                         if ri < rj:

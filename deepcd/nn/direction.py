@@ -9,6 +9,15 @@ from deepcd.problems.flags import FLUID
 from deepcd.problems.problem import Problem
 
 
+def apply_network(model, r: torch.Tensor, flags, boundary, operator=None) -> torch.Tensor:
+    """model(r, flags, boundary) — the call every direction network takes — with the system's
+    variable-coefficient `GridLaplacian` as `operator=` where there is one (a network that
+    builds its levels from the operator reads it; deepcd's networks all accept it)."""
+    if operator is None:
+        return model(r, flags, boundary)
+    return model(r, flags, boundary, operator=operator)
+
+
 class NetworkDirection:
     """q = f(r) for `dcdm`: scatters r (float64 (n,)) onto the grid, runs the network on
     `device` in `dtype` under inference mode, gathers the FLUID cells back as float64.
@@ -38,6 +47,12 @@ class NetworkDirection:
         )
         self.flags = torch.tensor(problem.flags, device=self.device)[None, None]
         self.boundary = tuple(problem.boundary)
+        # a variable-coefficient problem: the network reads A's own stencil
+        self.operator = None
+        if problem.has_coefficients:
+            from deepcd.nn.stencil import GridLaplacian
+
+            self.operator = GridLaplacian.from_problem(problem, self.device, torch.float64)
         self.grid = torch.zeros((1, 1, *problem.shape), dtype=dtype, device=self.device)
         self.n = problem.n
         # an SPD network (vcycle) is a preconditioner: DCDM runs PCG with it as M
@@ -47,5 +62,5 @@ class NetworkDirection:
     def __call__(self, r: np.ndarray) -> np.ndarray:
         flat = self.grid.view(-1)
         flat[self.index] = torch.from_numpy(np.ascontiguousarray(r)).to(self.device, self.dtype)
-        q = self.model(self.grid, self.flags, self.boundary)
+        q = apply_network(self.model, self.grid, self.flags, self.boundary, self.operator)
         return q.reshape(-1)[self.index].to("cpu", torch.float64).numpy()

@@ -36,6 +36,7 @@ from deepcd.kernels import aggregate as K
 from deepcd.nn.stencil import GridLaplacian, stencil_apply
 
 DENSE_MAX = 2048  # the coarsest level is solved exactly (dense) up to this many unknowns
+STRENGTH = 0.02  # a link joins a coarse unknown when w_ij ≥ STRENGTH·max(w_max,i, w_max,j)
 
 
 @dataclass
@@ -224,7 +225,7 @@ def _view3(t: torch.Tensor, dim: int) -> np.ndarray:
     return a.reshape((1,) * (3 - dim) + a.shape)
 
 
-def _host_levels(diag, links, plan3, scale: float) -> list[dict]:
+def _host_levels(diag, links, plan3, scale: float, strength: float = STRENGTH) -> list[dict]:
     """The graph levels of one flag field, as numpy arrays (see `GraphLevel.host`)."""
     node, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
     levels = [
@@ -259,6 +260,7 @@ def _host_levels(diag, links, plan3, scale: float) -> list[dict]:
             shape,
             scale,
             pairwise,
+            strength,
         )
         if len(d) == 0 or (pairwise and len(d) > 0.9 * len(lv["d"])):
             # nothing left (every region closed: the last level is solved exactly with its
@@ -344,15 +346,22 @@ def build_hierarchy(
     dtype: torch.dtype = torch.float32,
     galerkin_scale: float = 0.5,
     columns: int = 1,
+    operator: GridLaplacian | None = None,
+    strength: float | None = None,
 ) -> Hierarchy:
     """The hierarchy of cell flags (Bf, *grid) with their boundary, coarsening the axes of
     each entry of `plan` in turn (see the module docstring). `columns`: C = B // Bf of the
-    node vectors the network will apply it to. Built on the host (numba), moved to flags'
-    device."""
+    node vectors the network will apply it to. `operator`: level 0's stencil when it is not
+    the flags' Laplacian (a variable-coefficient `GridLaplacian` of these flags). Built on
+    the host (numba), moved to flags' device."""
     dim = flags.ndim - 1
     device = flags.device
-    lap = GridLaplacian(flags, boundary, dim=dim, device=device, dtype=dtype)
-    grid = StencilLevel.from_parts(lap.diag, lap.links())
+    lap = operator
+    if lap is None:
+        lap = GridLaplacian(flags, boundary, dim=dim, device=device, dtype=dtype)
+    elif tuple(lap.flags.shape[2:]) != tuple(flags.shape[1:]):
+        raise ValueError("the operator's grid does not match the flags'")
+    grid = StencilLevel.from_parts(lap.diag.to(dtype), [w.to(dtype) for w in lap.links()])
     plan3 = [(False,) * (3 - dim) + tuple(bool(v) for v in h) for h in plan]
     bf = flags.shape[0]
     samples = []
@@ -361,7 +370,11 @@ def build_hierarchy(
         links = [_view3(w[b : b + 1], dim) for w in lap.links()]
         if dim == 2:
             links.insert(0, np.zeros((0, *diag.shape[1:])))
-        samples.append(_host_levels(diag, links, plan3, galerkin_scale))
+        samples.append(
+            _host_levels(
+                diag, links, plan3, galerkin_scale, STRENGTH if strength is None else strength
+            )
+        )
     depth = min(len(s) for s in samples)
     index = np.concatenate(
         [

@@ -198,10 +198,19 @@ class GridNet(nn.Module):
         self.config: dict[str, Any] = {}
 
     def forward(
-        self, r: torch.Tensor, flags: torch.Tensor | None = None, boundary=None
+        self,
+        r: torch.Tensor,
+        flags: torch.Tensor | None = None,
+        boundary=None,
+        *,
+        operator=None,
     ) -> torch.Tensor:
         """q (B, 1, *grid) from r (B, 1, *grid); `boundary` (the flag outside each grid face,
-        as for `GridLaplacian`) is read only by networks that build the operator."""
+        as for `GridLaplacian`) is read only by networks that build the operator. `operator`:
+        the system's `GridLaplacian` (its flags stand in for `flags`; a network that builds
+        its levels from the operator reads its coefficients)."""
+        if flags is None and operator is not None:
+            flags = operator.flags
         if r.ndim != self.dim + 2 or r.shape[1] != 1:
             raise ValueError(
                 f"r must have shape (B, 1, *grid) with {self.dim} grid axes, got {tuple(r.shape)}"
@@ -725,10 +734,21 @@ class VCycleNet(GridNet):
         return total / math.prod(int(n) for n in shape)
 
     # -- the cycle -----------------------------------------------------------------------------
-    def hierarchy(self, flags: torch.Tensor, grid: tuple[int, ...], boundary, dtype, columns=1):
-        """The levels of (flags, boundary) (`deepcd.nn.multigrid.build_hierarchy`), cached for
-        repeated calls on the same grid (DCDM applies the network to one problem many times)."""
+    def hierarchy(
+        self,
+        flags: torch.Tensor,
+        grid: tuple[int, ...],
+        boundary,
+        dtype,
+        columns=1,
+        operator=None,
+    ):
+        """The levels of (flags, boundary) — or of a variable-coefficient `operator` on them —
+        (`deepcd.nn.multigrid.build_hierarchy`), cached for repeated calls on the same grid
+        (DCDM applies the network to one problem many times)."""
         from deepcd.nn.multigrid import build_hierarchy
+
+        weighted = operator is not None and getattr(operator, "weighted", False)
 
         key = (
             tuple(map(tuple, boundary.tolist()))
@@ -741,19 +761,29 @@ class VCycleNet(GridNet):
         # compared by content, so another solve on the same grid (a projection every time
         # step) reuses the levels; one pass over int8 flags, small next to one V-cycle
         c = self._cache
+        stencil = (operator.diag, *operator.links()) if weighted else ()
         if (
             c is not None
             and c[0] == key
             and c[1].shape == flags.shape
             and c[1].device == flags.device
             and torch.equal(c[1], flags)
+            and len(c[3]) == len(stencil)
+            and all(torch.equal(a, b) for a, b in zip(c[3], stencil, strict=True))
         ):
             return c[2]
         plan = coarsening_plan(grid, self.coarsest)
         batch = _flag_batch(flags, self.dim, grid)
         with torch.no_grad():
-            h = build_hierarchy(batch[:, 0], boundary, plan, dtype=dtype, columns=columns)
-        self._cache = (key, flags.detach().clone(), h)
+            h = build_hierarchy(
+                batch[:, 0],
+                boundary,
+                plan,
+                dtype=dtype,
+                columns=columns,
+                operator=operator if weighted else None,
+            )
+        self._cache = (key, flags.detach().clone(), h, tuple(t.detach().clone() for t in stencil))
         return h
 
     def _cycle(self, h, depth: int, r: torch.Tensor) -> torch.Tensor:
@@ -789,8 +819,19 @@ class VCycleNet(GridNet):
         return x
 
     def forward(
-        self, r: torch.Tensor, flags: torch.Tensor | None = None, boundary=None
+        self,
+        r: torch.Tensor,
+        flags: torch.Tensor | None = None,
+        boundary=None,
+        *,
+        operator=None,
     ) -> torch.Tensor:
+        """q = M r for r (B, 1, *grid): one V-cycle on the levels of `operator` (a
+        `GridLaplacian`: the system's own stencil, coefficients included) or, without one, of
+        the flags' Laplacian with `boundary`."""
+        if operator is not None:
+            flags = operator.flags if flags is None else flags
+            boundary = operator.boundary if boundary is None else boundary
         if flags is None:
             raise ValueError("vcycle builds its operator from the cell flags: pass flags")
         if r.ndim != self.dim + 2 or r.shape[1] != 1:
@@ -807,6 +848,7 @@ class VCycleNet(GridNet):
             SOLID if boundary is None else boundary,
             dtype,
             columns=r.shape[0] // bf,
+            operator=operator,
         )
         x = r.to(dtype) * h.grid.active
         return self._cycle(h, 0, x).to(r.dtype)

@@ -112,6 +112,9 @@ class GridLaplacian(nn.Module):
         cannot be told apart otherwise).
     device, dtype: where the buffers live and the float type of the masks (float32 default;
         `forward` casts them to the input's dtype, so one operator serves float32/64/bf16).
+    stencil: a variable-coefficient operator's grid stencil (diag, links) — diag (*grid) or
+        (B, *grid), links[a] the face weights with axis a one shorter (see
+        `deepcd.problems.coefficients`) — used instead of the flags' Laplacian (`weighted`).
 
     `forward(x)` returns A x with zeros on non-FLUID cells; x's batch size must equal the
     operator's (`batch_size`) or the operator must be unbatched (batch_size 1).
@@ -129,6 +132,7 @@ class GridLaplacian(nn.Module):
         dim: int | None = None,
         device=None,
         dtype: torch.dtype = torch.float32,
+        stencil=None,
     ) -> None:
         super().__init__()
         if not dtype.is_floating_point:
@@ -165,24 +169,30 @@ class GridLaplacian(nn.Module):
             for side, step in ((0, -1), (1, +1)):
                 nb = _neighbour(f, axis + 1, step, bc[:, 2 * axis + side])
                 diag += (nb != SOLID).to(torch.int8)
-        diag = torch.where(fluid, diag, torch.zeros_like(diag))
+        diag = torch.where(fluid, diag, torch.zeros_like(diag)).to(dtype)
+        links = []
+        for axis in range(dim):
+            n = f.shape[axis + 1]
+            links.append(
+                (fluid.narrow(axis + 1, 0, n - 1) & fluid.narrow(axis + 1, 1, n - 1)).to(dtype)
+            )
+        self.weighted = stencil is not None
+        if stencil is not None:
+            diag, links = _stencil_tensors(stencil, fluid, links, dtype)
 
         self.register_buffer("flags", f.unsqueeze(1).contiguous(), persistent=False)
         self.register_buffer("boundary", bc, persistent=False)
         self.register_buffer("fluid", fluid.unsqueeze(1).to(dtype), persistent=False)
-        self.register_buffer("diag", diag.unsqueeze(1).to(dtype), persistent=False)
-        for axis in range(dim):
-            n = f.shape[axis + 1]
-            link = fluid.narrow(axis + 1, 0, n - 1) & fluid.narrow(axis + 1, 1, n - 1)
-            self.register_buffer(
-                f"link_{_AXIS_NAMES[axis]}", link.unsqueeze(1).to(dtype), persistent=False
-            )
+        self.register_buffer("diag", diag.unsqueeze(1), persistent=False)
+        for axis, link in enumerate(links):
+            self.register_buffer(f"link_{_AXIS_NAMES[axis]}", link.unsqueeze(1), persistent=False)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def from_problem(cls, problem, device=None, dtype: torch.dtype = torch.float32):
-        """The operator of one deepcd `Problem` (its flags and boundary)."""
-        return cls(problem.flags, problem.boundary, device=device, dtype=dtype)
+        """The operator of one deepcd `Problem` (its flags, boundary and coefficients)."""
+        stencil = problem.grid_stencil if getattr(problem, "has_coefficients", False) else None
+        return cls(problem.flags, problem.boundary, device=device, dtype=dtype, stencil=stencil)
 
     @classmethod
     def stack(cls, items: Iterable, device=None, dtype: torch.dtype | None = None):
@@ -194,11 +204,12 @@ class GridLaplacian(nn.Module):
         items = list(items)
         if not items:
             raise ValueError("stack needs at least one Problem or GridLaplacian")
-        flags, bcs = [], []
+        flags, bcs, parts = [], [], []
         for it in items:
             if isinstance(it, GridLaplacian):
                 flags.append(it.flags[:, 0])
                 bcs.extend(it.boundary.tolist())
+                parts.append(it if it.weighted else None)
                 if device is None:
                     device = it.flags.device
                 if dtype is None:
@@ -206,6 +217,7 @@ class GridLaplacian(nn.Module):
             elif hasattr(it, "flags") and hasattr(it, "boundary"):
                 flags.append(_as_flag_tensor(it.flags, None).unsqueeze(0))
                 bcs.append(list(it.boundary))
+                parts.append(it if getattr(it, "has_coefficients", False) else None)
             else:
                 raise TypeError(f"stack takes Problems or GridLaplacians, got {type(it).__name__}")
         shapes = {tuple(f.shape[1:]) for f in flags}
@@ -213,7 +225,28 @@ class GridLaplacian(nn.Module):
             raise ValueError(f"stack needs one grid shape, got {sorted(shapes)}")
         dim = len(next(iter(shapes)))
         batch = torch.cat([f.to(device=device) for f in flags], dim=0)
-        return cls(batch, bcs, dim=dim, device=device, dtype=dtype or torch.float32)
+        dtype = dtype or torch.float32
+        stencil = None
+        if any(p is not None for p in parts):  # a weighted stencil for every sample
+            plain = cls(batch, bcs, dim=dim, device=device, dtype=dtype)
+            diags, links, row = [], [[] for _ in range(dim)], 0
+            for f, part in zip(flags, parts, strict=True):
+                rows = slice(row, row + f.shape[0])
+                src = (
+                    plain.diag[rows, 0],
+                    [w[rows, 0] for w in plain.links()],
+                )
+                if isinstance(part, GridLaplacian):
+                    src = (part.diag[:, 0], [w[:, 0] for w in part.links()])
+                elif part is not None:
+                    d, ws = part.grid_stencil
+                    src = (torch.as_tensor(d)[None], [torch.as_tensor(w)[None] for w in ws])
+                diags.append(src[0].to(device=device, dtype=dtype))
+                for a in range(dim):
+                    links[a].append(src[1][a].to(device=device, dtype=dtype))
+                row += f.shape[0]
+            stencil = (torch.cat(diags), [torch.cat(w) for w in links])
+        return cls(batch, bcs, dim=dim, device=device, dtype=dtype, stencil=stencil)
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -242,6 +275,34 @@ class GridLaplacian(nn.Module):
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         """x with its non-FLUID cells zeroed."""
         return x * self.fluid.to(x.dtype)
+
+
+def _stencil_tensors(stencil, fluid: torch.Tensor, masks: list[torch.Tensor], dtype):
+    """A user's grid stencil (diag, links) as (Bf, *grid) tensors on fluid's device, checked
+    against the flags: zero off FLUID cells and across faces that do not join two."""
+    diag, links = stencil
+    bf, grid = fluid.shape[0], tuple(fluid.shape[1:])
+
+    def tensor(name: str, value, shape: tuple[int, ...]) -> torch.Tensor:
+        t = torch.as_tensor(value).to(device=fluid.device, dtype=dtype)
+        if tuple(t.shape) == shape:
+            t = t.unsqueeze(0)
+        if tuple(t.shape[1:]) != shape or t.shape[0] not in (1, bf):
+            raise ValueError(
+                f"stencil {name} must have shape {shape} or (B, *{shape}), got {tuple(t.shape)}"
+            )
+        if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+            raise ValueError(f"stencil {name} must be finite and non-negative")
+        return t.expand(bf, *shape).contiguous()
+
+    d = tensor("diag", diag, grid) * fluid.to(dtype)
+    if len(links) != len(masks):
+        raise ValueError(f"stencil needs {len(masks)} link arrays, got {len(links)}")
+    ws = [
+        tensor(f"links[{a}]", w, tuple(m.shape[1:])) * m
+        for a, (w, m) in enumerate(zip(links, masks, strict=True))
+    ]
+    return d, ws
 
 
 def stencil_apply(

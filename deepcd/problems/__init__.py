@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deepcd.problems.coefficients import Coefficients
 from deepcd.problems.flags import AIR, FLUID, SOLID
 from deepcd.problems.io import load_problem, save_problem
 from deepcd.problems.problem import Problem, from_flags
@@ -38,7 +39,13 @@ def scene(name: str, shape, seed: int = 0, **params) -> Problem:
     """A named, seeded scene as a `Problem`. shape: (nx, ny) or (nx, ny, nz), or an int (3D)."""
     data = make_scene(name, parse_shape(shape), seed=seed, **params)
     return Problem(
-        data.flags, data.rhs, data.boundary, generator=name, params=data.params, seed=seed
+        data.flags,
+        data.rhs,
+        data.boundary,
+        generator=name,
+        params=data.params,
+        seed=seed,
+        coefficients=data.coefficients,
     )
 
 
@@ -46,6 +53,7 @@ __all__ = [
     "AIR",
     "FLUID",
     "SOLID",
+    "Coefficients",
     "Problem",
     "from_flags",
     "load_problem",

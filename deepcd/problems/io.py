@@ -2,8 +2,11 @@
 
 Layout: datasets `flags` (int8 grid) and `rhs` (float64 over the fluid cells), chunked and
 gzip-compressed; attributes `format`, `deepcd_version`, `generator`, `params` (JSON),
-`seed`, `boundary`. A file is written under a temporary name and renamed when complete, so
-an interrupted write never leaves a file that looks whole.
+`seed`, `boundary`. A variable-coefficient problem adds the face arrays `beta_0`, `beta_1`
+[, `beta_2`] and, with ghost-fluid fractions, `theta_0`, ... (float64, MAC face shapes),
+and a per-cell diagonal term `extra` where there is one.
+A file is written under a temporary name and renamed when complete, so an interrupted write
+never leaves a file that looks whole.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import h5py
 import numpy as np
 
 from deepcd._version import __version__
+from deepcd.problems.coefficients import Coefficients
 from deepcd.problems.problem import Problem
 
 FORMAT = "deepcd-problem-v1"
@@ -68,7 +72,37 @@ def save_problem(path: str | os.PathLike, problem: Problem) -> Path:
         f.attrs["params"] = json.dumps(problem.params)
         f.attrs["seed"] = -1 if problem.seed is None else int(problem.seed)
         f.attrs["boundary"] = np.asarray(problem.boundary, dtype=np.int8)
+        c = problem.coefficients
+        if c is not None:
+            for name, arrays in (("beta", c.beta), ("theta", c.theta)):
+                for a, arr in enumerate(arrays or ()):
+                    f.create_dataset(
+                        f"{name}_{a}", data=arr, chunks=_chunks(arr.shape), compression="gzip"
+                    )
+            if c.extra is not None:
+                f.create_dataset(
+                    "extra", data=c.extra, chunks=_chunks(c.extra.shape), compression="gzip"
+                )
     return path
+
+
+def _coefficients(f: h5py.File, path: Path, shape: tuple[int, ...]) -> Coefficients | None:
+    """The face arrays of a variable-coefficient problem file, None when it has none."""
+    names = [f"beta_{a}" for a in range(len(shape))]
+    present = [n in f for n in names]
+    if not any(present):
+        return None
+    if not all(present):
+        raise ValueError(f"{path} is incomplete: it has some of the face arrays {names}, not all")
+    theta_names = [f"theta_{a}" for a in range(len(shape))]
+    theta = [f[n][...] for n in theta_names if n in f]
+    if theta and len(theta) != len(shape):
+        raise ValueError(f"{path} is incomplete: it has some of {theta_names}, not all")
+    try:
+        extra = f["extra"][...] if "extra" in f else None
+        return Coefficients.validated(shape, [f[n][...] for n in names], theta or None, extra)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} holds invalid coefficients: {err}") from err
 
 
 def load_problem(path: str | os.PathLike) -> Problem:
@@ -103,6 +137,7 @@ def load_problem(path: str | os.PathLike) -> Problem:
                 generator=str(f.attrs["generator"]),
                 params=json.loads(f.attrs["params"]),
                 seed=None if seed < 0 else seed,
+                coefficients=_coefficients(f, path, flags.shape),
             )
     except OSError as err:
         raise ValueError(f"{path} cannot be read as HDF5 (corrupt or truncated?): {err}") from err

@@ -11,6 +11,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from deepcd.problems import assembly
+from deepcd.problems.coefficients import (
+    Coefficients,
+    closed_regions_of_stencil,
+    stencil_csr,
+    weighted_stencil,
+)
 from deepcd.problems.flags import FLUID, SOLID, normalize_boundary, validate_flags
 
 
@@ -32,6 +38,8 @@ class Problem:
     caller edits the arrays it passed in; a new grid needs a new Problem.
     boundary: flag of the cells outside the grid, per face (x-lo, x-hi, y-lo, y-hi[, z-lo, z-hi]).
     generator/params/seed: where the problem came from (kept in HDF5 files and benchmarks).
+    coefficients: face coefficients and ghost-fluid fractions (`deepcd.problems.coefficients`)
+    of a variable-coefficient operator; None (default) is the flag Laplacian.
     """
 
     flags: np.ndarray
@@ -40,9 +48,17 @@ class Problem:
     generator: str = "user"
     params: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
+    coefficients: Coefficients | None = None
 
     def __post_init__(self) -> None:
         self.flags = _owned(validate_flags(self.flags))
+        if self.coefficients is not None:
+            if not isinstance(self.coefficients, Coefficients):
+                raise TypeError(
+                    "coefficients must be a deepcd.problems.coefficients.Coefficients, got "
+                    f"{type(self.coefficients).__name__}"
+                )
+            self.coefficients.check_grid(self.flags.shape)
         self.boundary = normalize_boundary(
             self.boundary if self.boundary != () else SOLID, self.flags.ndim
         )
@@ -84,26 +100,47 @@ class Problem:
         """int32 grid of unknown numbers, -1 off FLUID cells."""
         return assembly.fluid_index(self.flags)[0]
 
+    @property
+    def has_coefficients(self) -> bool:
+        """True for a variable-coefficient operator (not the plain flag Laplacian)."""
+        return self.coefficients is not None
+
     @cached_property
     def diagonal(self) -> np.ndarray:
-        """uint8 (n,): the Laplacian's diagonal, the count of non-SOLID neighbours."""
+        """A's diagonal (n,): uint8 for the flag Laplacian (the count of non-SOLID
+        neighbours), float64 with coefficients."""
+        if self.has_coefficients:
+            return self.grid_stencil[0][self.flags == FLUID]
         return assembly.stencil_diagonal(self.flags, self.boundary)
 
     @cached_property
+    def grid_stencil(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(diag (*grid), links[a] (*grid, axis a one shorter)), float64: A on the grid, the
+        form the V-cycle network reads (see `deepcd.problems.coefficients`)."""
+        return weighted_stencil(self.flags, self.boundary, self.coefficients)
+
+    @cached_property
     def A(self) -> sp.csr_matrix:
-        """The Laplacian as scipy CSR (float64, sorted indices); assembled on first use."""
+        """A as scipy CSR (float64, sorted indices); assembled on first use."""
+        if self.has_coefficients:
+            return stencil_csr(self.flags, *self.grid_stencil)
         return assembly.laplacian_csr(self.flags, self.boundary)
 
     @cached_property
     def stencil(self):
-        """The matrix-free form: a `StencilOperator` applying A with a numba kernel."""
-        from deepcd.operators import StencilOperator
+        """The matrix-free form: a `StencilOperator` applying the flag Laplacian with a numba
+        kernel; with coefficients, the CSR form (`CSROperator`)."""
+        from deepcd.operators import CSROperator, StencilOperator
 
+        if self.has_coefficients:
+            return CSROperator(self.A)
         return StencilOperator(self.index, self.diagonal, csr_factory=lambda: self.A)
 
     @cached_property
     def closed_regions(self) -> tuple[np.ndarray, int]:
         """(labels over unknowns, count) of fluid regions touching no AIR; see assembly."""
+        if self.has_coefficients:
+            return closed_regions_of_stencil(self.flags, *self.grid_stencil)
         return assembly.closed_regions(self.flags, self.boundary)
 
     @property
@@ -131,7 +168,15 @@ class Problem:
     def with_rhs(self, b: np.ndarray) -> Problem:
         """The same grid with another right-hand side; shares the forms assembled so far
         (safe: the flags are read-only and owned)."""
-        other = Problem(self.flags, b, self.boundary, self.generator, dict(self.params), self.seed)
+        other = Problem(
+            self.flags,
+            b,
+            self.boundary,
+            self.generator,
+            dict(self.params),
+            self.seed,
+            self.coefficients,
+        )
         for name in _FORMS:
             if name in self.__dict__:
                 other.__dict__[name] = self.__dict__[name]
@@ -140,20 +185,29 @@ class Problem:
     def __repr__(self) -> str:
         return (
             f"Problem(generator={self.generator!r}, shape={self.shape}, n={self.n}, "
-            f"boundary={self.boundary}, seed={self.seed})"
+            f"boundary={self.boundary}, seed={self.seed}"
+            + (", coefficients" if self.has_coefficients else "")
+            + ")"
         )
 
 
-_FORMS = ("index", "diagonal", "A", "stencil", "closed_regions")
+_FORMS = ("index", "diagonal", "grid_stencil", "A", "stencil", "closed_regions")
 
 
-def from_flags(flags: np.ndarray, rhs: np.ndarray | None = None, *, boundary=SOLID) -> Problem:
+def from_flags(
+    flags: np.ndarray,
+    rhs: np.ndarray | None = None,
+    *,
+    boundary=SOLID,
+    coefficients: Coefficients | None = None,
+) -> Problem:
     """A `Problem` from a user's own int8 flag grid (0 = FLUID, 1 = SOLID, 2 = AIR).
 
     rhs: float64 over the fluid cells (n,) or on the grid; default ones (a uniform source).
     boundary: flag outside the grid, one for all faces or one per face; SOLID by default.
+    coefficients: face coefficients / ghost-fluid fractions (`Coefficients`), default none.
     """
     flags = validate_flags(flags)
     if rhs is None:
         rhs = np.ones(int(np.count_nonzero(flags == FLUID)))
-    return Problem(flags, rhs, boundary)
+    return Problem(flags, rhs, boundary, coefficients=coefficients)

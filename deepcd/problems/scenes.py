@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from deepcd.problems.coefficients import Coefficients
 from deepcd.problems.flags import AIR, FLUID, SOLID
 from deepcd.problems.mac import divergence, face_shapes
 
@@ -47,12 +48,15 @@ class SceneData:
     flags: int8 grid of FLUID/SOLID/AIR. boundary: flag of the outside cells per face
     (x-lo, x-hi, y-lo, y-hi[, z-lo, z-hi]). rhs: float64 grid, -divergence on FLUID cells and 0
     elsewhere. params: every parameter used, plus descriptions of what was generated (JSON-ready).
+    coefficients: the face coefficients of a variable-coefficient scene (None: the flag
+    Laplacian).
     """
 
     flags: np.ndarray
     boundary: tuple[int, ...]
     rhs: np.ndarray
     params: dict
+    coefficients: Coefficients | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -813,11 +817,16 @@ _MIN_SIZE = {"poisson-box": 1, "closed-box": 1}
 
 
 def _registry() -> tuple[dict, dict]:
-    """(builders, minimum sizes) of every scene, with those of `scenes_hard` (imported here,
-    late, because it builds on this module)."""
-    from deepcd.problems import scenes_hard
+    """(builders, minimum sizes) of every scene, with those of `scenes_hard` and
+    `scenes_coefficients` (imported here, late, because they build on this module)."""
+    from deepcd.problems import scenes_coefficients, scenes_hard
 
-    return {**_BUILDERS, **scenes_hard.BUILDERS}, {**_MIN_SIZE, **scenes_hard.MIN_SIZE}
+    families = (scenes_hard, scenes_coefficients)
+    builders, sizes = dict(_BUILDERS), dict(_MIN_SIZE)
+    for family in families:
+        builders.update(family.BUILDERS)
+        sizes.update(family.MIN_SIZE)
+    return builders, sizes
 
 
 def scene_names() -> list[str]:
