@@ -62,6 +62,8 @@ from deepcd.nn.lanczos import (
     _remove_null,
     lanczos,
 )
+from deepcd.problems.coefficients import Coefficients
+from deepcd.problems.io import read_coefficients, write_coefficients
 
 FORMAT = "deepcd-dataset-v1"
 SPLITS = ("train", "val")
@@ -462,6 +464,7 @@ def _write_matrix(f: h5py.File, spec: MatrixSpec, recipe: Recipe, bars) -> dict:
     with result:
         fluid = np.flatnonzero(problem.flags.ravel() == FLUID)
         g.create_dataset("flags", data=problem.flags, compression="gzip")
+        write_coefficients(g, problem.coefficients)
         rhs_ds = g.create_dataset(
             "rhs",
             shape=(spec.samples, *problem.shape),
@@ -631,6 +634,7 @@ class MatrixInfo:
     params: dict
     n: int
     samples: int
+    coefficients: Coefficients | None = None
 
     def problem(self, b: np.ndarray | None = None):
         """The matrix as a deepcd `Problem` (right-hand side `b`, default zeros)."""
@@ -643,6 +647,7 @@ class MatrixInfo:
             generator=self.scene,
             params=self.params,
             seed=self.seed,
+            coefficients=self.coefficients,
         )
 
 
@@ -724,6 +729,7 @@ class PoissonDataset:
                 params=json.loads(g.attrs["params"]),
                 n=int(g.attrs["n"]),
                 samples=samples,
+                coefficients=read_coefficients(g, where, shape),
             )
             self.matrices[info.id] = info
             counts.append((info.id, samples))

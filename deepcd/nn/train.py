@@ -91,6 +91,7 @@ from torch import nn
 
 from deepcd._version import __version__
 from deepcd.hardware import cpu_name
+from deepcd.nn.direction import apply_network
 from deepcd.nn.weights import sha256
 
 OPTIMIZERS = ("adam", "lion", "diffgrad")
@@ -551,6 +552,17 @@ class _Matrices:
             for m, i in infos.items()
         }
         self.boundary = {m: tuple(i.boundary) for m, i in infos.items()}
+        # variable-coefficient matrices: their grid stencils, for the batched operator
+        self.stencil = {}
+        for m, i in infos.items():
+            if getattr(i, "coefficients", None) is not None:
+                from deepcd.problems.coefficients import weighted_stencil
+
+                d, links = weighted_stencil(i.flags, i.boundary, i.coefficients)
+                self.stencil[m] = (
+                    torch.as_tensor(d, dtype=torch.float32, device=device),
+                    [torch.as_tensor(w, dtype=torch.float32, device=device) for w in links],
+                )
 
     def groups(self, samples: Sequence[tuple[np.ndarray, int]]):
         """[(b (n,1,*grid) float32, flags (n,*grid) int8, GridLaplacian)] per grid shape."""
@@ -565,9 +577,20 @@ class _Matrices:
             b = torch.from_numpy(np.stack([np.asarray(r, np.float32) for r, _ in items]))
             b = b[:, None].to(self.device)
             flags = torch.stack([self.flags[m] for _, m in items])
-            lap = GridLaplacian(
-                flags, [self.boundary[m] for _, m in items], dim=len(shape), device=self.device
-            )
+            bcs = [self.boundary[m] for _, m in items]
+            stencil = None
+            if any(m in self.stencil for _, m in items):
+                plain = GridLaplacian(flags, bcs, dim=len(shape), device=self.device)
+                diags, links = [], [[] for _ in shape]
+                for k, (_, m) in enumerate(items):
+                    d, ws = self.stencil.get(
+                        m, (plain.diag[k, 0], [w[k, 0] for w in plain.links()])
+                    )
+                    diags.append(d)
+                    for a, w in enumerate(ws):
+                        links[a].append(w)
+                stencil = (torch.stack(diags), [torch.stack(w) for w in links])
+            lap = GridLaplacian(flags, bcs, dim=len(shape), device=self.device, stencil=stencil)
             out.append((b, flags, lap))
         return out
 
@@ -598,7 +621,7 @@ def batch_loss(net, loss: str, b, flags, lap, device_type: str, bf16: bool) -> t
 
     def apply(r: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-            return net(r, flags, lap.boundary).float()
+            return apply_network(net, r, flags, lap.boundary, lap if lap.weighted else None).float()
 
     if loss == "pcg":
         return pcg_loss(apply, b, lap, reduction="sum")
@@ -616,10 +639,10 @@ class _InferenceNet(nn.Module):
         self.bf16 = bf16
 
     def forward(
-        self, r: torch.Tensor, flags: torch.Tensor | None = None, boundary=None
+        self, r: torch.Tensor, flags: torch.Tensor | None = None, boundary=None, *, operator=None
     ) -> torch.Tensor:
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
-            q = self.net(r, flags, boundary)
+            q = apply_network(self.net, r, flags, boundary, operator)
         return q.float()
 
 

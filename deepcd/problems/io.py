@@ -72,22 +72,29 @@ def save_problem(path: str | os.PathLike, problem: Problem) -> Path:
         f.attrs["params"] = json.dumps(problem.params)
         f.attrs["seed"] = -1 if problem.seed is None else int(problem.seed)
         f.attrs["boundary"] = np.asarray(problem.boundary, dtype=np.int8)
-        c = problem.coefficients
-        if c is not None:
-            for name, arrays in (("beta", c.beta), ("theta", c.theta)):
-                for a, arr in enumerate(arrays or ()):
-                    f.create_dataset(
-                        f"{name}_{a}", data=arr, chunks=_chunks(arr.shape), compression="gzip"
-                    )
-            if c.extra is not None:
-                f.create_dataset(
-                    "extra", data=c.extra, chunks=_chunks(c.extra.shape), compression="gzip"
-                )
+        write_coefficients(f, problem.coefficients)
     return path
 
 
-def _coefficients(f: h5py.File, path: Path, shape: tuple[int, ...]) -> Coefficients | None:
-    """The face arrays of a variable-coefficient problem file, None when it has none."""
+def write_coefficients(group: h5py.Group, c: Coefficients | None) -> None:
+    """Store a problem's coefficients (nothing for None) as the datasets of the layout above
+    in an HDF5 file or group."""
+    if c is None:
+        return
+    for name, arrays in (("beta", c.beta), ("theta", c.theta)):
+        for a, arr in enumerate(arrays or ()):
+            group.create_dataset(
+                f"{name}_{a}", data=arr, chunks=_chunks(arr.shape), compression="gzip"
+            )
+    if c.extra is not None:
+        group.create_dataset(
+            "extra", data=c.extra, chunks=_chunks(c.extra.shape), compression="gzip"
+        )
+
+
+def read_coefficients(f: h5py.Group, path, shape: tuple[int, ...]) -> Coefficients | None:
+    """The coefficients `write_coefficients` stored in a file or group (None when it has
+    none); a ValueError naming `path` for a partial or invalid set."""
     names = [f"beta_{a}" for a in range(len(shape))]
     present = [n in f for n in names]
     if not any(present):
@@ -137,7 +144,7 @@ def load_problem(path: str | os.PathLike) -> Problem:
                 generator=str(f.attrs["generator"]),
                 params=json.loads(f.attrs["params"]),
                 seed=None if seed < 0 else seed,
-                coefficients=_coefficients(f, path, flags.shape),
+                coefficients=read_coefficients(f, path, flags.shape),
             )
     except OSError as err:
         raise ValueError(f"{path} cannot be read as HDF5 (corrupt or truncated?): {err}") from err
