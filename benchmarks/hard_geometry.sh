@@ -20,4 +20,4 @@ run 3d-64 64 3 20000
 run 3d-128 128 3 3000
 run 2d-512 512 2 20000
 run 2d-1024 1024 2 5000
-.venv/bin/python benchmarks/summarize_hard.py $out
+.venv/bin/python benchmarks/summarize.py $out

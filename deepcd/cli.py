@@ -60,6 +60,7 @@ def cmd_bench(args) -> int:
         isolate=args.isolate,
         scratch=out / "scratch",
         progress=not args.no_progress,
+        params=_params(args.param),
     )
     meta = {
         "command": command,
@@ -312,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--scene", action="append", default=[], help=f"repeatable (default {DEFAULT_SCENE})"
     )
     shape_args(b, many=True)
+    b.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        help="scene parameter KEY=VALUE given to every scene (e.g. ratio=1000); repeatable",
+    )
     b.add_argument(
         "--solvers",
         default="dcdm,cg,ic0,mic0,amg-sa,amg-rs,newton-amg",

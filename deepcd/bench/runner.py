@@ -146,8 +146,12 @@ def run_benchmark(
     scratch: Path | None = None,
     progress: bool = True,
     log=print,
+    params: dict | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Run every solver on every (scene, shape). Returns (runs, problems).
+
+    params: scene parameters given to every scene (e.g. {"ratio": 1000.0} for two-phase),
+    recorded in each problem and run.
 
     isolate: each solver runs in a fresh process that loads the problem from an HDF5 file in
     `scratch`, so `peak_rss_mb` is that run's own peak (problem + solver), not the suite's.
@@ -166,12 +170,13 @@ def run_benchmark(
     ) as outer:
         for name, shape in combos:
             t = time.perf_counter()
-            problem = scene(name, shape, seed=seed)
+            problem = scene(name, shape, seed=seed, **(params or {}))
             gen_s = time.perf_counter() - t
             info = {
                 "scene": name,
                 "shape": list(shape),
                 "seed": seed,
+                "params": dict(params or {}),
                 "unknowns": problem.n,
                 "generate_s": gen_s,
                 "singular": problem.is_singular,
@@ -183,7 +188,8 @@ def run_benchmark(
             path = None
             if isolate:
                 scratch = Path(scratch or "benchmarks/scratch")
-                path = scratch / f"{name}_{'x'.join(map(str, shape))}_s{seed}.h5"
+                tag = "".join(f"_{k}{v}" for k, v in sorted((params or {}).items()))
+                path = scratch / f"{name}_{'x'.join(map(str, shape))}_s{seed}{tag}.h5"
                 save_problem(path, problem)
             elif any(needs_csr(s) for s in solvers):
                 t = time.perf_counter()
@@ -207,6 +213,7 @@ def run_benchmark(
                         assembly_s=info.get("csr_assembly_s", 0.0),
                     )
                     rec["isolated"] = False
+                rec["params"] = dict(params or {})
                 runs.append(rec)
                 log(
                     f"  {solver:>14}: {rec['iterations']:>6} it  setup {rec['setup_s']:7.2f} s"

@@ -18,6 +18,9 @@ SOLVERS: dict[str, tuple[str, dict]] = {
     # the shipped trained solver; the safeguard direction alone is "cg" (none) / "mic0"
     "dcdm": ("dcdm", {"safeguard": "none"}),
     "dcdm-mic0": ("dcdm", {"safeguard": "mic0"}),
+    # the same network with classical weights: the shipped architecture at its initialization
+    # (what training has to beat)
+    "dcdm-untrained": ("dcdm", {"safeguard": "none", "model": lambda ndim: _untrained(ndim)}),
     "cg": ("cg", {}),
     # torch paths (GPU where one is, else CPU): CG, Jacobi-PCG, geometric-multigrid PCG
     "cg-torch": ("cg", {"device": "auto"}),
@@ -36,6 +39,15 @@ SOLVERS: dict[str, tuple[str, dict]] = {
 }
 REFERENCE_SOLVERS = ("scipy-cg",)  # measured for comparison, not deepcd methods
 DEFAULT_SOLVERS = ("dcdm", "cg", "ic0", "mic0", "amg-sa", "amg-rs", "newton-amg")
+
+
+def _untrained(ndim: int):
+    """The shipped solver's architecture and configuration at its initialization."""
+    from deepcd.nn.networks import build_network
+    from deepcd.nn.weights import default_solver, read_card, resolve_solver
+
+    card = read_card(resolve_solver(default_solver(ndim)))
+    return build_network(card["arch"], **card["config"])
 
 
 def solver_names() -> list[str]:
@@ -66,6 +78,7 @@ def run_solver(
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose from {', '.join(solver_names())}")
     method, options = SOLVERS[name]
+    options = {k: (v(problem.ndim) if callable(v) else v) for k, v in options.items()}
     result = solve_result(
         problem, rtol=rtol, maxiter=maxiter, method=method, monitor=monitor, **options
     )

@@ -237,6 +237,7 @@ def aggregate(
     cindices = np.empty(nnz, dtype=np.int32)
     cweight = np.zeros(nnz)
     caxis = np.empty(nnz, dtype=np.int8)
+    per_axis = np.zeros((nnz, 3))  # the fine weight along each axis behind a coarse link
     slot = np.full(mc, -1, dtype=np.int64)
     for c in range(mc):
         q = cindptr[c]
@@ -249,9 +250,17 @@ def aggregate(
                 if slot[cj] < cindptr[c] or slot[cj] >= q or cindices[slot[cj]] != cj:
                     slot[cj] = q
                     cindices[q] = cj
-                    caxis[q] = axis[p]
                     q += 1
                 cweight[slot[cj]] += weight[p] * scale
+                per_axis[slot[cj], axis[p]] += weight[p]
+    # a coarse link's axis: the one most of its fine weight runs along (ties: the lowest) — a
+    # function of the pair's fine links, so the same both ways and the transfers stay symmetric
+    for q in range(nnz):
+        top = max(per_axis[q, 0], per_axis[q, 1], per_axis[q, 2])
+        best = 0
+        while per_axis[q, best] < (1.0 - 1e-9) * top:  # rounding may not break a tie
+            best += 1
+        caxis[q] = best
     return agg, ccoords, cdiag, cindptr, cindices, cweight, caxis
 
 

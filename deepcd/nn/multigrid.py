@@ -145,8 +145,14 @@ class GraphLevel:
         return y.index_add(0, self.rows, self.weight.to(x.dtype) * x[self.cols], alpha=-1.0)
 
     def smooth_axis(self, x: torch.Tensor, a: int, omega: torch.Tensor) -> torch.Tensor:
-        """S_a x = x − ω L̂_a x along axis a (symmetric)."""
+        """S_a x = x − ω L̂_a x along axis a (symmetric); ω one number, or one per link of
+        the axis (nnz_a, 1) in `axis_edges` order (symmetric: the same both ways)."""
         rows, cols, nw, deg = self.axis_edges[a]
+        if omega.ndim == 2:  # per link: L̂_a with weights ω_ij ŵ_ij
+            w = nw.to(x.dtype) * omega.to(x.dtype)
+            deg = torch.zeros((self.n, 1), dtype=x.dtype, device=x.device).index_add(0, rows, w)
+            lap = (deg * x).index_add(0, rows, w * x[cols], alpha=-1.0)
+            return x - lap
         lap = (deg.to(x.dtype) * x).index_add(0, rows, nw.to(x.dtype) * x[cols], alpha=-1.0)
         return x - omega.to(x.dtype) * lap
 

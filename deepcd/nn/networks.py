@@ -73,6 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepcd.nn.local import LocalWeights
 from deepcd.nn.multigrid import GraphLevel, StencilLevel
 from deepcd.problems.flags import FLUID, SOLID
 
@@ -429,6 +430,7 @@ class VCycleNet(GridNet):
         smooth: int = 2,
         coarse_sweeps: int = 8,
         coarsest: int = 4,
+        local: int = 0,
         use_flags: bool = False,
     ) -> None:
         super().__init__(dim, False)
@@ -445,6 +447,8 @@ class VCycleNet(GridNet):
         ):
             if int(value) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {value}")
+        if int(local) < 0:
+            raise ValueError(f"local must be ≥ 0 (0: no local weights), got {local}")
         self.config = {
             "dim": self.dim,
             "levels": int(levels),
@@ -454,6 +458,8 @@ class VCycleNet(GridNet):
             "coarsest": int(coarsest),
             "use_flags": False,
         }
+        if int(local):  # only when used: older cards and state_dicts stay as they are
+            self.config["local"] = int(local)
         self.coarsest = int(coarsest)
         self.smooth = int(smooth)
         self.coarse_sweeps = int(coarse_sweeps)
@@ -465,12 +471,15 @@ class VCycleNet(GridNet):
         self.transfers = nn.Parameter(torch.zeros(J, d))
         # coarse-correction weights c = softplus(θ) > 0, starting at 1
         self.corrections = nn.Parameter(torch.full((J,), math.log(math.e - 1.0)))
+        # smoother damping and transfer weights per unknown and link, from the local stencil
+        self.local = LocalWeights(int(local)) if int(local) else None
         self._cache: tuple | None = None
 
     # -- the smoother ---------------------------------------------------------------------------
-    def _smoother(self, level, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def _smoother(self, level, y: torch.Tensor, logits: torch.Tensor, scale=None) -> torch.Tensor:
         """S y for the learned polynomial smoother of `level` (a `StencilLevel` on the grid,
-        y (B, 1, *g), or a `GraphLevel`, y (N, C)).
+        y (B, 1, *g), or a `GraphLevel`, y (N, C)). scale: (g·D)^-½ in the level's layout
+        when local weights damp the smoother (`deepcd.nn.local`; D^-½ without).
 
         With Â = D^-½ A D^-½ (spectrum in [0, 2] on every level: all are weakly diagonally
         dominant), a smoothing step x ← x + S(b − Ax) multiplies the error, in Â's eigenbasis,
@@ -488,9 +497,9 @@ class VCycleNet(GridNet):
         c = 1.0 - 2.0**-8
         if _fast(y, logits):
             if isinstance(level, GraphLevel):
-                return self._smoother_graph_fused(level, y, logits, c)
-            return self._smoother_fused(level, y, logits, c)
-        s = level.inv_sqrt_diag.to(y.dtype)
+                return self._smoother_graph_fused(level, y, logits, c, scale)
+            return self._smoother_fused(level, y, logits, c, scale)
+        s = (level.inv_sqrt_diag if scale is None else scale).to(y.dtype)
         w = torch.softmax(logits, dim=0).to(y.dtype)
         hat = s * y
         u_prev = torch.zeros_like(hat)
@@ -518,7 +527,7 @@ class VCycleNet(GridNet):
             level.cache[key] = (view(level.inv_sqrt_diag, grid), view(level.diag, grid), links)
         return level.cache[key]
 
-    def _smoother_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float):
+    def _smoother_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
         """`_smoother` on the grid with each recurrence step as one fused numba pass."""
         from deepcd.kernels.smoother import chebyshev_step
 
@@ -531,6 +540,8 @@ class VCycleNet(GridNet):
             return t.to(dt).contiguous().reshape(shape).numpy()
 
         s, diag, links = self._grid_arrays(level, dt)
+        if scale is not None:
+            s = view(scale, grid)
         w = torch.softmax(logits.detach().to(torch.float64), dim=0).tolist()
         hat = s * view(y, grid)
         u = (c * hat).astype(s.dtype)
@@ -542,13 +553,15 @@ class VCycleNet(GridNet):
             u_prev, u, u_new = u, u_new, u_prev
         return torch.from_numpy(s * q).reshape(y.shape)
 
-    def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float):
+    def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
         """`_smoother` on a graph level with the numba kernel (one column)."""
         from deepcd.kernels.aggregate import graph_chebyshev_step, small
         from deepcd.nn.multigrid import host_arrays
 
         h = host_arrays(level, _np_dtype(y.dtype))
         s, diag = h["s"], h["diag"]
+        if scale is not None:
+            s = scale.to(y.dtype).contiguous().numpy().reshape(-1)
         w = torch.softmax(logits.detach().to(torch.float64), dim=0).tolist()
         hat = s * y.contiguous().numpy().reshape(-1)
         u = (c * hat).astype(s.dtype)
@@ -596,24 +609,113 @@ class VCycleNet(GridNet):
     def _omegas(self, i: int) -> list[float] | torch.Tensor:
         return 0.5 * torch.sigmoid(self.transfers[i])
 
+    # -- local weights (`deepcd.nn.local`) -------------------------------------------------------
+    def _local_cached(self, cache: dict, key, make):
+        """make() once per parameter state in inference (no grad), every call in training."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.local.parameters()):
+            return make()
+        full = (key, self.local.version())
+        if cache.get(("local", key), (None,))[0] != full:
+            with torch.no_grad():
+                cache[("local", key)] = (full, make())
+        return cache[("local", key)][1]
+
+    def _features(self, level) -> tuple[torch.Tensor, torch.Tensor]:
+        """(node, link) features of a graph level as float32 tensors (cached: data only)."""
+        from deepcd.nn.local import graph_features
+
+        if "local_features" not in level.cache:
+            node, edge = graph_features(level.host_full())
+            level.cache["local_features"] = (
+                torch.from_numpy(node).to(level.device),
+                torch.from_numpy(edge).to(level.device),
+            )
+        return level.cache["local_features"]
+
+    def _local_scale(self, h, depth: int, dtype: torch.dtype):
+        """(g·D)^-½ of level `depth` in its layout (a grid field on level 0), or None."""
+        if self.local is None:
+            return None
+        graph = h.levels[depth]
+
+        def make():
+            g = self.local.damping(self._features(graph)[0]).to(dtype)
+            if depth > 0:
+                return graph.inv_sqrt_diag.to(dtype) / g.sqrt()[:, None]
+            bf = h.grid.diag.shape[0]
+            field = torch.ones(bf * int(np.prod(h.shape)), dtype=dtype, device=g.device)
+            field = field.index_copy(0, h.index, g).reshape(bf, 1, *h.shape)
+            return h.grid.inv_sqrt_diag.to(dtype) / field.sqrt()
+
+        cache = h.grid.cache if depth == 0 else graph.cache
+        return self._local_cached(cache, ("scale", dtype), make)
+
+    def _local_omegas(self, h, depth: int):
+        """Per-link ω of level `depth`'s prolongation smoothing: (nnz,) in CSR order on a
+        graph level, per axis face fields (Bf, 1, *g_a) on level 0 (grid form)."""
+        i = min(depth, self._J - 1)
+        if depth > 0:
+            level = h.levels[depth]
+            axis = torch.as_tensor(level.host["axis"].astype(np.int64), device=level.device)
+
+            def make():
+                theta = self.transfers[i][axis] if axis.numel() else self.transfers[i][:0]
+                return self.local.omega(self._features(level)[1], theta)
+
+            return self._local_cached(level.cache, "omega", make)
+        from deepcd.nn.local import grid_face_features
+
+        def make_grid():
+            out = []
+            for a, (link, (nlink, _)) in enumerate(zip(h.grid.links, h.grid_axis, strict=True)):
+                if link.shape[a + 2] == 0:
+                    out.append(link)
+                    continue
+                feats = h.grid.cache.get(("face_features", a))
+                if feats is None:
+                    feats = grid_face_features(h.grid.diag, link, nlink, a)
+                    h.grid.cache[("face_features", a)] = feats
+                shape = feats.shape[:-1]
+                w = self.local.omega(feats.reshape(-1, feats.shape[-1]), self.transfers[i][a])
+                out.append(w.reshape(shape))
+            return out
+
+        return self._local_cached(h.grid.cache, "omega", make_grid)
+
     def _smooth_axes(self, level, x: torch.Tensor, omegas, axes) -> torch.Tensor:
-        """Apply S_a for the axes in `axes`, in that order, to a node vector (N, C)."""
+        """Apply S_a for the axes in `axes`, in that order, to a node vector (N, C); omegas:
+        one ω per axis (d,), or per link in CSR order (nnz,) with local weights."""
+        per_link = self.local is not None
         if _fast(x, self.transfers):
             from deepcd.kernels.aggregate import axis_smooth, small
             from deepcd.nn.multigrid import host_arrays
 
             h = host_arrays(level, _np_dtype(x.dtype))
+            nweight = h["nweight"]
+            if per_link:
+                nweight = (torch.from_numpy(h["nweight"]) * omegas.to(x.dtype)).numpy()
             v = x.contiguous().numpy().reshape(-1)
             out = np.empty_like(v)
             for a in axes:
+                omega = 1.0 if per_link else float(omegas[a])
                 small(axis_smooth, level.n)(
-                    v, h["indptr"], h["indices"], h["nweight"], h["axis"], a, float(omegas[a]), out
+                    v, h["indptr"], h["indices"], nweight, h["axis"], a, omega, out
                 )
                 v, out = out, v
             return torch.from_numpy(v.copy()).reshape(x.shape)
         for a in axes:
-            x = level.smooth_axis(x, a, omegas[a])
+            if per_link:
+                on = torch.as_tensor(level.host["axis"] == a, device=omegas.device)
+                x = level.smooth_axis(x, a, omegas[on][:, None])
+            else:
+                x = level.smooth_axis(x, a, omegas[a])
         return x
+
+    def _level_omegas(self, h, depth: int):
+        """What `_smooth_axes` / `_grid_smooth` take for level `depth`."""
+        if self.local is not None:
+            return self._local_omegas(h, depth)
+        return self._omegas(min(depth, self._J - 1))
 
     def _restrict(self, h, depth: int, r: torch.Tensor) -> torch.Tensor:
         """Pᵀ r = P₀ᵀ S_{d-1} ⋯ S_0 r for a level-`depth` node vector (N, C)."""
@@ -621,7 +723,7 @@ class VCycleNet(GridNet):
 
         level, coarse = h.levels[depth], h.levels[depth + 1]
         axes = [a for a, on in enumerate(level.halved) if on]
-        r = self._smooth_axes(level, r, self._omegas(min(depth, self._J - 1)), axes)
+        r = self._smooth_axes(level, r, self._level_omegas(h, depth), axes)
         if _fast(r, self.transfers):
             from deepcd.kernels.aggregate import restrict_sum
 
@@ -651,18 +753,25 @@ class VCycleNet(GridNet):
             x = torch.from_numpy(out)[:, None]
         else:
             x = prolong(level, xc)
-        return self._smooth_axes(level, x, self._omegas(min(depth, self._J - 1)), axes[::-1])
+        return self._smooth_axes(level, x, self._level_omegas(h, depth), axes[::-1])
 
     def _grid_smooth(self, h, x: torch.Tensor, axes) -> torch.Tensor:
         """S_a on the grid for the axes in `axes`, in that order (fields (B, 1, *g))."""
-        omegas = self._omegas(0)
+        omegas = self._level_omegas(h, 0)
+        local = self.local is not None
         if _fast(x, self.transfers):
             from deepcd.kernels.aggregate import grid_axis_smooth
 
             dt = _np_dtype(x.dtype)
             grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
-            key = ("axis", dt)
+            key = ("axis", dt, self.local.version() if local else None)
             if key not in h.grid.cache:
+                pairs = h.grid_axis
+                if local:  # ω per face folded into the weights; the kernels then take ω = 1
+                    pairs = [
+                        _weighted_axis(nl, w, a)
+                        for a, ((nl, _), w) in enumerate(zip(h.grid_axis, omegas, strict=True))
+                    ]
                 h.grid.cache[key] = [
                     tuple(
                         t.to(x.dtype)
@@ -671,18 +780,23 @@ class VCycleNet(GridNet):
                         .reshape((1,) * (3 - self.dim) + t.shape[2:])
                         for t in pair
                     )
-                    for pair in h.grid_axis
+                    for pair in pairs
                 ]
             weights = h.grid.cache[key]
             v = x.contiguous().numpy().reshape(grid).copy()
             out = np.empty_like(v)
             for a in axes:
                 nlink, deg = weights[a]
-                grid_axis_smooth(v, nlink, deg, a + 3 - self.dim, float(omegas[a]), out)
+                omega = 1.0 if local else float(omegas[a])
+                grid_axis_smooth(v, nlink, deg, a + 3 - self.dim, omega, out)
                 v, out = out, v
             return torch.from_numpy(v).reshape(x.shape)
         for a in axes:
-            x = h.smooth_grid_axis(x, a, omegas[a])
+            if local:
+                nlink, deg = _weighted_axis(h.grid_axis[a][0], omegas[a], a)
+                x = _grid_axis_step(x, nlink, deg, a)
+            else:
+                x = h.smooth_grid_axis(x, a, omegas[a])
         return x
 
     def _restrict_grid(self, h, r: torch.Tensor) -> torch.Tensor:
@@ -795,17 +909,18 @@ class VCycleNet(GridNet):
             if depth == 0:
                 return h.from_nodes(inv @ h.to_nodes(r))
             return inv @ r
+        scale = self._local_scale(h, depth, r.dtype)
         if depth == last:  # too many unknowns for a dense solve: smoothing sweeps
             weights = self.smoothers[J]
-            x = self._smoother(level, r, weights)
+            x = self._smoother(level, r, weights, scale)
             for _ in range(self.coarse_sweeps - 1):
-                x = x + self._smoother(level, self._residual(level, r, x), weights)
+                x = x + self._smoother(level, self._residual(level, r, x), weights, scale)
             return x
         i = min(depth, J - 1)
         weights = self.smoothers[i]
-        x = self._smoother(level, r, weights)
+        x = self._smoother(level, r, weights, scale)
         for _ in range(self.smooth - 1):
-            x = x + self._smoother(level, self._residual(level, r, x), weights)
+            x = x + self._smoother(level, self._residual(level, r, x), weights, scale)
         res = self._residual(level, r, x)
         if depth == 0:  # level 0's transfers in grid form
             rc = self._restrict_grid(h, res)
@@ -815,7 +930,7 @@ class VCycleNet(GridNet):
             corr = self._prolong(h, depth, self._cycle(h, depth + 1, rc))
         x = x + F.softplus(self.corrections[i]).to(r.dtype) * corr
         for _ in range(self.smooth):
-            x = x + self._smoother(level, self._residual(level, r, x), weights)
+            x = x + self._smoother(level, self._residual(level, r, x), weights, scale)
         return x
 
     def forward(
@@ -852,6 +967,32 @@ class VCycleNet(GridNet):
         )
         x = r.to(dtype) * h.grid.active
         return self._cycle(h, 0, x).to(r.dtype)
+
+
+def _weighted_axis(nlink: torch.Tensor, omega: torch.Tensor, a: int):
+    """(ω·ŵ, its sum per cell) for the faces along grid axis a: one smoothing step with
+    per-face weights is `_grid_axis_step` of these (the kernels: the same with ω = 1)."""
+    w = nlink * omega.to(nlink.dtype)
+    ax, n = a + 2, w.shape[a + 2] + 1
+    shape = list(w.shape)
+    shape[ax] = n
+    deg = torch.zeros(shape, dtype=w.dtype, device=w.device)
+    if n > 1:
+        deg = deg.index_add(ax, torch.arange(n - 1, device=w.device), w)
+        deg = deg.index_add(ax, torch.arange(1, n, device=w.device), w)
+    return w, deg
+
+
+def _grid_axis_step(x: torch.Tensor, w: torch.Tensor, deg: torch.Tensor, a: int):
+    """x − (deg·x − Σ_faces w·x_nbr) along grid axis a (fields (B, 1, *g))."""
+    ax, n = a + 2, x.shape[a + 2]
+    lap = deg.to(x.dtype) * x
+    if n > 1:
+        w = w.to(x.dtype)
+        lap = lap.clone()
+        lap.narrow(ax, 0, n - 1).addcmul_(w, x.narrow(ax, 1, n - 1), value=-1.0)
+        lap.narrow(ax, 1, n - 1).addcmul_(w, x.narrow(ax, 0, n - 1), value=-1.0)
+    return x - lap
 
 
 def _fast(x: torch.Tensor, params: torch.Tensor) -> bool:
