@@ -20,6 +20,7 @@ CSV_COLUMNS = (
     "solve_s",
     "step_s",
     "max_divergence",
+    "relative_divergence",
     "converged",
     "compare_iterations",
     "compare_solve_s",
