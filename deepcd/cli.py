@@ -221,28 +221,21 @@ def cmd_train(args) -> int:
 
 def cmd_simulate(args) -> int:
     from deepcd.cfd.record import run_simulation
-    from deepcd.cfd.smoke import SmokeSimulation
-    from deepcd.problems import scene, scenes
+    from deepcd.cfd.scenes import make_simulation
 
-    if args.scene not in scenes():
-        raise ValueError(f"unknown scene {args.scene!r}; choose from {', '.join(scenes())}")
     (shape,) = _shapes(args)
-    problem = scene(args.scene, shape, seed=args.seed)
-    params = problem.params
     options = _params(args.option)
     if args.method == "dcdm":
         options.setdefault("device", args.device)
-    sim = SmokeSimulation(
-        problem.flags,
-        boundary=problem.boundary,
-        source_center=params.get("source_center"),
-        source_radius=max(params["plume_radius"] * min(shape), 1.5)
-        if "plume_radius" in params
-        else None,
+    sim = make_simulation(
+        args.scene,
+        shape,
+        seed=args.seed,
         dt=args.dt,
         method=args.method,
         compare=args.compare,
         rtol=args.rtol,
+        params=_params(args.param),
         **options,
     )
     command = "deepcd " + " ".join(shlex.quote(a) for a in args.argv)
@@ -441,12 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser(
         "simulate",
         help="run the smoke simulator with a deepcd projection",
-        description="Smoke from a floor source around a scene's obstacles; every step's "
-        "pressure projection solved by --method. Writes DIR/frames/*.png, DIR/smoke.gif, "
-        "DIR/steps.csv (iterations, solve time, max divergence per step), DIR/solver.png and "
-        "DIR/summary.json.",
+        description="Smoke from a floor source around a scene's obstacles, or a two-phase drop "
+        "falling into a pool (--scene drop-pool); every step's pressure projection solved by "
+        "--method. Writes DIR/frames/*.png, DIR/smoke.gif, DIR/steps.csv (iterations, solve "
+        "time, divergence left per step), DIR/solver.png and DIR/summary.json.",
     )
-    m.add_argument("--scene", default=DEFAULT_SCENE)
+    m.add_argument(
+        "--scene",
+        default=DEFAULT_SCENE,
+        help="drop-pool (two-phase) or a problem scene with obstacles (smoke)",
+    )
+    m.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        help="scene parameter KEY=VALUE (drop-pool: ratio, gravity, pool_height, ...)",
+    )
     shape_args(m, many=False)
     m.add_argument("--steps", type=int, default=100)
     m.add_argument("--dt", type=float, default=1.0, help="time step (cells per unit speed)")

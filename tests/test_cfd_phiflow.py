@@ -22,7 +22,10 @@ with warnings.catch_warnings():  # PhiFlow's import warns about its experimental
         vec,
     )
 
+from deepcd.cfd import project
 from deepcd.cfd.phiflow import make_incompressible
+from deepcd.problems import FLUID, SOLID
+from deepcd.problems.mac import divergence
 
 RTOL = 1e-8
 
@@ -210,3 +213,90 @@ def test_errors():
         make_incompressible(StaggeredGrid(Noise(math.batch(b=2)), 0, x=8, y=6))
     with pytest.raises(ValueError, match="walls"):
         make_incompressible(velocity, walls="leaky")
+
+
+# -- PhiFlow's fractions and densities passed through -------------------------------------------
+
+
+def _deepcd_faces(grid) -> list[np.ndarray]:
+    """A closed-box StaggeredGrid's components in deepcd's layout (zero outer faces added)."""
+    out = []
+    for axis, comp in enumerate(_components(grid)):
+        pad = [(0, 0)] * comp.ndim
+        pad[axis] = (1, 1)
+        out.append(np.pad(comp, pad))
+    return out
+
+
+def test_cut_cells_use_phiflows_fractions_and_leave_no_divergence():
+    velocity = _velocity(extrapolation.ZERO, seed=11, x=24, y=20)
+    sphere = Sphere(x=11.3, y=9.6, radius=4.4)
+    new_v, _ = make_incompressible(velocity, [sphere], method="cg", rtol=RTOL, cut_cells=True)
+    # α = 1 − f, f: PhiFlow's own soft obstacle mask of each face
+    covered = _deepcd_faces(field.resample(sphere, velocity, soft=True, balance=1))
+    alpha = [1.0 - f for f in covered]
+    assert any(((a > 0.05) & (a < 0.95)).any() for a in alpha)  # real cut faces
+    names = velocity.resolution.names
+    solid = sphere.lies_inside(velocity.geometry.center).numpy(names)
+    flags = np.where(solid, SOLID, FLUID).astype(np.int8)
+    before = divergence([a * u for a, u in zip(alpha, _deepcd_faces(velocity), strict=True)], flags)
+    after = divergence([a * u for a, u in zip(alpha, _deepcd_faces(new_v), strict=True)], flags)
+    fluid = flags == FLUID
+    centred = before[fluid] - before[fluid].mean()  # a closed box: only the compatible part
+    assert np.linalg.norm(after[fluid]) <= 1.01 * RTOL * np.linalg.norm(centred)
+    # the result differs from PhiFlow's own (binary-face) projection: the fractions were used
+    ref_v, _ = _reference(velocity, [sphere])
+    assert _velocity_error(new_v, ref_v) > 1e-3
+
+
+def test_cut_cells_are_deepcds_projection_with_phiflows_fractions():
+    """The adapter's cut-cell call is `deepcd.cfd.project` with α = 1 − f on PhiFlow's cell
+    mask. PhiFlow's soft mask is approximate: beside a grid-aligned box's surface it gives
+    f ≈ 0.29 to faces between two fluid cells, so α < 1 there too."""
+    velocity = _velocity(extrapolation.ZERO, seed=13, x=24, y=20)
+    box = Box(x=(8, 14), y=(6, 12))
+    new_v, _ = make_incompressible(velocity, [box], method="cg", rtol=1e-10, cut_cells=True)
+    alpha = [1.0 - f for f in _deepcd_faces(field.resample(box, velocity, soft=True, balance=1))]
+    assert np.isclose(alpha[0][8:15, 5], 1 - 0.2929, atol=1e-3).all()  # below the box
+    names = velocity.resolution.names
+    flags = np.where(box.lies_inside(velocity.geometry.center).numpy(names), SOLID, FLUID)
+    ref, _, _ = project(
+        _deepcd_faces(velocity),
+        flags.astype(np.int8),
+        solid_fraction=alpha,
+        method="cg",
+        rtol=1e-10,
+    )
+    for x, y in zip(_deepcd_faces(new_v), ref, strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-8)
+
+
+def test_density_from_phiflow_grids():
+    resolution, boundary, obstacles = CASES["2d-inflow-open"]
+    velocity = _velocity(boundary, seed=15, **resolution)
+    names = velocity.resolution.names
+    plain_v, plain_p = make_incompressible(velocity, obstacles, method="cg", rtol=RTOL)
+    uniform = CenteredGrid(2.0, 0, **resolution)
+    v2, p2 = make_incompressible(velocity, obstacles, method="cg", rtol=RTOL, density=uniform)
+    assert _velocity_error(v2, plain_v) < 10 * RTOL
+    np.testing.assert_allclose(
+        p2.values.numpy(names), 2.0 * plain_p.values.numpy(names), rtol=1e-5, atol=1e-8
+    )
+    # a heavy lower half: the velocity changes, and stays divergence-free by PhiFlow's measure
+    heavy = CenteredGrid(lambda x: 1.0 + 999.0 * (x.vector["y"] < 12), 0, **resolution)
+    for density in (heavy, field.resample(heavy, velocity)):  # cell and face densities
+        v3, _ = make_incompressible(velocity, obstacles, method="cg", rtol=RTOL, density=density)
+        assert _velocity_error(v3, plain_v) > 1e-3
+        assert _divergence_ratio(v3, velocity, obstacles) < 2 * RTOL
+
+
+def test_fraction_and_density_errors():
+    velocity = _velocity(extrapolation.ZERO, seed=1, x=8, y=6)
+    with pytest.raises(ValueError, match="cut_cells"):
+        make_incompressible(velocity, [Box(x=(2, 4), y=(2, 4))], cut_cells=True, walls="phiflow")
+    with pytest.raises(ValueError, match="density"):
+        make_incompressible(velocity, density=CenteredGrid(1.0, 0, x=4, y=3))
+    with pytest.raises(ValueError, match="density"):
+        make_incompressible(velocity, density=CenteredGrid(0.0, 0, x=8, y=6))
+    with pytest.raises(ValueError, match="density"):
+        make_incompressible(velocity, density=-1.0)

@@ -164,3 +164,240 @@ def test_problem_owns_its_flags_and_rhs():
         problem.flags[0, 0] = SOLID
     with pytest.raises(ValueError, match="read-only"):
         problem.b[0] = 2.0
+
+
+# -- variable coefficients: density, ghost-fluid free surface, cut cells -----------------------
+
+
+def _heights(shape):
+    """Cell-centre heights (cells, from the floor) on the grid."""
+    return np.indices(shape)[-1] + 0.5
+
+
+def _surface(shape, mean=0.55, amp=0.08):
+    """φ (< 0 below) of a wavy surface at `mean` of the height."""
+    x = np.indices(shape)[0] + 0.5
+    return _heights(shape) - shape[-1] * (mean + amp * np.cos(2 * np.pi * x / shape[0]))
+
+
+def _obstacle(shape):
+    flags = np.zeros(shape, np.int8)
+    lo = [n // 4 for n in shape]
+    flags[tuple(slice(a, a + 3) for a in lo)] = SOLID
+    return flags
+
+
+def _open_fractions(shape, seed):
+    """Per-axis face fractions: smooth values in (0, 1], a few faces closed."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in face_shapes(shape):
+        f = rng.uniform(0.05, 1.0, s)
+        f[rng.uniform(size=s) < 0.05] = 0.0
+        f[rng.uniform(size=s) < 0.5] = 1.0
+        out.append(f)
+    return tuple(out)
+
+
+def coefficient_case(name, shape):
+    """(flags, boundary, keywords for project) of a variable-coefficient projection."""
+    open_top = (SOLID,) * (2 * len(shape) - 1) + (AIR,)
+    phi = _surface(shape)
+    if name == "density-cells-1000":  # two phases: liquid 1000, gas 1, every cell FLUID
+        return _obstacle(shape), open_top, {"density": np.where(phi < 0, 1000.0, 1.0)}
+    if name == "density-faces-sharp":  # the same with the sharp face density of the level set
+        from deepcd.cfd.twophase import two_phase_face_density
+
+        return _obstacle(shape), open_top, {"density": two_phase_face_density(phi, 1000.0, 1.0)}
+    if name == "ghost-fluid":  # a free surface: liquid FLUID, AIR above, θ from φ
+        flags = np.where(phi < 0, FLUID, AIR).astype(np.int8) | _obstacle(shape)
+        return flags, SOLID, {"liquid_phi": phi, "density": 1000.0}
+    if name == "cut-cells":
+        return _obstacle(shape), open_top, {"solid_fraction": _open_fractions(shape, 1)}
+    if name == "all":  # cell density + ghost fluid + cut cells at once
+        flags = np.where(phi < 0, FLUID, AIR).astype(np.int8) | _obstacle(shape)
+        rng = np.random.default_rng(2)
+        return (
+            flags,
+            SOLID,
+            {
+                "density": np.exp(rng.uniform(-3, 3, shape)),
+                "liquid_phi": phi,
+                "solid_fraction": _open_fractions(shape, 3),
+            },
+        )
+    raise KeyError(name)
+
+
+def weighted_divergence(velocity, flags, boundary, fraction=None):
+    """The fraction-weighted divergence Σ ±α·u (stationary walls), from the face arrays."""
+    if fraction is not None:
+        velocity = tuple(f * u for f, u in zip(fraction, velocity, strict=True))
+    return divergence(velocity, flags, boundary)
+
+
+COEFFICIENT_CASES = ["density-cells-1000", "density-faces-sharp", "ghost-fluid", "cut-cells", "all"]
+
+
+@pytest.mark.parametrize("method", ["dcdm", "cg", "mic0"])
+@pytest.mark.parametrize("shape", [(24, 20), (12, 12, 16)], ids=["2d", "3d"])
+@pytest.mark.parametrize("case", COEFFICIENT_CASES)
+def test_projection_with_coefficients_leaves_divergence_below_rtol(case, shape, method):
+    flags, boundary, kw = coefficient_case(case, shape)
+    velocity = random_velocity(shape, seed=len(case))
+    fraction = kw.get("solid_fraction")
+    fluid = flags == FLUID
+    rtol = 1e-7
+    new, pressure, result = project(
+        velocity, flags, boundary=boundary, method=method, rtol=rtol, dt=0.5, dx=0.1, **kw
+    )
+    assert result.converged
+    before = weighted_divergence(velocity, flags, boundary, fraction)[fluid]
+    after = weighted_divergence(new, flags, boundary, fraction)[fluid]
+    assert np.linalg.norm(after) <= 1.01 * rtol * np.linalg.norm(before)
+    assert np.all(pressure[~fluid] == 0) and np.abs(pressure).max() > 0
+    walls = solid_face_masks(flags, boundary)
+    for axis, (comp, mask) in enumerate(zip(new, walls, strict=True)):
+        closed = mask if fraction is None else mask | (fraction[axis] == 0)
+        assert np.all(comp[closed] == 0)  # walls, cut-cell walls included, are impermeable
+
+
+@pytest.mark.parametrize("two_phase", [False, True], ids=["ghost-fluid", "two-phase"])
+def test_liquid_at_rest_stays_at_rest_with_the_hydrostatic_pressure(two_phase):
+    """Gravity on a resting column: the projection must cancel it exactly and return
+    p = ∫ρg — with the surface between cell centres (ghost fluid: p = 0 at the surface, not
+    at the AIR centre) or a 1000× density jump inside the column (two-phase)."""
+    shape, g, dx, dt, rho = (8, 20), 9.81, 0.05, 0.01, 1000.0
+    level = 13.3  # the surface, in cells
+    z = _heights(shape)
+    phi = z - level
+    velocity = tuple(np.zeros(s) for s in face_shapes(shape))
+    velocity[1][:] = -g * dt  # u* after the gravity step
+    if two_phase:
+        from deepcd.cfd.twophase import two_phase_face_density
+
+        flags = np.zeros(shape, np.int8)
+        face_rho = two_phase_face_density(phi, rho, 1.0)
+        kw = {"density": face_rho}
+        boundary = (SOLID, SOLID, SOLID, AIR)
+    else:
+        flags = np.where(phi < 0, FLUID, AIR).astype(np.int8)
+        kw = {"density": rho, "liquid_phi": phi}
+        boundary = SOLID
+    new, pressure, result = project(
+        velocity, flags, boundary=boundary, dx=dx, dt=dt, method="cg", rtol=1e-12, **kw
+    )
+    assert result.converged
+    fluid = np.pad(flags == FLUID, ((0, 0), (1, 1)))
+    wet = fluid[:, 1:] | fluid[:, :-1]  # vertical faces beside a FLUID cell (AIR–AIR keep u*)
+    np.testing.assert_allclose(new[1][wet], 0.0, atol=1e-9)
+    np.testing.assert_allclose(new[0], 0.0, atol=1e-9)
+    if two_phase:  # p = 0 in the AIR cell outside the open top, then Σ ρ_f g dx downwards
+        expected = np.zeros(shape)
+        expected[:, -1] = face_rho[1][:, -1] * g * dx
+        for k in range(shape[1] - 2, -1, -1):
+            expected[:, k] = expected[:, k + 1] + face_rho[1][:, k + 1] * g * dx
+    else:
+        expected = np.where(phi < 0, rho * g * (level - z) * dx, 0.0)
+    np.testing.assert_allclose(pressure, expected, rtol=1e-9, atol=1e-9 * expected.max())
+
+
+@pytest.mark.parametrize("method", ["cg", "dcdm"])
+def test_unit_coefficients_reproduce_the_constant_projection(method):
+    flags, boundary = CASES["3d-obstacle-surface"]
+    shape = flags.shape
+    velocity = random_velocity(shape, 11)
+    plain = Projector(flags, boundary=boundary, method=method)
+    assert plain.coefficients is None  # scalar density: today's constant-coefficient path
+    # θ = 1 everywhere: the level set crosses zero at the AIR cells' centres
+    phi = _heights(shape) - (shape[-1] - 3 + 0.5)
+    ones = Projector(
+        flags,
+        boundary=boundary,
+        method=method,
+        density=np.ones(shape),
+        liquid_phi=phi,
+        solid_fraction=tuple(np.ones(s) for s in face_shapes(shape)),
+    )
+    assert ones.coefficients is not None
+    A, B = plain.problem.A, ones.problem.A
+    assert (A != B).nnz == 0 and A.nnz == B.nnz  # the very same matrix
+    a, pa, _ = plain.project(velocity, rtol=1e-12, dt=0.3)
+    b, pb, _ = ones.project(velocity, rtol=1e-12, dt=0.3)
+    for u, w in zip(a, b, strict=True):
+        np.testing.assert_allclose(u, w, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(pa, pb, rtol=0, atol=1e-10 * np.abs(pa).max())
+    # a uniform density array of 1000 is the scalar 1000
+    c, pc, _ = project(velocity, flags, boundary=boundary, method="cg", rtol=1e-12, density=1e3)
+    d, pd, _ = project(
+        velocity, flags, boundary=boundary, method="cg", rtol=1e-12, density=np.full(shape, 1e3)
+    )
+    for u, w in zip(c, d, strict=True):
+        np.testing.assert_allclose(u, w, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(pc, pd, rtol=1e-9)
+
+
+def test_set_coefficients_rebuilds_the_system():
+    flags, boundary, kw = coefficient_case("density-cells-1000", (24, 20))
+    projector = Projector(flags, boundary=boundary, method="cg")
+    velocity = random_velocity(flags.shape, 12)
+    _, p1, _ = projector.project(velocity, rtol=1e-10)
+    projector.set_coefficients(**kw)
+    _, p2, _ = projector.project(velocity, rtol=1e-10)
+    _, p3, _ = project(velocity, flags, boundary=boundary, method="cg", rtol=1e-10, **kw)
+    assert np.abs(p2 - p1).max() > 1e-3 * np.abs(p1).max()
+    np.testing.assert_allclose(p2, p3, rtol=1e-8, atol=1e-8 * np.abs(p3).max())
+
+
+def test_bad_coefficients_are_a_clear_error():
+    shape = (12, 10)
+    flags = np.zeros(shape, np.int8)
+    flags[..., -2:] = AIR
+    good = random_velocity(shape)
+    faces = face_shapes(shape)
+    cells = np.ones(shape)
+
+    def with_value(arr, value):
+        arr = arr.copy()
+        arr.flat[7] = value
+        return arr
+
+    for density in (0.0, -1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="density"):
+            project(good, flags, density=density)
+        with pytest.raises(ValueError, match="density"):
+            project(good, flags, density=with_value(cells, density))
+        with pytest.raises(ValueError, match=r"density\[1\]"):
+            project(
+                good, flags, density=(np.ones(faces[0]), with_value(np.ones(faces[1]), density))
+            )
+    with pytest.raises(ValueError, match=r"density.*shape"):
+        project(good, flags, density=np.ones((12, 11)))
+    with pytest.raises(ValueError, match="density"):
+        project(good, flags, density=(np.ones(faces[0]),))
+    with pytest.raises(ValueError, match=r"density\[0\].*shape"):
+        project(good, flags, density=(np.ones(faces[1]), np.ones(faces[1])))
+    with pytest.raises(TypeError, match="density"):
+        project(good, flags, density="water")
+    with pytest.raises(TypeError, match="density"):
+        project(good, flags, density=cells.astype(complex))
+    for value in (np.nan, np.inf):
+        with pytest.raises(ValueError, match=r"liquid_phi.*NaN"):
+            project(good, flags, liquid_phi=with_value(cells, value))
+    with pytest.raises(ValueError, match=r"liquid_phi.*shape"):
+        project(good, flags, liquid_phi=np.ones((10, 12)))
+    with pytest.raises(TypeError, match="liquid_phi"):
+        project(good, flags, liquid_phi=cells.astype(complex))
+    ones = [np.ones(s) for s in faces]
+    for value in (-0.1, 1.5, np.nan):
+        with pytest.raises(ValueError, match=r"solid_fraction\[1\]"):
+            project(good, flags, solid_fraction=(ones[0], with_value(ones[1], value)))
+    with pytest.raises(ValueError, match=r"solid_fraction\[0\].*shape"):
+        project(good, flags, solid_fraction=(ones[1], ones[1]))
+    with pytest.raises(ValueError, match="solid_fraction"):
+        project(good, flags, solid_fraction=(*ones, ones[0]))
+    with pytest.raises(TypeError, match="solid_fraction"):
+        project(good, flags, solid_fraction=np.ones(shape))
+    projector = Projector(flags, method="cg")
+    with pytest.raises(ValueError, match="density"):
+        projector.set_coefficients(density=with_value(cells, 0.0))

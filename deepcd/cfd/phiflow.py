@@ -31,6 +31,23 @@ What is mapped, and how (it reproduces the discrete problem of PhiFlow 3.4's
   the pressure is defined up to a constant: deepcd returns it with zero mean over the fluid
   cells, PhiFlow with whatever constant its solver ends with.
 
+Beyond PhiFlow's own projection (off by default, so the default reproduces PhiFlow):
+
+* ``density=``: PhiFlow 3.4's make_incompressible has no density; a simulation that tracks
+  one as a Field passes it here — a number, a CenteredGrid (cell densities) or a
+  StaggeredGrid (face densities) on the velocity's grid, or deepcd's own arrays — and deepcd
+  solves ∇·(∇p/ρ) = ∇·u, returning u − ∇p/ρ and p in units of pressure · dt.
+* ``cut_cells=True``: PhiFlow's own obstacle fractions — f, the part of each face's staggered
+  cell inside an obstacle, the very mask `apply_boundary_conditions` computes
+  (``resample(geometry, velocity, soft=True, balance=1)``) — become deepcd's open fractions
+  α = Π(1 − f) (`deepcd.cfd.project`'s solid_fraction, a cut-cell / variational pressure):
+  the velocity is not pre-scaled, the divergence weights each face by α and the system's face
+  weights are α/ρ. Cells whose centre lies in an obstacle stay SOLID; walls are impermeable
+  (the obstacle's velocity on faces touching them and in the covered part of cut faces;
+  rotating obstacles are not supported). PhiFlow's soft mask is an approximation, passed
+  through as it is: beside a grid-aligned box it gives f ≈ 0.29 to the faces between the two
+  fluid cells just outside the box's sides (measured with PhiFlow 3.4).
+
 Not supported: batch dimensions (loop over them), non-uniform spacing, PhiFlow's `active`,
 higher `order`, `wide_stencil`, and tracing (jit/autodiff): values go through NumPy.
 """
@@ -133,16 +150,47 @@ def _uniform_dx(velocity, names: tuple[str, ...]) -> float:
 def _component(values, dim: str, axis: int, names, stored, walls) -> np.ndarray:
     """One face array in deepcd's layout (n+1 faces along `axis`) from PhiFlow's component,
     which leaves out the outer faces a constant side fixes (`stored[k]` False): those get the
-    wall value `walls[k]`."""
+    wall value `walls[k]` (None: a copy of the nearest stored face)."""
     arr = np.asarray(values[{"~vector": dim}].numpy(names))
     shape = list(arr.shape)
     shape[axis] = 1
     parts = [arr]
-    if not stored[0]:
-        parts.insert(0, np.full(shape, walls[0], dtype=arr.dtype))
-    if not stored[1]:
-        parts.append(np.full(shape, walls[1], dtype=arr.dtype))
+    for k, end in ((0, 0), (1, arr.shape[axis] - 1)):
+        if stored[k]:
+            continue
+        if walls[k] is None:
+            part = np.take(arr, [end], axis=axis)
+        else:
+            part = np.full(shape, walls[k], dtype=arr.dtype)
+        parts.insert(0, part) if k == 0 else parts.append(part)
     return np.concatenate(parts, axis=axis)
+
+
+def _density(density, velocity, names, field, math):
+    """deepcd's density from a number, a CenteredGrid / StaggeredGrid on the velocity's grid
+    or deepcd's own arrays (validated by `project`)."""
+    if density is None:
+        return 1.0
+    if isinstance(density, field.Field):
+        if not density.is_grid or density.resolution != velocity.resolution:
+            raise ValueError(
+                f"density must be a grid on the velocity's resolution {velocity.resolution}, "
+                f"got {density.resolution if density.is_grid else 'a non-grid Field'}"
+            )
+        if math.batch(density.values):
+            raise ValueError(f"density with batch dimensions is not supported: {density.shape}")
+        if density.is_staggered:
+            ext = density.extrapolation
+            return tuple(
+                _component(
+                    density.values, dim, axis, names, ext.valid_outer_faces(dim), (None,) * 2
+                )
+                for axis, dim in enumerate(names)
+            )
+        return np.asarray(density.values.numpy(names))
+    if isinstance(density, math.Tensor):
+        return np.asarray(density.numpy(names))
+    return density
 
 
 def make_incompressible(
@@ -152,7 +200,9 @@ def make_incompressible(
     *,
     method: str = "dcdm",
     rtol: float | None = None,
-    walls: str = "phiflow",
+    walls: str | None = None,
+    cut_cells: bool = False,
+    density=None,
     **solve_options: Any,
 ):
     """Project a PhiFlow StaggeredGrid onto a divergence-free field with a deepcd solver.
@@ -162,8 +212,10 @@ def make_incompressible(
     solve: an optional `phi.math.Solve`; only its `x0` (the previous pressure, a warm start)
     and `rel_tol` (used when `rtol` is not given) are read, its method is ignored.
     method: any `deepcd.solve` method ("dcdm", "cg", "ic0", "amg-sa", ...); rtol: the
-    divergence left relative to the input's (default 1e-6); walls: "phiflow" or
-    "impermeable" (see the module docstring); solve_options: passed to `deepcd.solve`.
+    divergence left relative to the input's (default 1e-6); walls: "phiflow" (the default
+    without cut cells) or "impermeable" (see the module docstring); cut_cells: use PhiFlow's
+    obstacle fractions as open fractions; density: a number or a Centered/StaggeredGrid
+    (module docstring); solve_options: passed to `deepcd.solve`.
     Returns (velocity: StaggeredGrid like the input, same dtype/boundary/bounds/resolution;
     pressure: CenteredGrid, PhiFlow's units, 0 in obstacles), as PhiFlow does.
     """
@@ -176,8 +228,14 @@ def make_incompressible(
                 raise NotImplementedError(
                     f"{key}={value!r} is not supported by deepcd's PhiFlow adapter"
                 )
+    if walls is None:
+        walls = "impermeable" if cut_cells else "phiflow"
     if walls not in ("phiflow", "impermeable"):
         raise ValueError(f'walls must be "phiflow" or "impermeable", got {walls!r}')
+    if cut_cells and walls != "impermeable":
+        raise ValueError(
+            'cut_cells=True weights the faces by their open part: walls must be "impermeable"'
+        )
     if not isinstance(velocity, field.Field) or not (velocity.is_grid and velocity.is_staggered):
         raise TypeError(
             f"velocity must be a PhiFlow StaggeredGrid, got {type(velocity).__name__}"
@@ -201,7 +259,12 @@ def make_incompressible(
 
     # PhiFlow's own input masking (soft obstacle fractions, obstacle velocities), so that both
     # codes project the same field.
-    masked = fluid.apply_boundary_conditions(velocity, obstacles) if obstacles else velocity
+    if cut_cells:  # the fractions weight the fluxes instead of scaling the velocity
+        masked = velocity
+        covered = [field.resample(o.geometry, velocity, soft=True, balance=1) for o in obstacles]
+    else:
+        masked = fluid.apply_boundary_conditions(velocity, obstacles) if obstacles else velocity
+        covered = []
     flags = np.zeros(tuple(velocity.resolution.sizes), dtype=np.int8)
     solid_by_obstacle = [_cells_inside(o.geometry, velocity, names, math) for o in obstacles]
     for solid in solid_by_obstacle:
@@ -226,12 +289,22 @@ def make_incompressible(
             )
         comps.append(arr)
         stored.append(keep)
+    # per obstacle and axis, the covered part f of each face (cut_cells only)
+    parts = [
+        [_component(f.values, dim, a, names, stored[a], (0.0, 0.0)) for a, dim in enumerate(names)]
+        for f in covered
+    ]
+    fractions = None
+    if parts:  # open fractions α = Π(1 − f) (sequential masking, as apply_boundary_conditions)
+        fractions = tuple(
+            np.clip(np.prod([1.0 - p[a] for p in parts], axis=0), 0.0, 1.0) for a in range(ndim)
+        )
 
     if walls == "phiflow":
         solid_velocity = tuple(c.copy() for c in comps)  # faces at walls keep their value
     else:
         solid_velocity = _impermeable_walls(
-            comps, obstacles, solid_by_obstacle, boundary, sides, names, math
+            comps, obstacles, solid_by_obstacle, boundary, sides, names, math, parts
         )
 
     pressure0 = solve_options.pop("pressure0", None)
@@ -252,7 +325,8 @@ def make_incompressible(
         flags,
         dx=dx,
         dt=1.0,
-        density=1.0,
+        density=_density(density, velocity, names, field, math),
+        solid_fraction=fractions,
         method=method,
         pressure0=pressure0,
         rtol=rtol,
@@ -291,10 +365,12 @@ def make_incompressible(
 
 
 def _impermeable_walls(
-    comps: Sequence[np.ndarray], obstacles, solid_by_obstacle, boundary, sides, names, math
+    comps: Sequence[np.ndarray], obstacles, solid_by_obstacle, boundary, sides, names, math, parts
 ) -> tuple[np.ndarray, ...]:
     """Face velocities for walls="impermeable": each obstacle's velocity on the faces touching
-    its cells (later obstacles win, as in PhiFlow), the wall constant on outer wall faces."""
+    its cells and, with cut cells, on the faces it covers in part (`parts`: per obstacle, the
+    per-axis covered fractions, or empty); later obstacles win, as in PhiFlow; the wall
+    constant on outer wall faces."""
     ndim = len(names)
     out = [np.zeros_like(c) for c in comps]
     for axis in range(ndim):
@@ -303,7 +379,7 @@ def _impermeable_walls(
             if value is not None:
                 key = tuple((-1 if upper else 0) if d == axis else slice(None) for d in range(ndim))
                 out[axis][key] = value
-    for obs, solid in zip(obstacles, solid_by_obstacle, strict=True):
+    for k, (obs, solid) in enumerate(zip(obstacles, solid_by_obstacle, strict=True)):
         if obs.is_rotating:
             raise NotImplementedError('walls="impermeable" does not support rotating obstacles')
         if not obs.is_moving:
@@ -320,4 +396,6 @@ def _impermeable_walls(
         touching = solid_face_masks(only, boundary=AIR)  # outer faces: inside cell only
         for axis in range(ndim):
             out[axis][touching[axis]] = speeds[axis]
+            if parts:
+                out[axis][parts[k][axis] > 0] = speeds[axis]
     return tuple(out)

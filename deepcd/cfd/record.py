@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from deepcd.cfd.smoke import SmokeSimulation, StepRecord
+from deepcd.cfd.twophase import DropSimulation
 from deepcd.progress import bars_enabled
+
+Simulation = SmokeSimulation | DropSimulation
 
 CSV_COLUMNS = (
     "step",
@@ -20,13 +23,14 @@ CSV_COLUMNS = (
     "solve_s",
     "step_s",
     "max_divergence",
+    "relative_divergence",
     "converged",
     "compare_iterations",
     "compare_solve_s",
 )
 
 
-def _frame(sim: SmokeSimulation, path: Path, title: str) -> None:
+def _frame(sim: Simulation, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +78,7 @@ def _cost_plot(records: list[StepRecord], method: str, compare: str | None, path
 
 
 def run_simulation(
-    sim: SmokeSimulation,
+    sim: Simulation,
     steps: int,
     out: str | Path,
     *,
@@ -136,6 +140,7 @@ def run_simulation(
         "iterations_max": int(its.max()),
         "all_converged": all(r.converged for r in records),
         "max_divergence_max": max(r.max_divergence for r in records),
+        "relative_divergence_max": max(r.relative_divergence for r in records),
     }
     if compare:
         cmp_its = np.array([r.compare_iterations for r in records])

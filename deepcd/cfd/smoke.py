@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
+from deepcd.cfd.advection import Advector
 from deepcd.cfd.projection import Projector
 from deepcd.problems.flags import FLUID, SOLID, normalize_boundary, validate_flags
 from deepcd.problems.mac import face_shapes
@@ -30,8 +30,10 @@ __all__ = ["SmokeSimulation", "StepRecord"]
 @dataclass
 class StepRecord:
     """What one step cost and left: solver iterations and seconds, the step's wall time, the
-    largest |divergence| on FLUID cells after the projection, and — when a comparison method
-    is given — its iterations and seconds on the very same projection."""
+    largest |divergence| on FLUID cells after the projection (1/time units) and the divergence
+    left relative to the projection's input (‖div u_new‖/‖div u*‖ over the FLUID cells, what
+    rtol bounds), and — when a comparison method is given — its iterations and seconds on the
+    very same projection."""
 
     step: int
     iterations: int
@@ -41,13 +43,16 @@ class StepRecord:
     converged: bool
     compare_iterations: int | None = None
     compare_solve_s: float | None = None
+    relative_divergence: float | None = None
 
 
-def _face_coordinates(shape: Sequence[int], axis: int) -> list[np.ndarray]:
-    """Positions (in cell-centre index units) of the faces along `axis`, as a dense grid."""
-    axes = [np.arange(n + (1 if d == axis else 0), dtype=np.float64) for d, n in enumerate(shape)]
-    axes[axis] = axes[axis] - 0.5
-    return list(np.meshgrid(*axes, indexing="ij"))
+def relative_divergence(projector: Projector, before, after) -> float:
+    """‖div after‖ / ‖div before‖ over the FLUID cells (0 when `before` is divergence-free),
+    by the projector's own (fraction-weighted) divergence."""
+    fluid = projector.flags == FLUID
+    d0 = np.linalg.norm(projector.divergence(before)[fluid])
+    d1 = np.linalg.norm(projector.divergence(after)[fluid])
+    return float(d1 / d0) if d0 > 0 else 0.0
 
 
 class SmokeSimulation:
@@ -55,8 +60,10 @@ class SmokeSimulation:
 
     flags/boundary: the cell flags and the flag outside each grid face (e.g. an open top);
     source_center: the source position as fractions of the horizontal axes; source_radius in
-    cells. method/solve_options: the projection's deepcd method; compare: a second method run
-    on the same projection each step, only to record its cost (its result is discarded).
+    cells. solid_fraction: per-axis face open fractions in [0, 1] of cut-cell solids (see
+    `deepcd.cfd.project`). method/solve_options: the projection's deepcd method; compare: a
+    second method run on the same projection each step, only to record its cost (its result
+    is discarded).
     """
 
     def __init__(
@@ -70,6 +77,7 @@ class SmokeSimulation:
         buoyancy: float = 0.15,
         weight: float = 0.02,
         source_speed: float = 1.0,
+        solid_fraction: Sequence[np.ndarray] | None = None,
         method: str = "dcdm",
         compare: str | None = None,
         rtol: float = 1e-6,
@@ -84,10 +92,18 @@ class SmokeSimulation:
         self.dt, self.buoyancy, self.weight = float(dt), float(buoyancy), float(weight)
         self.source_speed, self.rtol = float(source_speed), float(rtol)
         self.projector = Projector(
-            self.flags, boundary=self.boundary, method=method, **solve_options
+            self.flags,
+            boundary=self.boundary,
+            solid_fraction=solid_fraction,
+            method=method,
+            **solve_options,
         )
         self.compare = (
-            Projector(self.flags, boundary=self.boundary, method=compare) if compare else None
+            Projector(
+                self.flags, boundary=self.boundary, solid_fraction=solid_fraction, method=compare
+            )
+            if compare
+            else None
         )
         self.fluid = self.flags == FLUID
         self.velocity = tuple(np.zeros(s, np.float32) for s in face_shapes(self.shape))
@@ -109,37 +125,13 @@ class SmokeSimulation:
         self.source = (dist2 <= radius**2) & floor & self.fluid
         if not self.source.any():
             raise ValueError("the smoke source lies entirely inside solids; move or widen it")
-        self._face_points = [_face_coordinates(self.shape, a) for a in range(self.ndim)]
-        self._cell_points = [g.astype(np.float64) for g in np.indices(self.shape)]
-
-    # -- sampling ------------------------------------------------------------------------------
-    def _sample_face(self, axis: int, field: np.ndarray, points: list[np.ndarray]) -> np.ndarray:
-        coords = [p + (0.5 if d == axis else 0.0) for d, p in enumerate(points)]
-        return ndimage.map_coordinates(field, coords, order=1, mode="nearest")
-
-    def _sample_cell(self, field: np.ndarray, points: list[np.ndarray]) -> np.ndarray:
-        return ndimage.map_coordinates(field, points, order=1, mode="nearest")
-
-    def _velocity_at(self, points: list[np.ndarray]) -> list[np.ndarray]:
-        return [self._sample_face(a, self.velocity[a], points) for a in range(self.ndim)]
-
-    def _backtrace(self, points: list[np.ndarray]) -> list[np.ndarray]:
-        """Where the fluid at `points` came from one step ago (RK2 midpoint)."""
-        v = self._velocity_at(points)
-        mid = [p - 0.5 * self.dt * vi for p, vi in zip(points, v, strict=True)]
-        v = self._velocity_at(mid)
-        return [p - self.dt * vi for p, vi in zip(points, v, strict=True)]
+        self.advector = Advector(self.shape, self.dt)
 
     # -- one step ------------------------------------------------------------------------------
     def step(self) -> StepRecord:
         t0 = time.perf_counter()
-        cells_from = self._backtrace(self._cell_points)
-        density = self._sample_cell(self.density, cells_from)
-        temperature = self._sample_cell(self.temperature, cells_from)
-        velocity = [
-            self._sample_face(a, self.velocity[a], self._backtrace(self._face_points[a]))
-            for a in range(self.ndim)
-        ]
+        density, temperature = self.advector.cells(self.velocity, self.density, self.temperature)
+        velocity = self.advector.faces(self.velocity)
         density[~self.fluid] = 0.0
         temperature[~self.fluid] = 0.0
         density[self.source] = 1.0
@@ -180,6 +172,7 @@ class SmokeSimulation:
         self.steps += 1
         div = self.projector.divergence(self.velocity)
         record.max_divergence = float(np.abs(div[self.fluid]).max()) if self.fluid.any() else 0.0
+        record.relative_divergence = relative_divergence(self.projector, velocity, self.velocity)
         record.step_s = time.perf_counter() - t0
         return record
 
