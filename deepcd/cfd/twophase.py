@@ -29,40 +29,11 @@ from scipy import ndimage
 from deepcd.cfd.advection import Advector
 from deepcd.cfd.projection import Projector
 from deepcd.cfd.smoke import StepRecord, relative_divergence
+from deepcd.problems.coefficients import liquid_face_fraction, two_phase_face_density
 from deepcd.problems.flags import AIR, FLUID, SOLID, normalize_boundary
-from deepcd.problems.mac import _along, face_shapes
+from deepcd.problems.mac import face_shapes
 
 __all__ = ["DropSimulation", "liquid_face_fraction", "two_phase_face_density"]
-
-
-def liquid_face_fraction(phi: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per axis, the liquid fraction θ ∈ [0, 1] of the segment between the two cell centres
-    beside each face (φ linear along it; outer faces: 1 or 0 by the inside cell's sign).
-    phi: (*grid) float, < 0 in the liquid → MAC face arrays float64."""
-    phi = np.asarray(phi, dtype=np.float64)
-    nd = phi.ndim
-    out = []
-    for a, sh in enumerate(face_shapes(phi.shape)):
-        n = phi.shape[a]
-        f = np.empty(sh)
-        lo, hi = phi[_along(a, nd, slice(0, n - 1))], phi[_along(a, nd, slice(1, n))]
-        both = np.where((lo < 0) & (hi < 0), 1.0, 0.0)
-        cut = (lo < 0) != (hi < 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            part = np.where(lo < 0, -lo, -hi) / (np.abs(lo) + np.abs(hi))
-        f[_along(a, nd, slice(1, n))] = np.where(cut, np.clip(part, 0.0, 1.0), both)
-        f[_along(a, nd, slice(0, 1))] = phi[_along(a, nd, slice(0, 1))] < 0
-        f[_along(a, nd, slice(n, n + 1))] = phi[_along(a, nd, slice(n - 1, n))] < 0
-        out.append(f)
-    return tuple(out)
-
-
-def two_phase_face_density(
-    phi: np.ndarray, rho_liquid: float, rho_gas: float
-) -> tuple[np.ndarray, ...]:
-    """The sharp face densities θ·ρ_liquid + (1 − θ)·ρ_gas of `liquid_face_fraction` (MAC
-    face arrays, float64)."""
-    return tuple(t * rho_liquid + (1.0 - t) * rho_gas for t in liquid_face_fraction(phi))
 
 
 def _redistance(phi: np.ndarray) -> np.ndarray:

@@ -45,8 +45,10 @@ __all__ = [
     "closed_regions_of_stencil",
     "face_average",
     "ghost_fluid_theta",
+    "liquid_face_fraction",
     "stencil_csr",
     "stencil_of_csr",
+    "two_phase_face_density",
     "weighted_stencil",
 ]
 
@@ -232,6 +234,36 @@ def _along(nd: int, axis: int, sl) -> tuple:
     key = [slice(None)] * nd
     key[axis] = sl
     return tuple(key)
+
+
+def liquid_face_fraction(phi: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per axis, the liquid fraction θ ∈ [0, 1] of the segment between the two cell centres
+    beside each face (φ linear along it; outer faces: 1 or 0 by the inside cell's sign).
+    phi: (*grid) float, < 0 in the liquid → MAC face arrays float64."""
+    phi = np.asarray(phi, dtype=np.float64)
+    nd = phi.ndim
+    out = []
+    for a, sh in enumerate(face_shapes(phi.shape)):
+        n = phi.shape[a]
+        f = np.empty(sh)
+        lo, hi = phi[_along(nd, a, slice(0, n - 1))], phi[_along(nd, a, slice(1, n))]
+        both = np.where((lo < 0) & (hi < 0), 1.0, 0.0)
+        cut = (lo < 0) != (hi < 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            part = np.where(lo < 0, -lo, -hi) / (np.abs(lo) + np.abs(hi))
+        f[_along(nd, a, slice(1, n))] = np.where(cut, np.clip(part, 0.0, 1.0), both)
+        f[_along(nd, a, slice(0, 1))] = phi[_along(nd, a, slice(0, 1))] < 0
+        f[_along(nd, a, slice(n, n + 1))] = phi[_along(nd, a, slice(n - 1, n))] < 0
+        out.append(f)
+    return tuple(out)
+
+
+def two_phase_face_density(
+    phi: np.ndarray, rho_liquid: float, rho_gas: float
+) -> tuple[np.ndarray, ...]:
+    """The sharp face densities θ·ρ_liquid + (1 − θ)·ρ_gas of `liquid_face_fraction` (MAC
+    face arrays, float64)."""
+    return tuple(t * rho_liquid + (1.0 - t) * rho_gas for t in liquid_face_fraction(phi))
 
 
 def weighted_stencil(

@@ -23,7 +23,11 @@ import math
 
 import numpy as np
 
-from deepcd.problems.coefficients import Coefficients, ghost_fluid_theta
+from deepcd.problems.coefficients import (
+    Coefficients,
+    ghost_fluid_theta,
+    two_phase_face_density,
+)
 from deepcd.problems.flags import AIR, FLUID, SOLID
 from deepcd.problems.mac import face_shapes
 from deepcd.problems.scenes import SceneData, _finish, _open_top, _Params, _ring_params
@@ -77,19 +81,6 @@ def _liquid_params(p: _Params, rng) -> None:
     p.integer("n_droplets", int(rng.integers(3, 8)), lo=0, hi=10_000)
 
 
-def _liquid_fraction(phi: np.ndarray, axis: int) -> np.ndarray:
-    """Per interior face along `axis`, the liquid fraction of the segment between the two
-    cell centres (linear φ along it)."""
-    n = phi.shape[axis]
-    a = np.take(phi, np.arange(n - 1), axis=axis)
-    b = np.take(phi, np.arange(1, n), axis=axis)
-    out = np.where((a < 0) & (b < 0), 1.0, 0.0)
-    cut = (a < 0) != (b < 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = np.where(a < 0, -a, -b) / (np.abs(a) + np.abs(b))
-    return np.where(cut, np.clip(frac, 0.0, 1.0), out)
-
-
 def _scene_two_phase(shape, rng, p: _Params) -> SceneData:
     nd = len(shape)
     ratio = p.real("ratio", 1000.0, lo=1.0, hi=1e8)
@@ -100,20 +91,7 @@ def _scene_two_phase(shape, rng, p: _Params) -> SceneData:
     p.finish()
     geo_rng, flow_rng = _streams(rng)
     phi = _liquid(shape, geo_rng, p)
-    rho_l, rho_g = 1.0, 1.0 / ratio
-    beta = []
-    for a in range(nd):
-        f = np.empty(face_shapes(shape)[a])
-        inner = [slice(None)] * nd
-        inner[a] = slice(1, shape[a])
-        theta = _liquid_fraction(phi, a)
-        f[tuple(inner)] = 1.0 / (theta * rho_l + (1.0 - theta) * rho_g)
-        for end, cell in ((0, 0), (shape[a], shape[a] - 1)):  # outer faces: the cell inside
-            key = [slice(None)] * nd
-            key[a] = slice(end, end + 1)
-            inside = np.take(phi, [cell], axis=a)
-            f[tuple(key)] = np.where(inside < 0, 1.0 / rho_l, 1.0 / rho_g)
-        beta.append(f)
+    beta = [1.0 / f for f in two_phase_face_density(phi, 1.0, 1.0 / ratio)]
     flags = np.full(shape, FLUID, dtype=np.int8)
     p.used["liquid_cells"] = int(np.count_nonzero(phi < 0))
     vel = _ring_velocity(shape, flow_rng, ring, flow)
