@@ -1,10 +1,12 @@
 """Iterations to rtol 1e-6 of DCDM with a trained solver against CG and the safeguard's PCG.
 
 Run:  .venv/bin/python benchmarks/dcdm_eval.py SOLVER --shape 64 --shape 128 --hard-shape 64
-      [--out DIR] [--card]
+      [--coef-shape 64] [--out DIR] [--card]
 Held-out scenes (seeds the training recipes do not use): bunny 7, smoke-obstacles 11, pool 13
 at every --shape; the hard families (baffles 17, maze 19, porous 23, splash 29, pockets 31)
-at every --hard-shape (CG and MIC(0) need 10^4+ iterations on mazes: capped by --maxiter).
+at every --hard-shape (CG and MIC(0) need 10^4+ iterations on mazes: capped by --maxiter);
+the variable-coefficient families (two-phase at ratios 10, 1000, 10^4: seeds 37, 41, 43;
+ghost-splash 47; cut-cells 53) at every --coef-shape.
 Columns: plain CG; MIC(0)-PCG; DCDM whose safeguard direction is the residual itself (alone,
 that direction is CG); DCDM whose safeguard direction is MIC(0) (alone: MIC(0)-PCG). So each
 DCDM column has its "classical direction used alone" to its left. --card writes the solver's
@@ -36,6 +38,13 @@ from deepcd.problems import scene
 
 HELD_OUT = (("bunny", 7), ("smoke-obstacles", 11), ("pool", 13))
 HARD = (("baffles", 17), ("maze", 19), ("porous", 23), ("splash", 29), ("pockets", 31))
+COEF = (
+    ("two-phase", 37, {"ratio": 10.0}),
+    ("two-phase", 41, {"ratio": 1000.0}),
+    ("two-phase", 43, {"ratio": 10000.0}),
+    ("ghost-splash", 47, {}),
+    ("cut-cells", 53, {}),
+)
 KEYS = ("cg", "mic0-pcg", "dcdm", "dcdm+mic0", "dcdm-untrained")
 
 
@@ -44,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("solver")
     ap.add_argument("--shape", type=int, action="append", default=[])
     ap.add_argument("--hard-shape", type=int, action="append", default=[])
+    ap.add_argument("--coef-shape", type=int, action="append", default=[])
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--maxiter", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
@@ -79,14 +89,15 @@ def main() -> None:
     torch.manual_seed(0)
     untrained = build_network(card["arch"], **card["config"]).eval()  # the same net at init
     rows = []
-    cases = [(size, c) for size in args.shape or [64] for c in HELD_OUT]
-    cases += [(size, c) for size in args.hard_shape for c in HARD]
-    for size, (name, seed) in cases:
-        p = scene(name, (size,) * model.dim, seed=seed)
+    cases = [(size, (*c, {})) for size in args.shape or [64] for c in HELD_OUT]
+    cases += [(size, (*c, {})) for size in args.hard_shape for c in HARD]
+    cases += [(size, c) for size in args.coef_shape for c in COEF]
+    for size, (name, seed, params) in cases:
+        p = scene(name, (size,) * model.dim, seed=seed, **params)
         torch.set_num_threads(args.threads)
         op = p.stencil
         mic0 = make_preconditioner("mic0", op)
-        row = {"scene": name, "seed": seed, "shape": size, "unknowns": p.n}
+        row = {"scene": name, "seed": seed, "shape": size, "unknowns": p.n, "params": params}
         for key in KEYS:
             torch.set_num_threads(args.threads)  # numba resets it
             t = time.perf_counter()
@@ -128,7 +139,8 @@ def main() -> None:
             for k in KEYS
         ]
         grid = "×".join([str(r["shape"])] * model.dim)
-        lines.append(f"| {r['scene']} | {r['seed']} | {grid} | " + " | ".join(cells) + " |")
+        name = r["scene"] + "".join(f" ({k} {v:g})" for k, v in r["params"].items())
+        lines.append(f"| {name} | {r['seed']} | {grid} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if args.out:
         out = Path(args.out)
@@ -146,7 +158,8 @@ def main() -> None:
             "rtol": args.rtol,
             "threads": args.threads,
             "cpu": cpu_name(),
-            "held_out": [f"{n}:{s}" for n, s in HELD_OUT + HARD],
+            "held_out": [f"{n}:{s}" for n, s in HELD_OUT + HARD]
+            + [f"{n}:{s}" + "".join(f":{k}={v:g}" for k, v in q.items()) for n, s, q in COEF],
             "table_markdown": lines,
             "rows": rows,
         }

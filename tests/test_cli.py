@@ -85,6 +85,27 @@ def test_bench_isolated_reports_per_run_memory(tmp_path):
     assert all(r["isolated"] and r["peak_rss_mb"] > 10 for r in runs)
 
 
+@pytest.mark.parametrize("isolate", [False, True])
+def test_bench_scene_parameters_and_the_untrained_network(tmp_path, isolate):
+    """--param reaches every scene (a two-phase density ratio) and is recorded; dcdm-untrained
+    is the shipped architecture at its initialization; the summary table reads both."""
+    out = tmp_path / "bench"
+    args = ["bench", "--scene", "two-phase", "--shape", "16", "--dim", "2", "--param"]
+    args += ["ratio=100", "--solvers", "dcdm,dcdm-untrained,amg-sa", "--out", str(out)]
+    code = main([*args, "--no-progress"] + (["--isolate"] if isolate else []))
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert all(r["params"] == {"ratio": 100} for r in data["runs"])
+    assert data["problems"][0]["params"] == {"ratio": 100}
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("summarize", "benchmarks/summarize.py")
+    summarize = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarize)
+    table = summarize.main(tmp_path)
+    assert "ratio 100" in table and "trained vs untrained" in table
+
+
 def test_generate_then_solve(tmp_path, capsys):
     path = tmp_path / "p.h5"
     assert (
