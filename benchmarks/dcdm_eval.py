@@ -120,9 +120,7 @@ def main() -> None:
                 row[key]["safeguard_steps"] = res.settings["safeguard_steps"]
         rows.append(row)
         print(
-            json.dumps(
-                {k: (v["iterations"] if isinstance(v, dict) else v) for k, v in row.items()}
-            ),
+            json.dumps({k: (row[k]["iterations"] if k in KEYS else v) for k, v in row.items()}),
             flush=True,
         )
     command = "python benchmarks/dcdm_eval.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -26,10 +26,14 @@ $deepcd bench --scene smoke-plume --scene smoke-obstacles --scene bunny --scene 
 $deepcd bench --scene smoke-obstacles --shape 1024 --dim 2 --no-progress \
     --out benchmarks/dcdm-cpu-2d --solvers dcdm,dcdm-mic0,cg,ic0,mic0,amg-sa,amg-rs,newton-amg
 # 7. The shipped solvers on held-out scenes (written into their cards).
-.venv/bin/python benchmarks/dcdm_eval.py vcycle-3d --shape 64 --shape 128 --hard-shape 64 --card --update-shipped
-.venv/bin/python benchmarks/dcdm_eval.py vcycle-2d --shape 256 --shape 1024 --hard-shape 256 --maxiter 8000 --card --update-shipped
+.venv/bin/python benchmarks/dcdm_eval.py vcycle-3d --shape 64 --shape 128 --hard-shape 64 \
+    --coef-shape 64 --card --update-shipped
+.venv/bin/python benchmarks/dcdm_eval.py vcycle-2d --shape 256 --shape 1024 --hard-shape 256 \
+    --coef-shape 256 --maxiter 8000 --card --update-shipped
 # 8. 100 steps of the 64³ smoke simulation, DCDM projection, CG solving the same projections.
 $deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --compare cg \
     --out benchmarks/simulate-64/run --no-progress
 # 9. Hard geometry: baffles, mazes, porous media, splashes, closed pockets (3D 64³/128³, 2D 512²/1024²).
 ./benchmarks/hard_geometry.sh
+# 10. Variable coefficients: two-phase ratios 1-10^4, ghost-fluid surface, cut cells (same sizes).
+./benchmarks/variable_coefficient.sh
