@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -352,6 +353,25 @@ def _grid_problem(A, op: Operator, flags, boundary) -> tuple[Problem, float, Gri
     return from_flags(flags, boundary=check.boundary), check.scale, check
 
 
+_SOLVERS: dict = {}  # loaded solvers by (folder, weights file state, device)
+
+
+def _loaded_solver(model, device: str):
+    """`load_solver`, once per solver folder and device while its weights file is unchanged:
+    the model keeps the levels it built, so the next solve on the same grid (a projection
+    every time step) pays no setup."""
+    from deepcd.nn.weights import WEIGHTS, load_solver, resolve_solver
+
+    folder = resolve_solver(model)
+    info = (folder / WEIGHTS).stat()
+    key = (str(folder.resolve()), info.st_mtime_ns, info.st_size, str(device))
+    if key not in _SOLVERS:
+        if len(_SOLVERS) >= 8:
+            _SOLVERS.clear()
+        _SOLVERS[key] = load_solver(folder, device=device)
+    return _SOLVERS[key]
+
+
 def _dcdm(
     A, op, b, x0, *, rtol, atol, maxiter, callback, monitor, options, closed=None
 ) -> SolveResult:
@@ -364,7 +384,7 @@ def _dcdm(
     from deepcd.iterative.dcdm import dcdm
     from deepcd.iterative.dcdm_torch import dcdm_torch
     from deepcd.nn.direction import NetworkDirection
-    from deepcd.nn.weights import default_solver, load_solver
+    from deepcd.nn.weights import default_solver
 
     problem, scale, check = _grid_problem(
         A, op, options.pop("flags", None), options.pop("boundary", None)
@@ -387,7 +407,7 @@ def _dcdm(
     if isinstance(model, torch.nn.Module):
         net = model.to(device)
     else:
-        net, card = load_solver(model, device=device)
+        net, card = _loaded_solver(model, device)
     dim = getattr(net, "dim", None)
     if dim is not None and dim != problem.ndim:
         raise ValueError(
@@ -401,6 +421,9 @@ def _dcdm(
         options.pop("check_every", None)
         M = None if safeguard == "none" else make_preconditioner(safeguard, op, closed)
         direction = NetworkDirection(net, problem, device="cpu", dtype=dtypes[precision])
+        t_setup = time.perf_counter()
+        cached = direction.prepare()
+        hierarchy_s = time.perf_counter() - t_setup
         result = dcdm(
             op,
             b,
@@ -447,6 +470,10 @@ def _dcdm(
             "precision": precision,
         }
     )
+    if device == "cpu":
+        result.setup_s += hierarchy_s  # the network's levels: setup, reported as such
+        result.settings["hierarchy_s"] = hierarchy_s
+        result.settings["hierarchy_cached"] = cached
     if check is not None:
         result.settings["grid_check"] = {
             "boundary": list(check.boundary),

@@ -68,3 +68,56 @@ def stencil_residual(r, x, diag, lx, ly, lz, out):
                 if k < nz - 1:
                     acc -= lz[i, j, k] * x[i, j, k + 1]
                 out[i, j, k] = r[i, j, k] - acc
+
+
+# -- the smoother polynomial by Clenshaw's recurrence on the normalized operator --------------
+#
+# With Â = s·A·s written as e − N (e = s²·diag per cell, N the normalized couplings
+# n = s_i·w_ij·s_j per face), a polynomial Σ_k β_k T_k(I − Â) applied to h is Clenshaw's
+# b_k = β_k·h + 2(I − Â)b_{k+1} − b_{k+2}, f = β_0·h + (I − Â)b_1 − b_2: per step one pass
+# that reads b_{k+1} (with its neighbours), b_{k+2}, h, e and the face arrays and writes b_k —
+# no running sum to read and write as the U_j recurrence of `chebyshev_step` needs.
+
+
+@nb.njit(parallel=True, cache=True)
+def clenshaw_step(b1, b2, h, e, nx_, ny_, nz_, beta, two, use_b2, s, use_s, out):
+    """out = β·h + two·(I − Â)b1 − b2 (b2 read only when use_b2), times s when use_s, on a
+    grid level (3D arrays; face arrays with their axis one shorter; 2D as (1, nx, ny))."""
+    nx, ny, nz = b1.shape
+    for i in nb.prange(nx):
+        for j in range(ny):
+            for k in range(nz):
+                acc = (1.0 - e[i, j, k]) * b1[i, j, k]
+                if i > 0:
+                    acc += nx_[i - 1, j, k] * b1[i - 1, j, k]
+                if i < nx - 1:
+                    acc += nx_[i, j, k] * b1[i + 1, j, k]
+                if j > 0:
+                    acc += ny_[i, j - 1, k] * b1[i, j - 1, k]
+                if j < ny - 1:
+                    acc += ny_[i, j, k] * b1[i, j + 1, k]
+                if k > 0:
+                    acc += nz_[i, j, k - 1] * b1[i, j, k - 1]
+                if k < nz - 1:
+                    acc += nz_[i, j, k] * b1[i, j, k + 1]
+                value = beta * h[i, j, k] + two * acc
+                if use_b2:
+                    value -= b2[i, j, k]
+                if use_s:
+                    value *= s[i, j, k]
+                out[i, j, k] = value
+
+
+@nb.njit(parallel=True, cache=True)
+def graph_clenshaw_step(b1, b2, h, e, indptr, indices, nweight, beta, two, use_b2, s, use_s, out):
+    """`clenshaw_step` on a graph level: nweight the normalized couplings in CSR order."""
+    for i in nb.prange(b1.shape[0]):
+        acc = (1.0 - e[i]) * b1[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            acc += nweight[p] * b1[indices[p]]
+        value = beta * h[i] + two * acc
+        if use_b2:
+            value -= b2[i]
+        if use_s:
+            value *= s[i]
+        out[i] = value

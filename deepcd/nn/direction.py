@@ -59,6 +59,21 @@ class NetworkDirection:
         self.spd = bool(getattr(model, "spd", False))
 
     @torch.inference_mode()
+    def prepare(self) -> bool:
+        """Build what the network derives from the grid before the first direction (the
+        V-cycle's hierarchy), so a solve can report it as setup. True when it was already
+        there (cached on the model from an earlier solve on the same grid)."""
+        build = getattr(self.model, "hierarchy", None)
+        if build is None:
+            return True
+        before = getattr(self.model, "_cache", None)
+        flags = self.operator.flags if self.operator is not None else self.flags
+        boundary = self.operator.boundary if self.operator is not None else self.boundary
+        dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
+        h = build(flags, tuple(self.grid.shape[2:]), boundary, dtype, 1, self.operator)
+        return before is not None and before[2] is h
+
+    @torch.inference_mode()
     def __call__(self, r: np.ndarray) -> np.ndarray:
         flat = self.grid.view(-1)
         flat[self.index] = torch.from_numpy(np.ascontiguousarray(r)).to(self.device, self.dtype)

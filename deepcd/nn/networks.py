@@ -528,52 +528,35 @@ class VCycleNet(GridNet):
         return level.cache[key]
 
     def _smoother_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
-        """`_smoother` on the grid with each recurrence step as one fused numba pass."""
-        from deepcd.kernels.smoother import chebyshev_step
+        """`_smoother` on the grid: Clenshaw on the normalized stencil (`deepcd.nn.fastpath`),
+        one fused numba pass per polynomial degree."""
+        from deepcd.kernels.smoother import clenshaw_step
+        from deepcd.nn.fastpath import clenshaw_coefficients, normalized_grid, smooth
 
         if level.diag.shape[0] != 1 or y.shape[0] != 1:
             raise ValueError("the fused grid smoother takes one field")
-        dt = y.dtype
         grid = (1,) * (3 - self.dim) + tuple(y.shape[2:])  # 2D as (1, nx, ny)
-
-        def view(t: torch.Tensor, shape) -> np.ndarray:
-            return t.to(dt).contiguous().reshape(shape).numpy()
-
-        s, diag, links = self._grid_arrays(level, dt)
-        if scale is not None:
-            s = view(scale, grid)
-        w = torch.softmax(logits.detach().to(torch.float64), dim=0).tolist()
-        hat = s * view(y, grid)
-        u = (c * hat).astype(s.dtype)
-        q = (w[0] * u).astype(s.dtype)
-        u_prev = np.zeros_like(u)
-        u_new = np.empty_like(u)
-        for wj in w[1:]:
-            chebyshev_step(u, u_prev, hat, s, diag, *links, c, wj, u_new, q)
-            u_prev, u, u_new = u, u_new, u_prev
-        return torch.from_numpy(s * q).reshape(y.shape)
+        s, e, links = normalized_grid(level, scale, self.dim, y.dtype)
+        w = torch.softmax(logits.detach().to(torch.float64), dim=0).numpy()
+        hat = s * y.contiguous().numpy().reshape(grid)
+        out = smooth(clenshaw_step, grid, hat, clenshaw_coefficients(w, c), s, (e, *links))
+        return torch.from_numpy(out).reshape(y.shape)
 
     def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
-        """`_smoother` on a graph level with the numba kernel (one column)."""
-        from deepcd.kernels.aggregate import graph_chebyshev_step, small
-        from deepcd.nn.multigrid import host_arrays
+        """`_smoother` on a graph level: Clenshaw on the normalized links (one column)."""
+        from deepcd.kernels.aggregate import small
+        from deepcd.kernels.smoother import graph_clenshaw_step
+        from deepcd.nn.fastpath import clenshaw_coefficients, normalized_graph, smooth
 
-        h = host_arrays(level, _np_dtype(y.dtype))
-        s, diag = h["s"], h["diag"]
-        if scale is not None:
-            s = scale.to(y.dtype).contiguous().numpy().reshape(-1)
-        w = torch.softmax(logits.detach().to(torch.float64), dim=0).tolist()
+        dt = _np_dtype(y.dtype)
+        s, e, nweight = normalized_graph(level, scale, dt)
+        h = level.host
+        w = torch.softmax(logits.detach().to(torch.float64), dim=0).numpy()
         hat = s * y.contiguous().numpy().reshape(-1)
-        u = (c * hat).astype(s.dtype)
-        q = (w[0] * u).astype(s.dtype)
-        u_prev = np.zeros_like(u)
-        u_new = np.empty_like(u)
-        for wj in w[1:]:
-            small(graph_chebyshev_step, level.n)(
-                u, u_prev, hat, s, diag, h["indptr"], h["indices"], h["weight"], c, wj, u_new, q
-            )
-            u_prev, u, u_new = u, u_new, u_prev
-        return torch.from_numpy(s * q).reshape(y.shape)
+        args = (e, h["indptr"], h["indices"], nweight)
+        step = small(graph_clenshaw_step, level.n)
+        out = smooth(step, (level.n,), hat, clenshaw_coefficients(w, c), s, args)
+        return torch.from_numpy(out).reshape(y.shape)
 
     def _residual(self, level, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """r − A x on a level (one fused numba pass on the grid in CPU inference)."""

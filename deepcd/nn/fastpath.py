@@ -1,0 +1,100 @@
+"""CPU inference of the V-cycle's smoother: the same polynomial, fewer passes over memory.
+
+`VCycleNet._smoother` applies S = s·Q(Â)·s with Q(λ) = Σ_j w_j U_j(λ), U_j(λ) =
+(1 − T_j(1 − cλ))/λ (degree − 1 in λ), by the U_j recurrence. Here Q is rewritten once per
+parameter set in the Chebyshev basis of I − Â, Q(λ) = Σ_k β_k T_k(1 − λ) (interpolation at
+`degree` Chebyshev points: exact for this degree), and applied by Clenshaw's recurrence
+(`deepcd.kernels.smoother.clenshaw_step`) on the level's *normalized* stencil — e = s²·diag
+per unknown and n = s_i·w_ij·s_j per link, derived once per level and scale — so a step reads
+b_{k+1}, b_{k+2}, h, e and the links and writes b_k: no running sum, no separate s and diag.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.polynomial import chebyshev as C
+
+
+def _q(lam: np.ndarray, weights: np.ndarray, c: float) -> np.ndarray:
+    """Q(λ) = Σ_j w_j U_j(λ) by the scalar recurrence (stable at λ = 0)."""
+    u_prev, u = np.zeros_like(lam), np.full_like(lam, c)
+    total = weights[0] * u
+    for w in weights[1:]:
+        u, u_prev = 2.0 * c + 2.0 * (1.0 - c * lam) * u - u_prev, u
+        total = total + w * u
+    return total
+
+
+def clenshaw_coefficients(weights, c: float) -> np.ndarray:
+    """β (degree,) float64 with Q(λ) = Σ_k β_k T_k(1 − λ) for smoother weights w (degree,)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    m = len(weights)
+    t = np.cos(np.pi * (np.arange(m) + 0.5) / m)  # Chebyshev points in t = 1 − λ
+    return C.chebfit(t, _q(1.0 - t, weights, c), m - 1)
+
+
+def _view(t: torch.Tensor, shape, dt) -> np.ndarray:
+    return t.to(dt).contiguous().reshape(shape).numpy()
+
+
+def normalized_grid(level, scale, dim: int, dt: torch.dtype):
+    """(s, e, [n_x, n_y, n_z]) numpy 3D arrays in dt of a grid level (`StencilLevel`) for the
+    scale s (a field like level.diag; None: diag^-½), cached on the level per scale."""
+    key = ("normalized", dt)
+    cached = level.cache.get(key)
+    if cached is not None and cached[0] is scale:
+        return cached[1]
+    s_t = level.inv_sqrt_diag if scale is None else scale
+    s_t = s_t.to(torch.float64)
+    grid = (1,) * (3 - dim) + tuple(level.shape)
+    e = _view(s_t * s_t * level.diag.to(torch.float64), grid, dt)
+    links = []
+    for a, w in enumerate(level.links):
+        ax, n = a + 2, s_t.shape[a + 2]
+        lo, hi = s_t.narrow(ax, 0, n - 1), s_t.narrow(ax, 1, n - 1)
+        links.append(
+            _view(lo * w.to(torch.float64) * hi, (1,) * (3 - dim) + tuple(w.shape[2:]), dt)
+        )
+    if dim == 2:  # the unused x-axis faces of a (1, nx, ny) view: empty
+        links.insert(0, np.zeros((0, *grid[1:]), dtype=e.dtype))
+    out = (_view(s_t, grid, dt), e, links)
+    level.cache[key] = (scale, out)
+    return out
+
+
+def normalized_graph(level, scale, dt: np.dtype):
+    """(s, e, nweight) numpy arrays in dt of a `GraphLevel` for scale s ((N, 1) tensor or
+    None: diag^-½), cached on the level per scale."""
+    key = ("normalized", np.dtype(dt).str)
+    cached = level.cache.get(key)
+    if cached is not None and cached[0] is scale:
+        return cached[1]
+    h = level.host
+    s = h["s"] if scale is None else scale.to(torch.float64).numpy().reshape(-1)
+    rows = np.repeat(np.arange(level.n), np.diff(h["indptr"]))
+    nweight = s[rows] * h["weight"] * s[h["indices"]]
+    out = (s.astype(dt), (s * s * h["diag"]).astype(dt), nweight.astype(dt))
+    level.cache[key] = (scale, out)
+    return out
+
+
+def smooth(
+    step, b_shape, h: np.ndarray, beta: np.ndarray, s: np.ndarray, operator_args
+) -> np.ndarray:
+    """s·Σ_k β_k T_k(I − Â) h by Clenshaw with `step` (a Clenshaw kernel taking
+    (b1, b2, h, *operator_args, beta, two, use_b2, s, use_s, out))."""
+    m = len(beta)
+    dt = h.dtype
+    if m == 1:
+        return (beta[0] * h * s).astype(dt)
+    b1 = (beta[m - 1] * h).astype(dt)  # b_{m-1}; b_m = 0
+    b2 = np.zeros(b_shape, dtype=dt)
+    out = np.empty(b_shape, dtype=dt)
+    use_b2 = False
+    for k in range(m - 2, 0, -1):
+        step(b1, b2, h, *operator_args, float(beta[k]), 2.0, use_b2, s, False, out)
+        b2, b1, out = b1, out, b2
+        use_b2 = True
+    step(b1, b2, h, *operator_args, float(beta[0]), 1.0, use_b2, s, True, out)
+    return out

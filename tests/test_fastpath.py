@@ -1,0 +1,80 @@
+"""The CPU inference path of the V-cycle's smoother (issue 12): Clenshaw on the normalized
+stencil against the U_j recurrence it replaces, and setup that a second solve does not pay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import deepcd
+from deepcd.kernels.smoother import chebyshev_step, clenshaw_step
+from deepcd.nn.fastpath import _q, clenshaw_coefficients, normalized_grid, smooth
+from deepcd.nn.multigrid import StencilLevel
+from deepcd.nn.stencil import GridLaplacian
+from deepcd.problems import AIR, from_flags, scene
+from tests.test_nn_vcycle import random_problem
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3, 6])
+def test_clenshaw_coefficients_reproduce_the_polynomial(degree):
+    rng = np.random.default_rng(degree)
+    w = rng.dirichlet(np.ones(degree))
+    c = 1 - 2.0**-8
+    beta = clenshaw_coefficients(w, c)
+    lam = rng.uniform(0.0, 2.0, 50)
+    got = np.polynomial.chebyshev.chebval(1.0 - lam, beta)
+    np.testing.assert_allclose(got, _q(lam, w, c), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(13, 17), (9, 12, 15), (1, 7, 5), (6, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_clenshaw_smoother_equals_the_recurrence(shape, dtype, scaled):
+    """The fused Clenshaw passes give the U_j recurrence's s·Σ w_j U_j(Â) s·y (the kernel
+    `chebyshev_step` it replaces) on odd shapes, with and without a damped scale."""
+    flags = (
+        np.random.default_rng(0).choice([0, 1, 2], size=shape, p=[0.8, 0.1, 0.1]).astype(np.int8)
+    )
+    problem = from_flags(flags, boundary=AIR)
+    lap = GridLaplacian.from_problem(problem, dtype=torch.float64)
+    level = StencilLevel.from_parts(lap.diag, lap.links())
+    dim = len(shape)
+    scale = None
+    if scaled:
+        g = 1.0 + torch.rand_like(level.diag)
+        scale = level.inv_sqrt_diag / g.sqrt()
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    s, e, links = normalized_grid(level, scale, dim, tdt)
+    grid = s.shape
+    # the reference: the recurrence on the unnormalized stencil
+    diag = level.diag.numpy().reshape(grid).astype(dtype)
+    raw = [
+        w.numpy().reshape((1,) * (3 - dim) + tuple(w.shape[2:])).astype(dtype) for w in level.links
+    ]
+    if dim == 2:
+        raw.insert(0, np.zeros((0, *grid[1:]), dtype=dtype))
+    rng = np.random.default_rng(1)
+    w = rng.dirichlet(np.ones(6))
+    c = 1 - 2.0**-8
+    y = rng.standard_normal(grid).astype(dtype)
+    hat = (s * y).astype(dtype)
+    u, q = (c * hat).astype(dtype), (w[0] * c * hat).astype(dtype)
+    up, un = np.zeros_like(u), np.empty_like(u)
+    for wj in w[1:]:
+        chebyshev_step(u, up, hat, s, diag, *raw, c, wj, un, q)
+        up, u, un = u, un, up
+    want = s * q
+    got = smooth(clenshaw_step, grid, hat, clenshaw_coefficients(w, c), s, (e, *links))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_a_second_solve_on_the_same_grid_pays_no_setup():
+    problem = scene("smoke-obstacles", (20, 20, 20), seed=0)
+    first = deepcd.solve_result(problem, rtol=1e-6)
+    again = deepcd.solve_result(problem.with_rhs(2 * problem.b), rtol=1e-6)
+    assert not first.settings["hierarchy_cached"] and first.settings["hierarchy_s"] > 0
+    assert again.settings["hierarchy_cached"] and again.iterations == first.iterations
+    other = deepcd.solve_result(random_problem((20, 20, 20), seed=9, boundary=AIR), rtol=1e-6)
+    assert not other.settings["hierarchy_cached"]  # another grid: its own levels
