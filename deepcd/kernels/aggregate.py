@@ -351,28 +351,36 @@ def _fill_members(agg, mstart, members):
 @nb.njit(parallel=True, cache=True)
 def grid_axis_smooth(x, nlink, deg, a, omega, out):
     """out = x − ω (deg·x − Σ_faces ŵ x_nbr) along grid axis a of 3D arrays x, deg
-    (nx, ny, nz) and the normalized face weights nlink (that axis one shorter)."""
+    (nx, ny, nz) and the normalized face weights nlink (that axis one shorter). Neighbours
+    across x/y come as whole rows along z (zeros past the edge): no branch per cell."""
     nx, ny, nz = x.shape
-    for i in nb.prange(nx):
-        for j in range(ny):
+    zero = np.zeros(nz, dtype=x.dtype)
+    zw = np.zeros(nz, dtype=nlink.dtype)
+    for ij in nb.prange(nx * ny):
+        i, j = ij // ny, ij % ny
+        xc, o, dg = x[i, j], out[i, j], deg[i, j]
+        if a == 2:
+            wz = nlink[i, j]
             for k in range(nz):
-                acc = deg[i, j, k] * x[i, j, k]
-                if a == 0:
-                    if i > 0:
-                        acc -= nlink[i - 1, j, k] * x[i - 1, j, k]
-                    if i < nx - 1:
-                        acc -= nlink[i, j, k] * x[i + 1, j, k]
-                elif a == 1:
-                    if j > 0:
-                        acc -= nlink[i, j - 1, k] * x[i, j - 1, k]
-                    if j < ny - 1:
-                        acc -= nlink[i, j, k] * x[i, j + 1, k]
-                else:
-                    if k > 0:
-                        acc -= nlink[i, j, k - 1] * x[i, j, k - 1]
-                    if k < nz - 1:
-                        acc -= nlink[i, j, k] * x[i, j, k + 1]
-                out[i, j, k] = x[i, j, k] - omega * acc
+                acc = dg[k] * xc[k]
+                if k > 0:
+                    acc -= wz[k - 1] * xc[k - 1]
+                if k < nz - 1:
+                    acc -= wz[k] * xc[k + 1]
+                o[k] = xc[k] - omega * acc
+            continue
+        if a == 0:
+            xm = x[i - 1, j] if i > 0 else zero
+            xp = x[i + 1, j] if i < nx - 1 else zero
+            wm = nlink[i - 1, j] if i > 0 else zw
+            wp = nlink[i, j] if i < nx - 1 else zw
+        else:
+            xm = x[i, j - 1] if j > 0 else zero
+            xp = x[i, j + 1] if j < ny - 1 else zero
+            wm = nlink[i, j - 1] if j > 0 else zw
+            wp = nlink[i, j] if j < ny - 1 else zw
+        for k in range(nz):
+            o[k] = xc[k] - omega * (dg[k] * xc[k] - wm[k] * xm[k] - wp[k] * xp[k])
 
 
 # Small levels run serial copies: a parallel launch costs more than their work, and far more
