@@ -294,16 +294,30 @@ def graph_chebyshev_step(u, u_prev, hat, s, d, indptr, indices, weight, c, w, u_
 
 
 @nb.njit(parallel=True, cache=True)
-def axis_smooth(x, indptr, indices, nweight, axis, a, omega, out):
-    """out = x + ω Σ_{j: axis_ij = a} ŵ_ij (x_j − x_i): one symmetric per-axis smoothing of
-    the prolongation (ŵ: the level's normalized link weights, symmetric)."""
+def axis_smooth(x, indptr, indices, nweight, omega, out):
+    """out = x + ω Σ_j ŵ_ij (x_j − x_i) over the links of one axis (a CSR of that axis's
+    links: `axis_csr`): one symmetric per-axis smoothing of the prolongation (ŵ: the level's
+    normalized link weights, symmetric)."""
     for i in nb.prange(x.shape[0]):
         acc = 0.0
         xi = x[i]
         for p in range(indptr[i], indptr[i + 1]):
-            if axis[p] == a:
-                acc += nweight[p] * (x[indices[p]] - xi)
+            acc += nweight[p] * (x[indices[p]] - xi)
         out[i] = xi + omega * acc
+
+
+def axis_csr(indptr, indices, weight, axis, naxes: int):
+    """Per axis a < naxes, the (indptr, indices, weight) of the links with axis == a, in the
+    order of the full CSR."""
+    n = len(indptr) - 1
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    out = []
+    for a in range(naxes):
+        on = axis == a
+        ip = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows[on], minlength=n), out=ip[1:])
+        out.append((ip, np.ascontiguousarray(indices[on]), np.ascontiguousarray(weight[on])))
+    return out
 
 
 @nb.njit(parallel=True, cache=True)

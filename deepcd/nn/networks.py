@@ -670,20 +670,23 @@ class VCycleNet(GridNet):
         one ω per axis (d,), or per link in CSR order (nnz,) with local weights."""
         per_link = self.local is not None
         if _fast(x, self.transfers):
-            from deepcd.kernels.aggregate import axis_smooth, small
+            from deepcd.kernels.aggregate import axis_csr, axis_smooth, small
             from deepcd.nn.multigrid import host_arrays
 
-            h = host_arrays(level, _np_dtype(x.dtype))
-            nweight = h["nweight"]
-            if per_link:
-                nweight = (torch.from_numpy(h["nweight"]) * omegas.to(x.dtype)).numpy()
+            dt = _np_dtype(x.dtype)
+            key = ("axis_csr", dt.str, self.local.version() if per_link else None)
+            if key not in level.cache:  # the links of each axis in a CSR of their own
+                h = host_arrays(level, dt)
+                nweight = h["nweight"]
+                if per_link:
+                    nweight = (torch.from_numpy(h["nweight"]) * omegas.to(x.dtype)).numpy()
+                level.cache[key] = axis_csr(h["indptr"], h["indices"], nweight, h["axis"], 3)
+            split = level.cache[key]
             v = x.contiguous().numpy().reshape(-1)
             out = np.empty_like(v)
             for a in axes:
                 omega = 1.0 if per_link else float(omegas[a])
-                small(axis_smooth, level.n)(
-                    v, h["indptr"], h["indices"], nweight, h["axis"], a, omega, out
-                )
+                small(axis_smooth, level.n)(v, *split[a], omega, out)
                 v, out = out, v
             return torch.from_numpy(v.copy()).reshape(x.shape)
         for a in axes:
