@@ -711,10 +711,10 @@ class VCycleNet(GridNet):
         axes = [a for a, on in enumerate(level.halved) if on]
         r = self._smooth_axes(level, r, self._level_omegas(h, depth), axes)
         if _fast(r, self.transfers):
-            from deepcd.kernels.aggregate import restrict_sum
+            from deepcd.kernels.aggregate import restrict_sum, small
 
             out = np.empty(coarse.n, dtype=_np_dtype(r.dtype))
-            restrict_sum(
+            small(restrict_sum, level.n)(
                 r.contiguous().numpy().reshape(-1),
                 level.host_full()["mstart"],
                 level.host_full()["members"],

@@ -1,0 +1,201 @@
+"""Where a DCDM solve spends its time on the CPU, per V-cycle component, against the bandwidth
+floor of the fine level's passes.
+
+Run:  .venv/bin/python benchmarks/cpu_profile.py [--shape 64 --shape 128 --shape 256]
+      [--scene smoke-obstacles] [--repeats 5] [--out benchmarks/cpu-profile]
+Writes OUT/results.json and OUT/results.md. Run it alone on a quiet machine.
+
+Each shipped-solver V-cycle is timed by wrapping the network's level operations (smoother,
+residual, restriction and prolongation, on the grid level and on the graph levels); the
+solve's own loop (matvec, A-orthogonalization, line search: everything that is not the
+network) is the solve time minus the network's. The floor of a fine-level component is the
+bytes its passes must move (float32, counted like STREAM, no write-allocate) over the STREAM
+triad bandwidth measured in the same run (`benchmarks/cg_kernels.py`'s triad):
+  smoother  (degree m, Clenshaw):  12 + 28 + 32·(m − 3) + 36 B per cell and application
+  residual:                        28 B per cell
+  transfers (3 halved axes):       restriction 3·16 + 12, prolongation 12 + 3·16 B per cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deepcd.bench.runner import environment
+from deepcd.nn.direction import NetworkDirection
+from deepcd.nn.multigrid import StencilLevel
+from deepcd.nn.networks import VCycleNet
+from deepcd.nn.weights import default_solver, load_solver
+from deepcd.problems import scene
+
+_FINE = ("smoother (fine)", "residual (fine)", "restriction (fine)", "prolongation (fine)")
+
+
+def _grid(level) -> bool:
+    return isinstance(level, StencilLevel)
+
+
+def instrument(times: dict) -> None:
+    """Wrap VCycleNet's level operations to add their wall time to `times` by component."""
+
+    def wrap(name: str, label):
+        fn = getattr(VCycleNet, name)
+
+        def timed(self, *args, **kwargs):
+            t = time.perf_counter()
+            out = fn(self, *args, **kwargs)
+            times[label(*args)] += time.perf_counter() - t
+            return out
+
+        setattr(VCycleNet, name, timed)
+
+    wrap("_smoother", lambda lv, *a: "smoother (fine)" if _grid(lv) else "smoother (coarse)")
+    wrap("_residual", lambda lv, *a: "residual (fine)" if _grid(lv) else "residual (coarse)")
+    wrap("_restrict_grid", lambda *a: "restriction (fine)")
+    wrap("_prolong_grid", lambda *a: "prolongation (fine)")
+    wrap("_restrict", lambda *a: "restriction (coarse)")
+    wrap("_prolong", lambda *a: "prolongation (coarse)")
+
+
+def triad_bandwidth(n: int = 1 << 25, repeats: int = 7) -> float:
+    from deepcd.kernels.vector import stream_triad
+
+    a, b, c = np.zeros(n), np.ones(n), np.ones(n)
+    stream_triad(a, b, c, 2.0)
+    best = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        stream_triad(a, b, c, 2.0)
+        best.append(time.perf_counter() - t)
+    return 24 * n / statistics.median(best)
+
+
+def fine_bytes(degree: int, smooth: int, dim: int) -> dict:
+    """Bytes per cell of one V-cycle's fine-level passes, by component (see the docstring)."""
+    per_smooth = 12 + 28 + 32 * max(degree - 3, 0) + 36 if degree >= 3 else 12 + 36
+    halved = dim
+    return {
+        "smoother (fine)": 2 * smooth * per_smooth,
+        "residual (fine)": 2 * smooth * 28,
+        "restriction (fine)": 16 * halved + 12,
+        "prolongation (fine)": 12 + 16 * halved,
+    }
+
+
+def profile(name: str, n: int, dim: int, repeats: int, times: dict, bandwidth: float) -> dict:
+    import deepcd
+
+    problem = scene(name, (n,) * dim, seed=0)
+    net, card = load_solver(default_solver(dim))
+    direction = NetworkDirection(net, problem)
+    t = time.perf_counter()
+    direction.prepare()
+    setup_s = time.perf_counter() - t
+    r = np.random.default_rng(0).standard_normal(problem.n)
+    t = time.perf_counter()
+    direction(r)
+    first_s = time.perf_counter() - t
+    times.clear()
+    cycle = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        direction(r)
+        cycle.append(time.perf_counter() - t)
+    per = {k: v / repeats for k, v in times.items()}
+    cycle_s = statistics.median(cycle)
+    per["other (scatter/gather, coarsest solve, conversions)"] = cycle_s - sum(per.values())
+    res = deepcd.solve_result(problem, rtol=1e-6, model=net)
+    loop_s = res.solve_s - res.settings["direction_s"]
+    cells = n**dim
+    floor = {
+        k: b * cells / bandwidth
+        for k, b in fine_bytes(card["config"]["degree"], card["config"]["smooth"], dim).items()
+    }
+    return {
+        "scene": name,
+        "shape": [n] * dim,
+        "unknowns": problem.n,
+        "hierarchy_s": setup_s,
+        "first_application_s": first_s,
+        "vcycle_s": cycle_s,
+        "components_s": per,
+        "floor_s": floor,
+        "dcdm_iterations": res.iterations,
+        "dcdm_solve_s": res.solve_s,
+        "dcdm_network_s": res.settings["direction_s"],
+        "dcdm_loop_s": loop_s,
+        "loop_per_iteration_s": loop_s / max(res.iterations, 1),
+    }
+
+
+def markdown(rows: list[dict], bandwidth: float, command: str) -> str:
+    lines = [
+        "# CPU profile of a DCDM solve",
+        "",
+        f"`{command}` — STREAM triad {bandwidth / 1e9:.1f} GB/s in the same run; fine-level "
+        "floors from the bytes of benchmarks/cpu_profile.py's docstring.",
+        "",
+    ]
+    for r in rows:
+        grid = "×".join(map(str, r["shape"]))
+        lines += [
+            f"## {r['scene']} {grid} ({r['unknowns']:,} unknowns)",
+            "",
+            f"hierarchy (setup) {r['hierarchy_s']:.3f} s; first application "
+            f"{r['first_application_s'] * 1e3:.1f} ms; one V-cycle (median) "
+            f"{r['vcycle_s'] * 1e3:.1f} ms; DCDM {r['dcdm_iterations']} iterations, solve "
+            f"{r['dcdm_solve_s']:.3f} s of which the network {r['dcdm_network_s']:.3f} s and "
+            f"the loop (matvec, orthogonalization, updates) {r['dcdm_loop_s']:.3f} s "
+            f"({r['loop_per_iteration_s'] * 1e3:.1f} ms per iteration).",
+            "",
+            "| component | ms per V-cycle | floor ms | × floor |",
+            "|---|---|---|---|",
+        ]
+        for k, v in sorted(r["components_s"].items(), key=lambda kv: -kv[1]):
+            f = r["floor_s"].get(k)
+            ratio = f"{v / f:.1f}" if f else "—"
+            lines.append(
+                f"| {k} | {v * 1e3:.1f} | {f * 1e3:.2f} | {ratio} |"
+                if f
+                else f"| {k} | {v * 1e3:.1f} | — | — |"
+            )
+        fine_floor = sum(r["floor_s"].values())
+        lines += ["", f"Fine-level floor in all: {fine_floor * 1e3:.1f} ms.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", type=int, action="append", default=[])
+    ap.add_argument("--dim", type=int, default=3)
+    ap.add_argument("--scene", default="smoke-obstacles")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default="bench-out/cpu-profile")
+    args = ap.parse_args()
+    times: dict = collections.defaultdict(float)
+    instrument(times)
+    bandwidth = triad_bandwidth()
+    rows = []
+    for n in args.shape or [64, 128]:
+        rows.append(profile(args.scene, n, args.dim, args.repeats, times, bandwidth))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "components_s"}), flush=True)
+    import sys
+
+    command = "python benchmarks/cpu_profile.py " + " ".join(sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"command": command, "bandwidth_Bps": bandwidth, "environment": environment()}
+    (out / "results.json").write_text(json.dumps({**data, "rows": rows}, indent=1) + "\n")
+    text = markdown(rows, bandwidth, command)
+    (out / "results.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
