@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cg_kernels import triad_bandwidth  # the same STREAM triad (benchmarks/ is on sys.path)
 
 from deepcd.bench.runner import environment
 from deepcd.nn.direction import NetworkDirection
@@ -61,19 +62,6 @@ def instrument(times: dict) -> None:
     wrap("_prolong_grid", lambda *a: "prolongation (fine)")
     wrap("_restrict", lambda *a: "restriction (coarse)")
     wrap("_prolong", lambda *a: "prolongation (coarse)")
-
-
-def triad_bandwidth(n: int = 1 << 25, repeats: int = 7) -> float:
-    from deepcd.kernels.vector import stream_triad
-
-    a, b, c = np.zeros(n), np.ones(n), np.ones(n)
-    stream_triad(a, b, c, 2.0)
-    best = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        stream_triad(a, b, c, 2.0)
-        best.append(time.perf_counter() - t)
-    return 24 * n / statistics.median(best)
 
 
 def fine_bytes(degree: int, smooth: int, dim: int) -> dict:

@@ -81,9 +81,10 @@ def _liquid_params(p: _Params, rng) -> None:
     p.integer("n_droplets", int(rng.integers(3, 8)), lo=0, hi=10_000)
 
 
-def _scene_two_phase(shape, rng, p: _Params) -> SceneData:
+def _liquid_scene(shape, rng, p: _Params):
+    """(φ, velocity) of a liquid scene: the pool's parameters, gravity, a vortex ring and
+    random flow, drawn in that order; finishes the parameters."""
     nd = len(shape)
-    ratio = p.real("ratio", 1000.0, lo=1.0, hi=1e8)
     _liquid_params(p, rng)
     gravity = p.real("gravity", rng.uniform(0.2, 0.6))
     ring = _ring_params(p, rng, nd)
@@ -91,31 +92,28 @@ def _scene_two_phase(shape, rng, p: _Params) -> SceneData:
     p.finish()
     geo_rng, flow_rng = _streams(rng)
     phi = _liquid(shape, geo_rng, p)
+    vel = _ring_velocity(shape, flow_rng, ring, flow)
+    vel.add_uniform(nd - 1, -gravity)
+    return phi, vel
+
+
+def _scene_two_phase(shape, rng, p: _Params) -> SceneData:
+    ratio = p.real("ratio", 1000.0, lo=1.0, hi=1e8)
+    phi, vel = _liquid_scene(shape, rng, p)
     beta = [1.0 / f for f in two_phase_face_density(phi, 1.0, 1.0 / ratio)]
     flags = np.full(shape, FLUID, dtype=np.int8)
     p.used["liquid_cells"] = int(np.count_nonzero(phi < 0))
-    vel = _ring_velocity(shape, flow_rng, ring, flow)
-    vel.add_uniform(nd - 1, -gravity)
-    data = _finish(p, flags, _open_top(nd), vel)
+    data = _finish(p, flags, _open_top(len(shape)), vel)
     return _with(data, Coefficients.validated(shape, beta))
 
 
 def _scene_ghost_splash(shape, rng, p: _Params) -> SceneData:
-    nd = len(shape)
-    _liquid_params(p, rng)
-    gravity = p.real("gravity", rng.uniform(0.2, 0.6))
-    ring = _ring_params(p, rng, nd)
-    flow = (p.real("flow_amplitude", rng.uniform(0.1, 0.3)), 8, 3)
-    p.finish()
-    geo_rng, flow_rng = _streams(rng)
-    phi = _liquid(shape, geo_rng, p)
+    phi, vel = _liquid_scene(shape, rng, p)
     flags = np.where(phi < 0, np.int8(FLUID), np.int8(AIR))
     theta = ghost_fluid_theta(flags, phi)
     beta = [np.ones(s) for s in face_shapes(shape)]
     p.used["min_theta"] = float(min(t.min() for t in theta))
-    vel = _ring_velocity(shape, flow_rng, ring, flow)
-    vel.add_uniform(nd - 1, -gravity)
-    data = _finish(p, flags, _open_top(nd), vel)
+    data = _finish(p, flags, _open_top(len(shape)), vel)
     return _with(data, Coefficients.validated(shape, beta, theta))
 
 
