@@ -51,7 +51,7 @@ import numpy as np
 from deepcd.iterative.krylov import Monitor, finish_result, start_iteration
 from deepcd.iterative.preconditioners import Preconditioner
 from deepcd.iterative.result import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, History, SolveResult
-from deepcd.kernels.vector import dot, residual
+from deepcd.kernels.vector import dcdm_step, dot, residual, subtract_scaled
 from deepcd.operators import Operator
 
 Direction = Callable[[np.ndarray], np.ndarray]
@@ -75,14 +75,23 @@ class _DirectionStore:
         """w -= Σ (wᵀAp_j / p_jᵀAp_j) p_j, and A·w alongside (in place)."""
         for j in range(min(self.count, self.k)):
             coef = dot(aw, self.p[j]) / self.pap[j]
-            w -= coef * self.p[j]
-            aw -= coef * self.ap[j]
+            subtract_scaled(w, aw, coef, self.p[j], self.ap[j])
+
+    def slot(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (p, Ap) buffers the next `push` fills (None when k = 0): a step writes its
+        direction there directly."""
+        if self.k == 0:
+            return None
+        j = self.count % self.k
+        return self.p[j], self.ap[j]
 
     def push(self, p: np.ndarray, ap: np.ndarray, pap: float) -> None:
         if self.k == 0:
             return
         slot = self.count % self.k
-        self.p[slot], self.ap[slot], self.pap[slot] = p, ap, pap
+        if self.p[slot] is not p:  # already written in place by the step (`slot`)
+            self.p[slot], self.ap[slot] = p, ap
+        self.pap[slot] = pap
         self.count += 1
 
     def clear(self) -> None:
@@ -280,9 +289,8 @@ def dcdm(
             if q is not None:
                 conjugated(u, au, q)
                 uau = _usable(u, au, dot(u, u))
-        if uau == 0.0:  # unusable or switched off: no NaN/Inf may leak into the step below
-            u.fill(0.0)
-            au.fill(0.0)
+        # uau == 0 (unusable or switched off): u is not read below (a = 0), so no NaN/Inf
+        # in it can leak into the step
 
         # the classical direction: PCG's, with the SPD network or the safeguard's M
         v = z
@@ -324,7 +332,8 @@ def dcdm(
                 "positive definite (or M is not)",
             )
 
-        ur, vr = dot(u, r), dot(v, r)
+        vr = dot(v, r)
+        ur = dot(u, r) if uau != 0.0 else 0.0
         gain_v = vr * vr / vav
         if source == "network-pcg":
             stats["network_steps"] += 1
@@ -361,12 +370,11 @@ def dcdm(
                     c = (gv - g12 * gu) / det * sv
                 else:
                     a, c = ur / uau, 0.0
-        # p = a u + c v (reuse u's buffer), A p likewise
-        u *= a
-        u += c * v
-        au *= a
-        au += c * av
-        pap = dot(u, au)
+        # p = a u + c v and A p, x += p, r -= A p in one pass; p goes straight into the
+        # direction store's next slot (u's buffer when there is none)
+        slot = store.slot()
+        p_out, ap_out = slot if slot is not None else (u, au)
+        pap, rr, xbr = dcdm_step(x, r, u, au, v, av, a, c, b, p_out, ap_out)
         if not pap > 0.0:
             return done(
                 converged=False,
@@ -374,15 +382,12 @@ def dcdm(
                 iterations=it - 1,
                 message=f"breakdown at iteration {it}: pᵀAp = {pap:.3e}",
             )
-        x += u
-        r -= au
-        store.push(u, au, pap)
+        store.push(p_out, ap_out, pap)
         if it % REFRESH_EVERY == 0:
             rr = residual(b, op.matvec(x), r)
-        else:
-            rr = dot(r, r)
+            xbr = dot(x, b) + dot(x, r)
         hist.append(math.sqrt(rr), time.perf_counter())
-        energy = -0.5 * (dot(x, b) + dot(x, r)) if switch.state != "final" else 0.0
+        energy = -0.5 * xbr if switch.state != "final" else 0.0
         if switch.record(it, math.sqrt(rr), energy) is not None:
             store.clear()  # a new source: PCG restarts with a history of its own
             if switch.state == "probe":

@@ -63,3 +63,38 @@ def stream_triad(a, b, c, scalar):
     """a = b + scalar c: the STREAM triad, used to measure the machine's bandwidth floor."""
     for i in nb.prange(a.size):
         a[i] = b[i] + scalar * c[i]
+
+
+@nb.njit(parallel=True, cache=True)
+def subtract_scaled(w, aw, c, p, ap):
+    """w -= c p; aw -= c Ap (one pass, no temporaries)."""
+    for i in nb.prange(w.size):
+        w[i] -= c * p[i]
+        aw[i] -= c * ap[i]
+
+
+@nb.njit(parallel=True, cache=True)
+def dcdm_step(x, r, u, au, v, av, a, c, b, p, ap):
+    """The step of a conjugate-direction loop in one pass: p = a u + c v and Ap likewise
+    (u, au not read when a == 0), x += p, r -= Ap. Returns (pᵀAp, r·r, x·b + x·r) — the
+    step's curvature, the new residual norm² and −2 × the energy ½xᵀAx − bᵀx."""
+    pap = 0.0
+    rr = 0.0
+    xbr = 0.0
+    use_u = a != 0.0
+    for i in nb.prange(x.size):
+        pi = c * v[i]
+        api = c * av[i]
+        if use_u:
+            pi += a * u[i]
+            api += a * au[i]
+        p[i] = pi
+        ap[i] = api
+        pap += pi * api
+        xi = x[i] + pi
+        ri = r[i] - api
+        x[i] = xi
+        r[i] = ri
+        rr += ri * ri
+        xbr += xi * (b[i] + ri)
+    return pap, rr, xbr
