@@ -429,3 +429,14 @@ def test_local_weights_fast_path_equals_autograd_and_learns(shape):
     with torch.no_grad():
         a, b = plain(r, operator=lap), fresh(r, operator=lap)
     assert float((a - b).norm() / a.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("shape", [(32, 28), (20, 20, 20)])
+def test_cut_cells_around_the_bunny_blob(shape):
+    """The bunny's smooth star-shaped solid with cut-cell face fractions: partly open faces,
+    a solid core, and DCDM within the issue's target of pyamg SA."""
+    problem = scene("cut-cells", shape, seed=2, blob=1)
+    assert problem.params["cut_faces"] > 0 and np.any(problem.flags == SOLID)
+    res = deepcd.solve_result(problem, rtol=1e-6)
+    amg = deepcd.solve_result(problem, method="amg-sa", rtol=1e-6)
+    assert res.converged and res.iterations <= 2 * amg.iterations + 10

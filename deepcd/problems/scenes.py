@@ -657,6 +657,25 @@ def _chebyshev(order: int, t: np.ndarray) -> np.ndarray:
     return cur if order >= 1 else prev
 
 
+def star_blob(center, radius: float, harmonics: list[dict]):
+    """The bunny's solid as a function of coordinates (a list of broadcastable 1D arrays,
+    cell units) → bool, True inside: |x − c| ≤ R (1 + Σ_j a_j T_{l_j}(d · e_j))."""
+
+    def blob(coords: list) -> np.ndarray:
+        r, r2 = _offsets(coords, center)
+        rho = np.sqrt(r2, out=r2)
+        inv = F32(1.0) / np.maximum(rho, F32(1e-6))
+        reach = np.ones_like(rho)
+        for h in harmonics:
+            t = _dot(r, h["axis"])
+            t *= inv
+            reach += F32(h["amplitude"]) * _chebyshev(h["order"], t)
+        reach *= F32(radius)
+        return rho <= reach
+
+    return blob
+
+
 def _scene_bunny(shape, rng, p: _Params) -> SceneData:
     """A smooth random star-shaped SOLID blob in a wind tunnel.
 
@@ -692,18 +711,7 @@ def _scene_bunny(shape, rng, p: _Params) -> SceneData:
         for w in weights
     ]
 
-    def blob(coords: list) -> np.ndarray:
-        r, r2 = _offsets(coords, center)
-        rho = np.sqrt(r2, out=r2)
-        inv = F32(1.0) / np.maximum(rho, F32(1e-6))
-        reach = np.ones_like(rho)
-        for h in harmonics:
-            t = _dot(r, h["axis"])
-            t *= inv
-            reach += F32(h["amplitude"]) * _chebyshev(h["order"], t)
-        reach *= F32(radius)
-        return rho <= reach
-
+    blob = star_blob(center, radius, harmonics)
     flags = np.zeros(shape, np.int8)
     _stamp(flags, blob, center, radius * (1.0 + rough) + 1.0)
     boundary = [SOLID] * (2 * ndim)

@@ -12,9 +12,10 @@ and gravity, every parameter recorded. Each scene also returns its `Coefficients
     cell centres (from φ) — the variable-density discretization of Kang, Fedkiw & Liu (2000).
   * `ghost-splash`: the liquid alone (FLUID where φ < 0, AIR elsewhere) with the ghost-fluid
     free surface: θ = φ_c/(φ_c − φ_air) on every FLUID–AIR face (Gibou et al. 2002).
-  * `cut-cells`: open box with smooth solid balls (spheres/discs); faces carry the open
-    fraction of their area outside the solids (sub-sampled `samples`² points per face; the
-    variational pressure of Batty, Bertails & Bridson 2007); cells wholly inside are SOLID.
+  * `cut-cells`: open box with smooth solid balls (spheres/discs), or with `blob=1` the
+    bunny's smooth star-shaped solid; faces carry the open fraction of their area outside the
+    solid (sub-sampled `samples`² points per face; the variational pressure of Batty,
+    Bertails & Bridson 2007); cells wholly inside are SOLID.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from deepcd.problems.coefficients import (
 )
 from deepcd.problems.flags import AIR, FLUID, SOLID
 from deepcd.problems.mac import face_shapes
-from deepcd.problems.scenes import SceneData, _finish, _open_top, _Params, _ring_params
+from deepcd.problems.scenes import (
+    SceneData,
+    _finish,
+    _open_top,
+    _Params,
+    _ring_params,
+    star_blob,
+)
 from deepcd.problems.scenes_hard import _axis_coords, _ring_velocity, _streams
 
 __all__ = ["BUILDERS", "MIN_SIZE"]
@@ -117,9 +125,9 @@ def _scene_ghost_splash(shape, rng, p: _Params) -> SceneData:
     return _with(data, Coefficients.validated(shape, beta, theta))
 
 
-def _open_fractions(shape, balls, samples: int) -> list[np.ndarray]:
-    """Per axis, the fraction of each face's area outside every ball (samples² points on a
-    face in 3D, samples in 2D)."""
+def _open_fractions(shape, solid, samples: int) -> list[np.ndarray]:
+    """Per axis, the fraction of each face's area outside the solid (`solid(coords)` → bool
+    at points; samples² points on a face in 3D, samples in 2D)."""
     nd = len(shape)
     offsets = (np.arange(samples) + 0.5) / samples
     out = []
@@ -134,41 +142,62 @@ def _open_fractions(shape, balls, samples: int) -> list[np.ndarray]:
             for d in range(nd):
                 shift = 0.0 if d == a else point[others.index(d)]
                 x.append((coords[d] + shift).reshape([-1 if e == d else 1 for e in range(nd)]))
-            inside = np.zeros(fs, dtype=bool)
-            for c, r in balls:
-                inside |= sum((xd - cd) ** 2 for xd, cd in zip(x, c, strict=True)) < r * r
-            total += ~inside
+            total += ~np.broadcast_to(solid(x), fs)
         out.append(total / samples ** (nd - 1))
     return out
+
+
+def _balls(balls):
+    def inside(x: list) -> np.ndarray:
+        out = False
+        for c, r in balls:
+            out = out | (sum((xd - cd) ** 2 for xd, cd in zip(x, c, strict=True)) < r * r)
+        return out
+
+    return inside
 
 
 def _scene_cut_cells(shape, rng, p: _Params) -> SceneData:
     nd = len(shape)
     n_balls = p.integer("n_balls", int(rng.integers(1, 4)), lo=1, hi=1000)
     samples = p.integer("samples", 4, lo=1, hi=16)
+    blob = p.integer("blob", 0, lo=0, hi=1)  # 1: the bunny's star-shaped solid, not balls
     ring = _ring_params(p, rng, nd)
     flow = (p.real("flow_amplitude", rng.uniform(0.3, 0.8)), 8, 3)
     p.finish()
     geo_rng, flow_rng = _streams(rng)
     m = min(shape)
-    balls = []
-    for _ in range(n_balls):
-        r = geo_rng.uniform(0.1, 0.22) * m
-        c = [geo_rng.uniform(r + 1.0, n - r - 1.0) for n in shape]
-        balls.append((c, r))
-    open_frac = _open_fractions(shape, balls, samples)
-    # a cell is SOLID when its centre is inside a ball and every one of its faces is closed
-    x = _centres(shape)
-    inside = np.zeros(shape, dtype=bool)
-    for c, r in balls:
-        inside |= sum((xd - cd) ** 2 for xd, cd in zip(x, c, strict=True)) < r * r
-    closed = inside.copy()
+    if blob:
+        center = [0.5 * n + geo_rng.uniform(-0.05, 0.05) * n for n in shape]
+        harmonics = [
+            {
+                "order": int(geo_rng.integers(2, 6)),
+                "amplitude": float(geo_rng.uniform(0.05, 0.1) * geo_rng.choice([-1, 1])),
+                "axis": [float(v) for v in geo_rng.standard_normal(nd) / 1.0],
+            }
+            for _ in range(4)
+        ]
+        for h in harmonics:
+            norm = float(np.linalg.norm(h["axis"])) or 1.0
+            h["axis"] = [v / norm for v in h["axis"]]
+        solid = star_blob(center, 0.25 * m, harmonics)
+        p.used["blob_harmonics"] = harmonics
+    else:
+        balls = []
+        for _ in range(n_balls):
+            r = geo_rng.uniform(0.1, 0.22) * m
+            c = [geo_rng.uniform(r + 1.0, n - r - 1.0) for n in shape]
+            balls.append((c, r))
+        solid = _balls(balls)
+        p.used["balls"] = [{"center": [float(v) for v in c], "radius": float(r)} for c, r in balls]
+    open_frac = _open_fractions(shape, solid, samples)
+    # a cell is SOLID when its centre is inside the solid and every one of its faces is closed
+    closed = np.broadcast_to(solid(_centres(shape)), shape).copy()
     for a in range(nd):
         f = open_frac[a]
         closed &= np.take(f, np.arange(shape[a]), axis=a) == 0
         closed &= np.take(f, np.arange(1, shape[a] + 1), axis=a) == 0
     flags = np.where(closed, np.int8(SOLID), np.int8(FLUID))
-    p.used["balls"] = [{"center": [float(v) for v in c], "radius": float(r)} for c, r in balls]
     p.used["cut_faces"] = int(sum(np.count_nonzero((f > 0) & (f < 1)) for f in open_frac))
     vel = _ring_velocity(shape, flow_rng, ring, flow)
     for a in range(nd):  # the flux through each face is its open part's
