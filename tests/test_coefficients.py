@@ -266,7 +266,12 @@ def test_weighted_galerkin_levels_and_strong_components(shape):
     lap = GridLaplacian.from_problem(problem, dtype=torch.float64)
     plan = coarsening_plan(shape, 2)
     h = build_hierarchy(
-        torch.as_tensor(flags)[None], problem.boundary, plan, dtype=torch.float64, operator=lap
+        torch.as_tensor(flags)[None],
+        problem.boundary,
+        plan,
+        dtype=torch.float64,
+        operator=lap,
+        merge_below=0,  # the block components alone (merging: tests/test_nn_vcycle.py)
     )
     A = grid_matrix(problem)
     keep = np.flatnonzero(A.diagonal() > 0)

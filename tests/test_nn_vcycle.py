@@ -55,7 +55,8 @@ def test_galerkin_levels_equal_scipy_products(shape, boundary):
     problem = random_problem(shape, seed=len(shape), boundary=boundary)
     flags = torch.tensor(problem.flags)[None]
     plan = coarsening_plan(shape, 2)
-    h = build_hierarchy(flags, problem.boundary, plan, dtype=torch.float64)
+    # the block components alone (the merging of one-node components is tested below)
+    h = build_hierarchy(flags, problem.boundary, plan, dtype=torch.float64, merge_below=0)
     A = grid_matrix(problem)
     keep = np.flatnonzero(A.diagonal() > 0)
     A = A[keep][:, keep].tocsr()
@@ -82,6 +83,39 @@ def test_galerkin_levels_equal_scipy_products(shape, boundary):
         coords = np.array([c0[labels == alive[perm][i]][0] for i in range(coarse.n)])
     # every level is symmetric positive semidefinite
     assert np.linalg.eigvalsh(A.toarray()).min() > -1e-10
+
+
+@pytest.mark.parametrize("shape", [(13, 11, 9), (29, 23)])
+def test_one_node_components_merge_along_links_and_galerkin_stays_exact(shape):
+    """With MERGE_BELOW = 2 a one-node block component joins a neighbour's across blocks:
+    every aggregate stays connected through A's links (so never across a wall), none of one
+    node is left that has a link, and each coarse level is still exactly ½ P₀ᵀ A P₀."""
+    problem = random_problem(shape, seed=5, boundary=AIR)
+    plan = coarsening_plan(shape, 2)
+    h = build_hierarchy(
+        torch.tensor(problem.flags)[None], problem.boundary, plan, dtype=torch.float64
+    )
+    A = grid_matrix(problem)
+    keep = np.flatnonzero(A.diagonal() > 0)
+    A = A[keep][:, keep].tocsr()
+    rng = np.random.default_rng(1)
+    for fine, coarse in zip(h.levels[:-1], h.levels[1:], strict=False):
+        agg = fine.agg.numpy()
+        on = agg >= 0
+        P = sp.csr_matrix(
+            (np.ones(on.sum()), (np.flatnonzero(on), agg[on])), shape=(len(agg), coarse.n)
+        )
+        x = rng.standard_normal(coarse.n)
+        got = coarse.apply(torch.as_tensor(x)[:, None])[:, 0].numpy()
+        np.testing.assert_allclose(got, 0.5 * (P.T @ A @ P) @ x, atol=1e-12)
+        links = (A - sp.diags(A.diagonal())).tocsr()
+        for c in range(coarse.n):
+            members = np.flatnonzero(agg == c)
+            sub = links[members][:, members]
+            assert connected_components(sub, directed=False)[0] == 1
+            if len(members) == 1:
+                assert links[members[0]].nnz == 0 or np.all(agg[links[members[0]].indices] < 0)
+        A = (0.5 * (P.T @ A @ P)).tocsr()
 
 
 @pytest.mark.parametrize("shape", [(16, 12, 10), (32, 20)])

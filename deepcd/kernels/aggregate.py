@@ -99,7 +99,18 @@ def _find(parent, i):
 
 @nb.njit(cache=True)
 def aggregate(
-    coords, d, indptr, indices, weight, axis, halved, coarse_shape, scale, pairwise, strength
+    coords,
+    d,
+    indptr,
+    indices,
+    weight,
+    axis,
+    halved,
+    coarse_shape,
+    scale,
+    pairwise,
+    strength,
+    merge_below=0,
 ):
     """One coarsening: components of the nodes inside each block, and their Galerkin level.
 
@@ -149,6 +160,31 @@ def aggregate(
                 strong = weight[p] >= strength * max(wmax[i], wmax[j])
                 if j > i and block[j] == block[i] and strong:
                     ri, rj = _find(parent, i), _find(parent, j)
+                    if ri != rj:
+                        if ri < rj:
+                            parent[rj] = ri
+                        else:
+                            parent[ri] = rj
+        if merge_below > 1:
+            # a component smaller than merge_below (a corridor's corner cut off by the block
+            # grid) joins the component its strongest strong link leads to, across blocks
+            size = np.zeros(n, dtype=np.int64)
+            for i in range(n):
+                size[_find(parent, i)] += 1
+            best_w = np.zeros(n)
+            best_j = np.full(n, -1, dtype=np.int64)
+            for i in range(n):
+                ri = _find(parent, i)
+                if size[ri] >= merge_below:
+                    continue
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    strong = weight[p] >= strength * max(wmax[i], wmax[j])
+                    if strong and _find(parent, j) != ri and weight[p] > best_w[ri]:
+                        best_w[ri], best_j[ri] = weight[p], j
+            for r in range(n):
+                if best_j[r] >= 0 and parent[r] == r:
+                    ri, rj = _find(parent, r), _find(parent, best_j[r])
                     if ri != rj:
                         if ri < rj:
                             parent[rj] = ri
