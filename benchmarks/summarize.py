@@ -9,7 +9,7 @@ Solvers appear in the order below (others after them); a case is (scene, scene p
 grid). A run that did not converge shows its iteration cap and final true relative residual.
 "vs best classical" is the fastest converged classical solver's total time (MIC(0), pyamg,
 CG) over DCDM's; "trained vs untrained" (where dcdm-untrained ran) is the untrained network's
-iterations over the shipped one's.
+iterations over the shipped one's, then its total time over the shipped one's.
 """
 
 from __future__ import annotations
@@ -59,12 +59,16 @@ def main(root: Path) -> str:
         if trained:
             u = runs.get("dcdm-untrained")
             ok = d and u and d["converged"] and u["converged"]
-            line.append(f"{u['iterations'] / d['iterations']:.2f}×" if ok else "—")
+            line.append(
+                f"{u['iterations'] / d['iterations']:.2f}× / {u['total_s'] / d['total_s']:.2f}×"
+                if ok
+                else "—"
+            )
         rows.append(line)
     head = ["scene"] + (["parameters"] if with_params else []) + ["grid", *order]
     head.append("DCDM vs best classical")
     if trained:
-        head.append("trained vs untrained (iterations)")
+        head.append("trained vs untrained (iterations / time)")
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     text = "\n".join(out) + "\n"

@@ -639,7 +639,9 @@ def solve_result(
 ) -> SolveResult:
     """Like `solve`, but return the full `SolveResult` (history, timings, settings)."""
     from deepcd import threads as _threads
+    from deepcd.kernels.jit import compile_seconds
 
+    jit_before = compile_seconds()
     with _threads.limited(threads) as n_threads:
         result = _solve_result(
             A,
@@ -656,6 +658,8 @@ def solve_result(
             **options,
         )
     result.settings["threads"] = n_threads
+    # numba compilation this solve paid (a fresh machine's first solve; 0 once cached)
+    result.settings["jit_compile_s"] = compile_seconds() - jit_before
     return result
 
 

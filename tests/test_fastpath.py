@@ -78,3 +78,25 @@ def test_a_second_solve_on_the_same_grid_pays_no_setup():
     assert again.settings["hierarchy_cached"] and again.iterations == first.iterations
     other = deepcd.solve_result(random_problem((20, 20, 20), seed=9, boundary=AIR), rtol=1e-6)
     assert not other.settings["hierarchy_cached"]  # another grid: its own levels
+    assert again.settings["jit_compile_s"] == 0.0  # nothing left to compile
+
+
+def test_compile_clock_counts_a_compilation_once():
+    import numba as nb
+
+    from deepcd.kernels.jit import compile_seconds
+
+    @nb.njit
+    def inner(x):
+        return x.sum()
+
+    @nb.njit
+    def outer(x):
+        return inner(x) + 1.0
+
+    before = compile_seconds()
+    outer(np.ones(3))
+    spent = compile_seconds() - before
+    assert spent > 0
+    outer(np.ones(3))  # compiled: the clock stands still
+    assert compile_seconds() - before == spent

@@ -43,7 +43,12 @@ import numpy as np
 from deepcd.api import solve_result
 from deepcd.iterative.nullspace import SingularSystemWarning
 from deepcd.iterative.result import SolveResult
-from deepcd.problems.coefficients import Coefficients, face_average, ghost_fluid_theta
+from deepcd.problems.coefficients import (
+    Coefficients,
+    face_average,
+    ghost_fluid_theta,
+    require_in_range,
+)
 from deepcd.problems.flags import AIR, FLUID, SOLID, normalize_boundary, validate_flags
 from deepcd.problems.mac import _along, check_faces, divergence, face_shapes, solid_face_masks
 from deepcd.problems.problem import Problem
@@ -121,13 +126,7 @@ def _check_fraction(fraction, shape: tuple[int, ...]) -> tuple[np.ndarray, ...] 
     out = []
     for a, f in enumerate(faces):
         f = np.array(f, dtype=np.float64, copy=True)
-        bad = (f < 0) | (f > 1)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"solid_fraction[{a}] (open fraction of each face) must lie in [0, 1]; "
-                f"{int(bad.sum())} faces do not (first at {first}: {f[first]:g})"
-            )
+        require_in_range(f"solid_fraction[{a}] (open fraction of each face)", f, 0, 1, open_lo=True)
         f.flags.writeable = False
         out.append(f)
     return tuple(out)

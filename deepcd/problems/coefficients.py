@@ -46,6 +46,7 @@ __all__ = [
     "face_average",
     "ghost_fluid_theta",
     "liquid_face_fraction",
+    "require_in_range",
     "stencil_csr",
     "stencil_of_csr",
     "two_phase_face_density",
@@ -74,17 +75,23 @@ def _faces(name: str, arrays, shape: tuple[int, ...], lo: float, hi: float, *, o
         arr = np.ascontiguousarray(arr, dtype=np.float64)
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name}[{a}] contains NaN or Inf")
-        bad = (arr < lo) | (arr > hi) if open_lo else (arr <= lo) | (arr > hi)
-        if bad.any():
-            interval = f"[{lo}, {hi}]" if open_lo else f"({lo}, {hi}]"
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{name}[{a}] must lie in {interval}; {int(bad.sum())} faces do not "
-                f"(first at face {first}: {arr[first]:g})"
-            )
+        require_in_range(f"{name}[{a}]", arr, lo, hi, open_lo=open_lo)
         arr.flags.writeable = False
         out.append(arr)
     return tuple(out)
+
+
+def require_in_range(label: str, arr: np.ndarray, lo: float, hi: float, *, open_lo: bool) -> None:
+    """Raise a ValueError naming `label` unless every face value lies in [lo, hi] ((lo, hi]
+    when not open_lo), with the count of offending faces and the first one."""
+    bad = (arr < lo) | (arr > hi) if open_lo else (arr <= lo) | (arr > hi)
+    if bad.any():
+        interval = f"[{lo:g}, {hi:g}]" if open_lo else f"({lo:g}, {hi:g}]"
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{label} must lie in {interval}; {int(bad.sum())} faces do not "
+            f"(first at face {first}: {arr[first]:g})"
+        )
 
 
 @dataclass(frozen=True, eq=False)
