@@ -37,3 +37,5 @@ $deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --
 ./benchmarks/hard_geometry.sh
 # 10. Variable coefficients: two-phase ratios 1-10^4, ghost-fluid surface, cut cells (same sizes).
 ./benchmarks/variable_coefficient.sh
+# 11. Where a DCDM solve spends its time (V-cycle components against their bandwidth floor).
+.venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 128 --shape 256 --out benchmarks/cpu-profile
