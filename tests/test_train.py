@@ -373,16 +373,16 @@ def test_checkpoints_by_default_and_always_at_the_end(dataset, tmp_path, monitor
 
 @pytest.fixture
 def monitor_checkpoints(monkeypatch):
-    import deepcd.nn.train as tr
+    import deepcd.nn.train.checkpoints as ckpt  # the loop calls ckpt.save_checkpoint
 
     steps: list[int] = []
-    real = tr.save_checkpoint
+    real = ckpt.save_checkpoint
 
     def spy(out, net, optimizer, scheduler, record):
         steps.append(record["step"])
         return real(out, net, optimizer, scheduler, record)
 
-    monkeypatch.setattr(tr, "save_checkpoint", spy)
+    monkeypatch.setattr(ckpt, "save_checkpoint", spy)
     return steps
 
 
