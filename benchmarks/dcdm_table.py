@@ -6,7 +6,8 @@ One row per (scene, grid): iterations / total seconds (setup + solve) of DCDM, C
 pyamg SA and RS as CG preconditioners and Newton with an AMG Hessian, then DCDM's speed-up
 over CG and over the fastest non-DCDM solver that converged (ratios within one run). With
 --before REV, a first column "DCDM at REV" holds DCDM's result from the same folder's
-results.json as committed at git revision REV (an earlier run, for the old-beside-new view).
+results.json as committed at git revision REV (an earlier run, for the old-beside-new view),
+with its speed-up over CG in that run: runs on different machines compare by that ratio only.
 """
 
 from __future__ import annotations
@@ -34,26 +35,34 @@ def _cases(runs: list[dict]) -> dict[tuple, dict]:
     return cases
 
 
-def _runs_at(rev: str, path: Path) -> list[dict]:
+def _results_at(rev: str, path: Path) -> dict:
     text = subprocess.run(
         ["git", "show", f"{rev}:{path.as_posix()}"], check=True, capture_output=True, text=True
     ).stdout
-    return json.loads(text)["runs"]
+    return json.loads(text)
+
+
+def _cpu(results: dict) -> str:
+    return results["meta"].get("environment", {}).get("processor", "?")
 
 
 def table(dirs: list[Path], before: str | None = None) -> str:
-    head = ["scene", "grid", *(label for _, label in COLUMNS), "DCDM vs CG", "vs best other"]
-    if before:
-        head.insert(2, f"DCDM at {before}")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    labels = [label for _, label in COLUMNS]
+    lines, cpus, old_cpus = [], set(), set()
     for d in dirs:
-        cases = _cases(json.loads((d / "results.json").read_text())["runs"])
-        old = _cases(_runs_at(before, d / "results.json")) if before else {}
-        for (scene, grid), by in cases.items():
+        new = json.loads((d / "results.json").read_text())
+        cpus.add(_cpu(new))
+        old = {}
+        if before:
+            was = _results_at(before, d / "results.json")
+            old_cpus.add(_cpu(was))
+            old = _cases(was["runs"])
+        for (scene, grid), by in _cases(new["runs"]).items():
             cells = []
             if before:
-                r = old.get((scene, grid), {}).get("dcdm")
-                cells.append(f"{r['iterations']} / {r['total_s']:.2f} s" if r else "—")
+                r, c = (old.get((scene, grid), {}).get(k) for k in ("dcdm", "cg"))
+                ratio = f", {c['total_s'] / r['total_s']:.2f}× CG" if r and c else ""
+                cells.append(f"{r['iterations']} / {r['total_s']:.2f} s{ratio}" if r else "—")
             for name, _ in COLUMNS:
                 r = by.get(name)
                 if r is None:
@@ -70,7 +79,11 @@ def table(dirs: list[Path], before: str | None = None) -> str:
             lines.append(
                 f"| {scene} | {grid} | " + " | ".join(cells) + f" | {vs_cg:.2f}× | {best:.2f}× |"
             )
-    return "\n".join(lines)
+    head = ["scene", "grid", *labels, "DCDM vs CG", "vs best other"]
+    if before:
+        head.insert(2, f"DCDM at {before} ({', '.join(sorted(old_cpus))})")
+        head[3] = f"DCDM ({', '.join(sorted(cpus))})"
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines])
 
 
 if __name__ == "__main__":
