@@ -61,6 +61,7 @@ def cmd_bench(args) -> int:
         scratch=out / "scratch",
         progress=not args.no_progress,
         params=_params(args.param),
+        nprocs=args.np,
     )
     meta = {
         "command": command,
@@ -324,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--isolate",
         action="store_true",
         help="run each solver in a fresh process (per-run peak memory)",
+    )
+    b.add_argument(
+        "--np",
+        type=int,
+        default=1,
+        help="MPI processes of the PETSc peers petsc-hypre, petsc-gamg, petsc-deepcd "
+        "(run under mpiexec; needs ./scripts/bootstrap.sh --petsc)",
     )
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=cmd_bench)

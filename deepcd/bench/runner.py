@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcd._version import __version__
-from deepcd.bench.solvers import SOLVERS, needs_csr, run_solver
+from deepcd.bench.solvers import SOLVERS, is_peer, needs_csr, run_solver
 from deepcd.hardware import cpu_name
 from deepcd.problems import load_problem, save_problem, scene
 from deepcd.problems.problem import Problem
@@ -48,8 +48,10 @@ def run_one(
     maxiter: int | None,
     progress: bool = False,
     assembly_s: float = 0.0,
+    nprocs: int = 1,
 ) -> dict:
-    """Run one solver on one problem and return its record."""
+    """Run one solver on one problem and return its record (peak_rss_mb: of this process,
+    or of the largest rank for a PETSc peer)."""
     monitor = bar = None
     if bars_enabled(progress):
         from tqdm.auto import tqdm
@@ -57,7 +59,7 @@ def run_one(
         bar = tqdm(total=100, desc=f"  {name}", unit="%", leave=False)
         monitor = _progress_monitor(bar, float(np.linalg.norm(problem.b)), rtol)
     try:
-        res = run_solver(name, problem, rtol=rtol, maxiter=maxiter, monitor=monitor)
+        res = run_solver(name, problem, rtol=rtol, maxiter=maxiter, monitor=monitor, nprocs=nprocs)
     finally:
         if bar is not None:
             bar.close()
@@ -81,7 +83,8 @@ def run_one(
         "settings": _jsonable(res.settings),
         "message": res.message,
         "csr_assembly_s": assembly_s if needs_csr(name) else 0.0,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": max(res.settings.get("peak_rss_mb_per_rank") or [peak_rss_mb()]),
+        "np": int(res.settings.get("np", 1)),
     }
 
 
@@ -93,6 +96,8 @@ def warm_up(solvers: list[str], ndim: int) -> None:
     pyamg's first calls) are not timed as part of the first real run."""
     tiny = scene("poisson-box", (8,) * ndim, seed=0)
     for name in solvers:
+        if is_peer(name):  # they warm up in their own processes
+            continue
         run_solver(name, tiny, rtol=1e-6, maxiter=None)
     # the V-cycle's levels run serial kernel copies below SERIAL_BELOW unknowns and parallel
     # ones above: a grid with walls, big enough for both, and a small one with coefficients
@@ -111,7 +116,7 @@ def _jsonable(d: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
 
-def _run_isolated(path: str, name: str, rtol: float, maxiter: int | None) -> dict:
+def _run_isolated(path: str, name: str, rtol: float, maxiter: int | None, nprocs: int = 1) -> dict:
     """Child-process entry: load the problem file, assemble if needed, run, report."""
     problem = load_problem(path)
     warm_up([name], problem.ndim)
@@ -120,7 +125,7 @@ def _run_isolated(path: str, name: str, rtol: float, maxiter: int | None) -> dic
         t = time.perf_counter()
         problem.A  # noqa: B018 - assemble now so the time is measured separately
         assembly_s = time.perf_counter() - t
-    return run_one(name, problem, rtol=rtol, maxiter=maxiter, assembly_s=assembly_s)
+    return run_one(name, problem, rtol=rtol, maxiter=maxiter, assembly_s=assembly_s, nprocs=nprocs)
 
 
 def environment() -> dict:
@@ -161,11 +166,14 @@ def run_benchmark(
     progress: bool = True,
     log=print,
     params: dict | None = None,
+    nprocs: int = 1,
 ) -> tuple[list[dict], list[dict]]:
     """Run every solver on every (scene, shape). Returns (runs, problems).
 
     params: scene parameters given to every scene (e.g. {"ratio": 1000.0} for two-phase),
     recorded in each problem and run.
+
+    nprocs: MPI processes of the PETSc peers (`deepcd.bench.peers`).
 
     isolate: each solver runs in a fresh process that loads the problem from an HDF5 file in
     `scratch`, so `peak_rss_mb` is that run's own peak (problem + solver), not the suite's.
@@ -215,7 +223,9 @@ def run_benchmark(
                 if isolate:
                     ctx = mp.get_context("spawn")
                     with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                        rec = pool.submit(_run_isolated, str(path), solver, rtol, maxiter).result()
+                        rec = pool.submit(
+                            _run_isolated, str(path), solver, rtol, maxiter, nprocs
+                        ).result()
                     rec["isolated"] = True
                 else:
                     rec = run_one(
@@ -225,6 +235,7 @@ def run_benchmark(
                         maxiter=maxiter,
                         progress=progress,
                         assembly_s=info.get("csr_assembly_s", 0.0),
+                        nprocs=nprocs,
                     )
                     rec["isolated"] = False
                 rec["params"] = dict(params or {})

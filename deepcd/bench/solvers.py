@@ -36,6 +36,12 @@ SOLVERS: dict[str, tuple[str, dict]] = {
     "newton-jacobi": ("newton", {"hessian": "jacobi"}),
     "newton-ic0": ("newton", {"hessian": "ic0"}),
     "newton-amg": ("newton", {"hessian": "amg-sa"}),
+    # PETSc peers (`deepcd.bench.peers`): CG on PETSc's assembled flag Laplacian under mpiexec
+    # with `--np` processes — hypre BoomerAMG tuned for 3D Poisson, PETSc's smoothed
+    # aggregation, and deepcd's V-cycle as a PETSc preconditioner (`deepcd.petsc`)
+    "petsc-hypre": ("petsc", {"pc": "hypre"}),
+    "petsc-gamg": ("petsc", {"pc": "gamg"}),
+    "petsc-deepcd": ("petsc", {"pc": "deepcd"}),
 }
 REFERENCE_SOLVERS = ("scipy-cg",)  # measured for comparison, not deepcd methods
 DEFAULT_SOLVERS = ("dcdm", "cg", "ic0", "mic0", "amg-sa", "amg-rs", "newton-amg")
@@ -60,8 +66,14 @@ _STENCIL_METHODS = ("cg", "jacobi", "dcdm", "mgpcg")
 
 
 def needs_csr(name: str) -> bool:
-    """Whether the solver works on the assembled matrix (else the matrix-free stencil)."""
-    return SOLVERS.get(name, ("",))[0] not in _STENCIL_METHODS
+    """Whether the solver works on the assembled matrix (else the matrix-free stencil; the
+    PETSc peers assemble their own, timed in their settings)."""
+    return SOLVERS.get(name, ("",))[0] not in (*_STENCIL_METHODS, "petsc")
+
+
+def is_peer(name: str) -> bool:
+    """Whether `name` runs in PETSc under mpiexec (and takes `nprocs`)."""
+    return SOLVERS.get(name, ("",))[0] == "petsc"
 
 
 def run_solver(
@@ -71,13 +83,20 @@ def run_solver(
     rtol: float,
     maxiter: int | None,
     monitor: Monitor | None = None,
+    nprocs: int = 1,
 ) -> SolveResult:
-    """Run catalogue solver `name` on `problem` from x0 = 0."""
+    """Run catalogue solver `name` on `problem` from x0 = 0 (`nprocs`: MPI processes of a
+    PETSc peer; the other solvers run in this process)."""
     if name == "scipy-cg":
         return _scipy_cg(problem, rtol=rtol, maxiter=maxiter, monitor=monitor)
     if name not in SOLVERS:
         raise ValueError(f"unknown solver {name!r}; choose from {', '.join(solver_names())}")
     method, options = SOLVERS[name]
+    if method == "petsc":
+        from deepcd.bench.peers import PEERS, run_peer
+
+        assert PEERS[name] == options["pc"]
+        return run_peer(name, problem, rtol=rtol, maxiter=maxiter, nprocs=nprocs)
     options = {k: (v(problem.ndim) if callable(v) else v) for k, v in options.items()}
     result = solve_result(
         problem, rtol=rtol, maxiter=maxiter, method=method, monitor=monitor, **options

@@ -111,6 +111,7 @@ def aggregate(
     pairwise,
     strength,
     merge_below=0,
+    wmax_in=None,
 ):
     """One coarsening: components of the nodes inside each block, and their Galerkin level.
 
@@ -121,6 +122,9 @@ def aggregate(
     pairwise: once the grid is one cell (a maze's coarse levels can still hold thousands of
     unknowns), aggregate each node with its most strongly linked unaggregated neighbour
     instead (greedy matching on the graph: at most two nodes per aggregate, both linked).
+    wmax_in: each node's largest link weight when the CSR does not hold all its links (a
+    rank's block in `deepcd.petsc`, whose links to other ranks are not in it); None: from the
+    CSR.
     Returns agg (n,) int64 (coarse node of each node, -1 when its component has no coarse
     unknown), and the coarse level's coords, d, indptr, indices, weight, axis as `grid_graph`.
     """
@@ -128,10 +132,13 @@ def aggregate(
     cx, cy, cz = coarse_shape[0], coarse_shape[1], coarse_shape[2]
     block = np.zeros(n, dtype=np.int64)
     parent = np.arange(n)
-    wmax = np.zeros(n)
-    for i in range(n):
-        for p in range(indptr[i], indptr[i + 1]):
-            wmax[i] = max(wmax[i], weight[p])
+    if wmax_in is None:
+        wmax = np.zeros(n)
+        for i in range(n):
+            for p in range(indptr[i], indptr[i + 1]):
+                wmax[i] = max(wmax[i], weight[p])
+    else:
+        wmax = wmax_in
     if pairwise:
         taken = np.zeros(n, dtype=np.bool_)
         for i in range(n):  # nodes before i are all taken: a partner j is always > i

@@ -11,6 +11,8 @@ b_{k+1}, b_{k+2}, h, e and the links and writes b_k: no running sum, no separate
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from numpy.polynomial import chebyshev as C
@@ -80,10 +82,18 @@ def normalized_graph(level, scale, dt: np.dtype):
 
 
 def smooth(
-    step, b_shape, h: np.ndarray, beta: np.ndarray, s: np.ndarray, operator_args
+    step,
+    b_shape,
+    h: np.ndarray,
+    beta: np.ndarray,
+    s: np.ndarray,
+    operator_args,
+    exchange: Callable[[np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """s·Σ_k β_k T_k(I − Â) h by Clenshaw with `step` (a Clenshaw kernel taking
-    (b1, b2, h, *operator_args, beta, two, use_b2, s, use_s, out))."""
+    (b1, b2, h, *operator_args, beta, two, use_b2, s, use_s, out)). `exchange(b)`, when
+    given, refreshes the neighbour copies (halo) of b in place before each step reads them
+    (`deepcd.petsc`: the arrays are a rank's block with its ghost layer)."""
     m = len(beta)
     dt = h.dtype
     if m == 1:
@@ -93,8 +103,12 @@ def smooth(
     out = np.empty(b_shape, dtype=dt)
     use_b2 = False
     for k in range(m - 2, 0, -1):
+        if exchange is not None:
+            exchange(b1)
         step(b1, b2, h, *operator_args, float(beta[k]), 2.0, use_b2, s, False, out)
         b2, b1, out = b1, out, b2
         use_b2 = True
+    if exchange is not None:
+        exchange(b1)
     step(b1, b2, h, *operator_args, float(beta[0]), 1.0, use_b2, s, True, out)
     return out

@@ -242,10 +242,27 @@ def _host_levels(
 ) -> list[dict]:
     """The graph levels of one flag field, as numpy arrays (see `GraphLevel.host`)."""
     node, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
-    levels = [
-        dict(node=node, coords=coords, d=d, indptr=indptr, indices=indices, w=weight, axis=axis)
-    ]
+    level0 = dict(
+        node=node, coords=coords, d=d, indptr=indptr, indices=indices, w=weight, axis=axis
+    )
     shape = np.array(diag.shape, dtype=np.int64)
+    return coarsen([level0], shape, plan3, scale, strength, merge_below)
+
+
+def coarsen(
+    levels: list[dict],
+    shape: np.ndarray,
+    plan3,
+    scale: float,
+    strength: float = STRENGTH,
+    merge_below: int = MERGE_BELOW,
+) -> list[dict]:
+    """Coarsen the last of `levels` (graph-level dicts: coords (n, 3) int32 cells of a grid of
+    `shape` (3,), d, indptr, indices, w, axis) by the remaining `plan3` (per step the halved
+    axes, 3D numbering), then pairwise while it has more than DENSE_MAX unknowns; appends the
+    coarse levels (setting each fine level's agg and halved) and returns `levels`. The serial
+    hierarchy calls it from level 0; `deepcd.petsc` from its gathered coarse levels."""
+    shape = np.array(shape, dtype=np.int64)
     plan3 = list(plan3)
     step = 0
     while True:
