@@ -258,6 +258,26 @@ def test_peers_in_the_benchmark():
     assert "boomeramg" in recs[("petsc-hypre", 2)]["settings"]["options"]
 
 
+def test_mg_levels_halve_to_eight_cells():
+    from deepcd.petsc.run import mg_levels
+
+    assert mg_levels((128, 128, 128)) == 5  # 128, 64, 32, 16, 8
+    assert mg_levels((24, 24, 24)) == 2  # 24, 12 (6 would be below 8)
+    assert mg_levels((9, 16, 16)) == 1
+
+
+@needs_mpi
+def test_petsc_geometric_multigrid_peer():
+    """PETSc's own PCMG on the DMDA (Q0 transfers, Galerkin) converges on a scene with walls
+    and AIR, and the run records its levels and options."""
+    from deepcd.bench.runner import run_one
+
+    rec = run_one("petsc-mg", scene("smoke-obstacles", (32, 32, 32), seed=0), rtol=1e-6,
+                  maxiter=300, nprocs=1)  # fmt: skip
+    assert rec["converged"] and rec["final_relres"] <= 1e-6
+    assert rec["settings"]["mg_levels"] == 3 and "pc_mg_galerkin" in rec["settings"]["options"]
+
+
 @needs_petsc
 def test_flexible_cg_takes_the_pc_too():
     from deepcd.petsc import grid as G

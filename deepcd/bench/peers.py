@@ -23,7 +23,12 @@ from deepcd.iterative.result import SolveResult
 from deepcd.problems.problem import Problem
 
 # peer name -> PETSc preconditioner of `deepcd.petsc.run` (options: `pc_options`)
-PEERS = {"petsc-hypre": "hypre", "petsc-gamg": "gamg", "petsc-deepcd": "deepcd"}
+PEERS = {
+    "petsc-hypre": "hypre",
+    "petsc-gamg": "gamg",
+    "petsc-mg": "mg",
+    "petsc-deepcd": "deepcd",
+}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -141,6 +146,9 @@ def run_peer(
     }
     if "deepcd" in rec:
         settings["deepcd_levels"] = rec["deepcd"]
+    if "mg_levels" in rec:
+        settings["mg_levels"] = rec["mg_levels"]
+        settings["options"] += f" -pc_mg_levels {rec['mg_levels']}"
     return SolveResult(
         x=x,
         converged=bool(converged and final <= 10 * rtol),

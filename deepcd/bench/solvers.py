@@ -38,9 +38,11 @@ SOLVERS: dict[str, tuple[str, dict]] = {
     "newton-amg": ("newton", {"hessian": "amg-sa"}),
     # PETSc peers (`deepcd.bench.peers`): CG on PETSc's assembled flag Laplacian under mpiexec
     # with `--np` processes — hypre BoomerAMG tuned for 3D Poisson, PETSc's smoothed
-    # aggregation, and deepcd's V-cycle as a PETSc preconditioner (`deepcd.petsc`)
+    # aggregation, PETSc's geometric multigrid on the DMDA (PCMG, Galerkin), and deepcd's
+    # V-cycle as a PETSc preconditioner (`deepcd.petsc`)
     "petsc-hypre": ("petsc", {"pc": "hypre"}),
     "petsc-gamg": ("petsc", {"pc": "gamg"}),
+    "petsc-mg": ("petsc", {"pc": "mg"}),
     "petsc-deepcd": ("petsc", {"pc": "deepcd"}),
 }
 REFERENCE_SOLVERS = ("scipy-cg",)  # measured for comparison, not deepcd methods

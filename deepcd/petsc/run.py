@@ -1,6 +1,6 @@
 """One PETSc solve under MPI — the entry point of the benchmark peers (`deepcd.bench.peers`):
 
-    mpiexec -n N python -m deepcd.petsc.run --problem P.h5 --pc hypre|gamg|deepcd --out R.json
+    mpiexec -n N python -m deepcd.petsc.run --problem P.h5 --pc hypre|gamg|mg|deepcd --out R.json
 
 P.h5 holds the grid form of a problem (`write_grid_problem`: datasets `flags` int8 and `b`
 float64 of the grid's shape, attribute `boundary`); each rank reads only its DMDA block.
@@ -47,7 +47,24 @@ GAMG_OPTIONS = {
     "mg_levels_ksp_type": "chebyshev",
     "mg_levels_pc_type": "jacobi",
 }
-PCS = ("hypre", "gamg", "deepcd")
+# PETSc's geometric multigrid on the DMDA itself: piecewise-constant (Q0, cell-centred)
+# interpolation between DMDA levels, Galerkin coarse operators PᵀAP, Chebyshev/Jacobi
+# smoothing, a direct solve on the coarsest level (8 cells a side: `mg_levels`)
+MG_OPTIONS = {
+    "pc_mg_galerkin": "both",
+    "mg_levels_ksp_type": "chebyshev",
+    "mg_levels_pc_type": "jacobi",
+}
+PCS = ("hypre", "gamg", "mg", "deepcd")
+
+
+def mg_levels(shape) -> int:
+    """PCMG levels for a grid: halve every axis until the smallest has 8 cells (or is odd)."""
+    n, levels = min(shape), 1
+    while n % 2 == 0 and n // 2 >= 8:
+        n //= 2
+        levels += 1
+    return levels
 
 
 def write_grid_problem(path, flags: np.ndarray, b_grid: np.ndarray, boundary, stencil=None) -> Path:
@@ -74,6 +91,8 @@ def pc_options(pc: str) -> dict:
         return {"pc_type": "hypre", **HYPRE_OPTIONS}
     if pc == "gamg":
         return {"pc_type": "gamg", **GAMG_OPTIONS}
+    if pc == "mg":
+        return {"pc_type": "mg", **MG_OPTIONS}
     return {"pc_type": "python", "pc_python_type": "deepcd.petsc.VCycle"}
 
 
@@ -95,6 +114,7 @@ def _solve(
     stencil: (diag, links) of a variable-coefficient operator on the whole grid (arrays or
     h5py datasets; each rank reads its block), else the flags' Laplacian."""
     import deepcd.petsc as dp
+    from deepcd.petsc import grid as G
 
     t = time.perf_counter()
     if stencil is None:
@@ -118,10 +138,17 @@ def _solve(
         extra = {} if gather_below is None else {"gather_below": gather_below}
         ctx = dp.set_preconditioner(ksp, flags, da=da, boundary=boundary, solver=solver, **extra)
     else:
-        for k, v in pc_options(pc).items():
+        options = pc_options(pc)
+        if pc == "mg":  # the levels come from the DMDA (coarsened by 2 per axis)
+            da.setInterpolationType(PETSc.DMDA.InterpolationType.Q0)
+            ksp.setDM(da)
+            ksp.setDMActive(False)
+            options["pc_mg_levels"] = str(mg_levels(G.grid_shape(da)))
+            record["mg_levels"] = int(options["pc_mg_levels"])
+        for k, v in options.items():
             opts.setValue(k, v)
         ksp.setFromOptions()
-        for k in pc_options(pc):
+        for k in options:
             opts.delValue(k)
     history: list[tuple[float, float]] = []
     t0 = [0.0]
