@@ -36,7 +36,7 @@ BLOCK = 128  # cells per axis of a rank's block: (1024/128)³ = 512 ranks
 def measure(scene_name: str, shape, nprocs: int) -> dict:
     problem = scene(scene_name, shape, seed=0)
     t = time.perf_counter()
-    res = run_peer("petsc-deepcd", problem, rtol=1e-6, maxiter=200, nprocs=nprocs)
+    res = run_peer("petsc-deepcd", problem, pc="deepcd", rtol=1e-6, maxiter=200, nprocs=nprocs)
     s = res.settings
     lv = s["deepcd_levels"]
     apps = lv.get("applications") or res.iterations + 1

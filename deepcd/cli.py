@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--np",
         type=int,
         default=1,
-        help="MPI processes of the PETSc peers petsc-hypre, petsc-gamg, petsc-deepcd "
+        help="MPI processes of the PETSc peers petsc-hypre, petsc-gamg, petsc-mg, petsc-deepcd "
         "(run under mpiexec; needs ./scripts/bootstrap.sh --petsc)",
     )
     b.add_argument("--no-progress", action="store_true")

@@ -22,13 +22,6 @@ import numpy as np
 from deepcd.iterative.result import SolveResult
 from deepcd.problems.problem import Problem
 
-# peer name -> PETSc preconditioner of `deepcd.petsc.run` (options: `pc_options`)
-PEERS = {
-    "petsc-hypre": "hypre",
-    "petsc-gamg": "gamg",
-    "petsc-mg": "mg",
-    "petsc-deepcd": "deepcd",
-}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -80,20 +73,21 @@ def run_peer(
     name: str,
     problem: Problem,
     *,
+    pc: str,
     rtol: float,
     maxiter: int | None,
     nprocs: int = 1,
     solver: str | None = None,
     timeout: float | None = None,
 ) -> SolveResult:
-    """Run peer `name` (PEERS) on `problem` from x0 = 0 with `nprocs` MPI processes."""
+    """Run peer `name` (CG with the PETSc preconditioner `pc`, one of
+    `deepcd.petsc.run.PCS`) on `problem` from x0 = 0 with `nprocs` MPI processes."""
     from deepcd.petsc.run import pc_options, write_grid_problem
 
     if problem.ndim != 3:
         raise ValueError(f"the PETSc peers solve 3D problems, got a {problem.ndim}D one")
     if problem.is_singular:
         raise ValueError("the PETSc peers need a nonsingular problem (a region touching AIR)")
-    pc = PEERS[name]
     with tempfile.TemporaryDirectory(prefix="deepcd-petsc-") as tmp:
         tmp = Path(tmp)
         stencil = problem.grid_stencil if problem.has_coefficients else None

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcd._version import __version__
-from deepcd.bench.solvers import SOLVERS, is_peer, needs_csr, run_solver
+from deepcd.bench.solvers import is_peer, needs_csr, run_solver, runs_vcycle
 from deepcd.hardware import cpu_name
 from deepcd.problems import load_problem, save_problem, scene
 from deepcd.problems.problem import Problem
@@ -88,9 +88,6 @@ def run_one(
     }
 
 
-_NETWORK_METHODS = ("dcdm", "mgpcg")  # methods that run a V-cycle network
-
-
 def warm_up(solvers: list[str], ndim: int) -> None:
     """Run every solver once on a tiny problem so JIT compilation and cache loading (numba,
     pyamg's first calls) are not timed as part of the first real run."""
@@ -102,7 +99,7 @@ def warm_up(solvers: list[str], ndim: int) -> None:
     # the V-cycle's levels run serial kernel copies below SERIAL_BELOW unknowns and parallel
     # ones above: a grid with walls, big enough for both, and a small one with coefficients
     # (checked on its CSR) compile, or load, every kernel
-    networks = [n for n in solvers if SOLVERS.get(n, ("",))[0] in _NETWORK_METHODS]
+    networks = [n for n in solvers if runs_vcycle(n)]
     if networks:
         side = 40 if ndim == 3 else 200
         walls = scene("smoke-obstacles", (side,) * ndim, seed=0)

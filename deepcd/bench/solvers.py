@@ -73,6 +73,11 @@ def needs_csr(name: str) -> bool:
     return SOLVERS.get(name, ("",))[0] not in (*_STENCIL_METHODS, "petsc")
 
 
+def runs_vcycle(name: str) -> bool:
+    """Whether the solver applies a V-cycle network (DCDM, or MGPCG's classical one)."""
+    return SOLVERS.get(name, ("",))[0] in ("dcdm", "mgpcg")
+
+
 def is_peer(name: str) -> bool:
     """Whether `name` runs in PETSc under mpiexec (and takes `nprocs`)."""
     return SOLVERS.get(name, ("",))[0] == "petsc"
@@ -95,10 +100,9 @@ def run_solver(
         raise ValueError(f"unknown solver {name!r}; choose from {', '.join(solver_names())}")
     method, options = SOLVERS[name]
     if method == "petsc":
-        from deepcd.bench.peers import PEERS, run_peer
+        from deepcd.bench.peers import run_peer
 
-        assert PEERS[name] == options["pc"]
-        return run_peer(name, problem, rtol=rtol, maxiter=maxiter, nprocs=nprocs)
+        return run_peer(name, problem, pc=options["pc"], rtol=rtol, maxiter=maxiter, nprocs=nprocs)
     options = {k: (v(problem.ndim) if callable(v) else v) for k, v in options.items()}
     result = solve_result(
         problem, rtol=rtol, maxiter=maxiter, method=method, monitor=monitor, **options

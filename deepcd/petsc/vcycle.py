@@ -87,7 +87,7 @@ class DistributedVCycle:
     def _grid_cycle(self, r: np.ndarray) -> np.ndarray:
         g, i = self.h.grid, 0
         axes = [a for a, on in enumerate(g.halved) if on]
-        om = self.omegas[min(0, self.J - 1)]
+        om = self.omegas[0]
         x = self._grid_smoother(r, i)
         for _ in range(self.smooth - 1):
             x = x + self._grid_smoother(self._grid_residual(r, x), i)
