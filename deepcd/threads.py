@@ -76,7 +76,11 @@ def _set_torch(n: int) -> None:
 
 def ensure() -> int:
     """Apply `decide()` once per process: to numba now, to torch once torch is imported
-    (deepcd imports torch only for DCDM and the torch paths). Returns the count."""
+    (deepcd imports torch only for DCDM and the torch paths), and the process's malloc
+    settings (`deepcd.memory`). Returns the count."""
+    from deepcd import memory
+
+    memory.ensure()
     n = decide()
     if _applied["numba"] is None:
         _set_numba(n)
@@ -119,6 +123,8 @@ def settings() -> dict:
     """What a measurement ran with: threads per library, the wait policy, the load."""
     import numba
 
+    from deepcd import memory
+
     torch = sys.modules.get("torch")
     try:
         load = [round(x, 2) for x in os.getloadavg()]
@@ -134,4 +140,5 @@ def settings() -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "omp_wait_policy_effective": not _OPENMP_LOADED_BEFORE,
         "loadavg": load,
+        **memory.settings(),
     }

@@ -31,10 +31,13 @@ def grid_graph(diag, lx, ly, lz):
     Returns node (nx, ny, nz) int64 (node id or -1), coords (n, 3) int32, d (n,) float64 and
     the CSR links indptr (n+1,) int64, indices int32, weight float64, axis int8.
     """
-    active = diag > 0
-    node = np.where(active, np.cumsum(active.ravel()).reshape(diag.shape) - 1, -1)
-    coords = np.argwhere(active).astype(np.int32)
-    d = diag[active].astype(np.float64)
+    per_row = _active_per_row(diag)
+    offset = np.zeros(len(per_row) + 1, dtype=np.int64)
+    np.cumsum(per_row, out=offset[1:])
+    node = np.empty(diag.shape, dtype=np.int64)
+    coords = np.empty((offset[-1], 3), dtype=np.int32)
+    d = np.empty(offset[-1])
+    _number_cells(diag, offset, node, coords, d)
     n = len(d)
     counts = np.zeros(n + 1, dtype=np.int64)
     none_i, none_w, none_a = np.empty(0, np.int32), np.empty(0), np.empty(0, np.int8)
@@ -48,43 +51,77 @@ def grid_graph(diag, lx, ly, lz):
 
 
 @nb.njit(parallel=True, cache=True)
+def _active_per_row(diag):
+    """The number of cells with diag > 0 in each row diag[i, j] (rows in C order)."""
+    nx, ny, nz = diag.shape
+    count = np.zeros(nx * ny, dtype=np.int64)
+    for ij in nb.prange(nx * ny):
+        row = diag[ij // ny, ij % ny]
+        c = 0
+        for k in range(nz):
+            if row[k] > 0:
+                c += 1
+        count[ij] = c
+    return count
+
+
+@nb.njit(parallel=True, cache=True)
+def _number_cells(diag, offset, node, coords, d):
+    """Number the cells with diag > 0 in C order (row (i, j) from offset[i·ny + j]): node
+    (id or -1), their coords and diagonal."""
+    nx, ny, nz = diag.shape
+    for ij in nb.prange(nx * ny):
+        i, j = ij // ny, ij % ny
+        a = offset[ij]
+        for k in range(nz):
+            v = diag[i, j, k]
+            if v > 0:
+                node[i, j, k] = a
+                coords[a, 0], coords[a, 1], coords[a, 2] = i, j, k
+                d[a] = v
+                a += 1
+            else:
+                node[i, j, k] = -1
+
+
+@nb.njit(parallel=True, cache=True)
 def _grid_links(node, lx, ly, lz, indptr, indices, weight, axis, count_only):
     """Each node's links to its FLUID neighbours: counted into indptr[node] (count_only),
-    else written from indptr[node] on."""
+    else written from indptr[node] on. Rows (i, j) in parallel."""
     nx, ny, nz = node.shape
-    for i in nb.prange(nx):
-        for j in range(ny):
-            for k in range(nz):
-                a = node[i, j, k]
-                if a < 0:
-                    continue
-                p = 0 if count_only else indptr[a]
-                if i > 0 and lx[i - 1, j, k] > 0.0 and node[i - 1, j, k] >= 0:
-                    if not count_only:
-                        indices[p], weight[p], axis[p] = node[i - 1, j, k], lx[i - 1, j, k], 0
-                    p += 1
-                if i < nx - 1 and lx[i, j, k] > 0.0 and node[i + 1, j, k] >= 0:
-                    if not count_only:
-                        indices[p], weight[p], axis[p] = node[i + 1, j, k], lx[i, j, k], 0
-                    p += 1
-                if j > 0 and ly[i, j - 1, k] > 0.0 and node[i, j - 1, k] >= 0:
-                    if not count_only:
-                        indices[p], weight[p], axis[p] = node[i, j - 1, k], ly[i, j - 1, k], 1
-                    p += 1
-                if j < ny - 1 and ly[i, j, k] > 0.0 and node[i, j + 1, k] >= 0:
-                    if not count_only:
-                        indices[p], weight[p], axis[p] = node[i, j + 1, k], ly[i, j, k], 1
-                    p += 1
-                if k > 0 and lz[i, j, k - 1] > 0.0 and node[i, j, k - 1] >= 0:
-                    if not count_only:
-                        indices[p], weight[p], axis[p] = node[i, j, k - 1], lz[i, j, k - 1], 2
-                    p += 1
-                if k < nz - 1 and lz[i, j, k] > 0.0 and node[i, j, k + 1] >= 0:
-                    if not count_only:
-                        indices[p], weight[p], axis[p] = node[i, j, k + 1], lz[i, j, k], 2
-                    p += 1
-                if count_only:
-                    indptr[a] = p
+    for ij in nb.prange(nx * ny):
+        i, j = ij // ny, ij % ny
+        for k in range(nz):
+            a = node[i, j, k]
+            if a < 0:
+                continue
+            p = 0 if count_only else indptr[a]
+            if i > 0 and lx[i - 1, j, k] > 0.0 and node[i - 1, j, k] >= 0:
+                if not count_only:
+                    indices[p], weight[p], axis[p] = node[i - 1, j, k], lx[i - 1, j, k], 0
+                p += 1
+            if i < nx - 1 and lx[i, j, k] > 0.0 and node[i + 1, j, k] >= 0:
+                if not count_only:
+                    indices[p], weight[p], axis[p] = node[i + 1, j, k], lx[i, j, k], 0
+                p += 1
+            if j > 0 and ly[i, j - 1, k] > 0.0 and node[i, j - 1, k] >= 0:
+                if not count_only:
+                    indices[p], weight[p], axis[p] = node[i, j - 1, k], ly[i, j - 1, k], 1
+                p += 1
+            if j < ny - 1 and ly[i, j, k] > 0.0 and node[i, j + 1, k] >= 0:
+                if not count_only:
+                    indices[p], weight[p], axis[p] = node[i, j + 1, k], ly[i, j, k], 1
+                p += 1
+            if k > 0 and lz[i, j, k - 1] > 0.0 and node[i, j, k - 1] >= 0:
+                if not count_only:
+                    indices[p], weight[p], axis[p] = node[i, j, k - 1], lz[i, j, k - 1], 2
+                p += 1
+            if k < nz - 1 and lz[i, j, k] > 0.0 and node[i, j, k + 1] >= 0:
+                if not count_only:
+                    indices[p], weight[p], axis[p] = node[i, j, k + 1], lz[i, j, k], 2
+                p += 1
+            if count_only:
+                indptr[a] = p
 
 
 @nb.njit(cache=True)
@@ -95,6 +132,272 @@ def _find(parent, i):
     while parent[i] != root:  # path compression
         parent[i], i = root, parent[i]
     return root
+
+
+_CHUNK = 4096  # coarse nodes per parallel task when building coarse links
+
+
+@nb.njit(parallel=True, cache=True)
+def _largest_links(indptr, weight):
+    """w_max,i: each node's largest link weight (0 without links)."""
+    n = indptr.shape[0] - 1
+    wmax = np.zeros(n)
+    for i in nb.prange(n):
+        top = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            top = max(top, weight[p])
+        wmax[i] = top
+    return wmax
+
+
+@nb.njit(parallel=True, cache=True)
+def _blocks(coords, halved, cy, cz):
+    """The coarse cell (block, C order on the coarse grid) each node's cell lies in."""
+    n = coords.shape[0]
+    block = np.empty(n, dtype=np.int64)
+    for i in nb.prange(n):
+        b0 = coords[i, 0] // 2 if halved[0] else coords[i, 0]
+        b1 = coords[i, 1] // 2 if halved[1] else coords[i, 1]
+        b2 = coords[i, 2] // 2 if halved[2] else coords[i, 2]
+        block[i] = (b0 * cy + b1) * cz + b2
+    return block
+
+
+@nb.njit(cache=True)
+def _counting_sort(key, nkeys):
+    """(start (nkeys+1,), order (n,)): the indices i grouped by key[i] ≥ 0, ascending within a
+    key (a stable counting sort); negative keys are left out."""
+    start = np.zeros(nkeys + 1, dtype=np.int64)
+    for i in range(key.shape[0]):
+        if key[i] >= 0:
+            start[key[i] + 1] += 1
+    for b in range(nkeys):
+        start[b + 1] += start[b]
+    fill = start[:-1].copy()
+    order = np.empty(start[nkeys], dtype=np.int64)
+    for i in range(key.shape[0]):
+        k = key[i]
+        if k >= 0:
+            order[fill[k]] = i
+            fill[k] += 1
+    return start, order
+
+
+@nb.njit(inline="always")
+def _strong(p, i, j, weight, wmax, strength):
+    return weight[p] >= strength * max(wmax[i], wmax[j])
+
+
+@nb.njit(parallel=True, cache=True)
+def _components_in_blocks(parent, start, order, block, indptr, indices, weight, wmax, strength):
+    """Union-find over the strong links inside each block, blocks in parallel (a block's
+    nodes only ever point at nodes of the same block); leaves parent[i] = the smallest node
+    of i's component."""
+    for b in nb.prange(start.shape[0] - 1):
+        for t in range(start[b], start[b + 1]):
+            i = order[t]
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                if j > i and block[j] == block[i] and _strong(p, i, j, weight, wmax, strength):
+                    ri, rj = _find(parent, i), _find(parent, j)
+                    if ri < rj:
+                        parent[rj] = ri
+                    elif rj < ri:
+                        parent[ri] = rj
+        for t in range(start[b], start[b + 1]):
+            i = order[t]
+            parent[i] = _find(parent, i)
+
+
+@nb.njit(parallel=True, cache=True)
+def _merge_small(parent, start, order, indptr, indices, weight, wmax, strength, merge_below):
+    """A component smaller than merge_below (a corridor's corner cut off by the block grid)
+    joins the component its strongest strong link leads to, across blocks. parent: the
+    compressed in-block components (`_components_in_blocks`). The search runs per block in
+    parallel, in ascending node order as a serial pass would; the joins run serially."""
+    n = parent.shape[0]
+    size = np.zeros(n, dtype=np.int64)
+    best_w = np.zeros(n)
+    best_j = np.full(n, -1, dtype=np.int64)
+    for b in nb.prange(start.shape[0] - 1):
+        for t in range(start[b], start[b + 1]):
+            size[parent[order[t]]] += 1
+        for t in range(start[b], start[b + 1]):
+            i = order[t]
+            ri = parent[i]
+            if size[ri] >= merge_below:
+                continue
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                if (
+                    _strong(p, i, j, weight, wmax, strength)
+                    and parent[j] != ri
+                    and weight[p] > best_w[ri]
+                ):
+                    best_w[ri], best_j[ri] = weight[p], j
+    for r in range(n):
+        if best_j[r] >= 0 and parent[r] == r:
+            ri, rj = _find(parent, r), _find(parent, best_j[r])
+            if ri < rj:
+                parent[rj] = ri
+            elif rj < ri:
+                parent[ri] = rj
+
+
+@nb.njit(cache=True)
+def _match_pairs(parent, indptr, indices, weight, wmax, strength):
+    """Greedy matching on the graph: each node in turn takes its most strongly linked
+    untaken neighbour (at most two nodes per aggregate, both linked)."""
+    n = parent.shape[0]
+    taken = np.zeros(n, dtype=np.bool_)
+    for i in range(n):  # nodes before i are all taken: a partner j is always > i
+        if taken[i]:
+            continue
+        taken[i] = True
+        best, wbest = -1, 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            if _strong(p, i, j, weight, wmax, strength) and not taken[j] and weight[p] > wbest:
+                best, wbest = j, weight[p]
+        if best >= 0:
+            taken[best] = True
+            parent[best] = i
+
+
+@nb.njit(cache=True)
+def _root(parent, i):
+    while parent[i] != i:
+        i = parent[i]
+    return i
+
+
+@nb.njit(parallel=True, cache=True)
+def _roots(parent):
+    """Each node's root, read-only (no path compression: safe in parallel)."""
+    root = np.empty_like(parent)
+    for i in nb.prange(parent.shape[0]):
+        root[i] = _root(parent, np.int64(i))  # a prange index may be unsigned
+    return root
+
+
+@nb.njit(cache=True)
+def _number_components(order, root):
+    """agg (n,): components numbered in the order their first node appears in `order`; and
+    their count."""
+    n = order.shape[0]
+    comp = np.full(n, -1, dtype=np.int64)  # component id by root
+    agg = np.empty(n, dtype=np.int64)
+    m = 0
+    for t in range(n):
+        i = order[t]
+        r = root[i]
+        if comp[r] < 0:
+            comp[r] = m
+            m += 1
+        agg[i] = comp[r]
+    return agg, m
+
+
+@nb.njit(cache=True)
+def _members_in_order(agg, order, m):
+    """(mstart (m+1,), members (n,)): each component's nodes, in the order of `order`."""
+    mstart = np.zeros(m + 1, dtype=np.int64)
+    for i in range(agg.shape[0]):
+        mstart[agg[i] + 1] += 1
+    for c in range(m):
+        mstart[c + 1] += mstart[c]
+    fill = mstart[:-1].copy()
+    members = np.empty(agg.shape[0], dtype=np.int64)
+    for t in range(order.shape[0]):
+        c = agg[order[t]]
+        members[fill[c]] = order[t]
+        fill[c] += 1
+    return mstart, members
+
+
+@nb.njit(parallel=True, cache=True)
+def _component_sums(mstart, members, agg, d, indptr, indices, weight, chunk):
+    """Per component: the coarse diagonal before scaling (Σ d − the links inside it, both
+    ways) and the number of distinct components it links to; and the most fine links any
+    component's members have (a scratch size). Components in chunks of `chunk`, each chunk
+    with its own scratch list of neighbours."""
+    m = mstart.shape[0] - 1
+    cd = np.zeros(m)
+    counts = np.zeros(m, dtype=np.int64)
+    nchunks = (m + chunk - 1) // chunk
+    most = np.zeros(max(nchunks, 1), dtype=np.int64)
+    for kk in nb.prange(nchunks):
+        k = np.int64(kk)  # a prange index may be unsigned
+        lo, hi = k * chunk, min(m, (k + 1) * chunk)
+        top = 0
+        for c in range(lo, hi):
+            links = 0
+            for t in range(mstart[c], mstart[c + 1]):
+                links += indptr[members[t] + 1] - indptr[members[t]]
+            top = max(top, links)
+        most[k] = top
+        seen = np.empty(top, dtype=np.int64)
+        for c in range(lo, hi):
+            acc, cnt = 0.0, 0
+            for t in range(mstart[c], mstart[c + 1]):
+                i = members[t]
+                acc += d[i]
+                for p in range(indptr[i], indptr[i + 1]):
+                    cj = agg[indices[p]]
+                    if cj == c:
+                        acc -= weight[p]
+                        continue
+                    new = True
+                    for s in range(cnt):
+                        if seen[s] == cj:
+                            new = False
+                            break
+                    if new:
+                        seen[cnt] = cj
+                        cnt += 1
+            cd[c], counts[c] = acc, cnt
+    return cd, counts, most.max()
+
+
+@nb.njit(parallel=True, cache=True)
+def _coarse_links(mstart, members, agg, indptr, indices, weight, axis, cindptr, scale, most, chunk):
+    """The coarse CSR: each coarse node's neighbours in order of first appearance, the summed
+    fine weights × scale, and the axis most of that fine weight runs along (ties: the
+    lowest; a function of the pair's fine links, so the same both ways and the transfers stay
+    symmetric). Chunked as `_coarse_link_counts`."""
+    mc = mstart.shape[0] - 1
+    nnz = cindptr[mc]
+    cindices = np.empty(nnz, dtype=np.int32)
+    cweight = np.zeros(nnz)
+    caxis = np.empty(nnz, dtype=np.int8)
+    for kk in nb.prange((mc + chunk - 1) // chunk):
+        k = np.int64(kk)
+        along = np.empty((max(most, 1), 3))  # the fine weight along each axis behind a link
+        for c in range(k * chunk, min(mc, (k + 1) * chunk)):
+            q0 = cindptr[c]
+            q = q0
+            for t in range(mstart[c], mstart[c + 1]):
+                i = members[t]
+                for p in range(indptr[i], indptr[i + 1]):
+                    cj = agg[indices[p]]
+                    if cj < 0 or cj == c:
+                        continue
+                    slot = q
+                    for s in range(q0, q):
+                        if cindices[s] == cj:
+                            slot = s
+                            break
+                    if slot == q:
+                        cindices[q] = cj
+                        along[q - q0, 0] = along[q - q0, 1] = along[q - q0, 2] = 0.0
+                        q += 1
+                    cweight[slot] += weight[p] * scale
+                    along[slot - q0, axis[p]] += weight[p]
+            for s in range(q0, q):
+                a0, a1, a2 = along[s - q0, 0], along[s - q0, 1], along[s - q0, 2]
+                top = (1.0 - 1e-9) * max(a0, a1, a2)  # rounding may not break a tie
+                caxis[s] = 0 if a0 >= top else (1 if a1 >= top else 2)
+    return cindices, cweight, caxis
 
 
 @nb.njit(cache=True)
@@ -127,184 +430,73 @@ def aggregate(
     CSR.
     Returns agg (n,) int64 (coarse node of each node, -1 when its component has no coarse
     unknown), and the coarse level's coords, d, indptr, indices, weight, axis as `grid_graph`.
+    Blocks are processed in parallel; the result does not depend on the thread count.
     """
     n = coords.shape[0]
     cx, cy, cz = coarse_shape[0], coarse_shape[1], coarse_shape[2]
-    block = np.zeros(n, dtype=np.int64)
+    wmax = _largest_links(indptr, weight) if wmax_in is None else wmax_in
     parent = np.arange(n)
-    if wmax_in is None:
-        wmax = np.zeros(n)
-        for i in range(n):
-            for p in range(indptr[i], indptr[i + 1]):
-                wmax[i] = max(wmax[i], weight[p])
-    else:
-        wmax = wmax_in
-    if pairwise:
-        taken = np.zeros(n, dtype=np.bool_)
-        for i in range(n):  # nodes before i are all taken: a partner j is always > i
-            if taken[i]:
-                continue
-            taken[i] = True
-            best, wbest = -1, 0.0
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                strong = weight[p] >= strength * max(wmax[i], wmax[j])
-                if strong and not taken[j] and weight[p] > wbest:
-                    best, wbest = j, weight[p]
-            if best >= 0:
-                taken[best] = True
-                parent[best] = i
-    else:
-        for i in range(n):
-            b0 = coords[i, 0] // 2 if halved[0] else coords[i, 0]
-            b1 = coords[i, 1] // 2 if halved[1] else coords[i, 1]
-            b2 = coords[i, 2] // 2 if halved[2] else coords[i, 2]
-            block[i] = (b0 * cy + b1) * cz + b2
-        # union-find over the links inside a block
-        for i in range(n):
-            for p in range(indptr[i], indptr[i + 1]):
-                j = indices[p]
-                strong = weight[p] >= strength * max(wmax[i], wmax[j])
-                if j > i and block[j] == block[i] and strong:
-                    ri, rj = _find(parent, i), _find(parent, j)
-                    if ri != rj:
-                        if ri < rj:
-                            parent[rj] = ri
-                        else:
-                            parent[ri] = rj
-        if merge_below > 1:
-            # a component smaller than merge_below (a corridor's corner cut off by the block
-            # grid) joins the component its strongest strong link leads to, across blocks
-            size = np.zeros(n, dtype=np.int64)
-            for i in range(n):
-                size[_find(parent, i)] += 1
-            best_w = np.zeros(n)
-            best_j = np.full(n, -1, dtype=np.int64)
-            for i in range(n):
-                ri = _find(parent, i)
-                if size[ri] >= merge_below:
-                    continue
-                for p in range(indptr[i], indptr[i + 1]):
-                    j = indices[p]
-                    strong = weight[p] >= strength * max(wmax[i], wmax[j])
-                    if strong and _find(parent, j) != ri and weight[p] > best_w[ri]:
-                        best_w[ri], best_j[ri] = weight[p], j
-            for r in range(n):
-                if best_j[r] >= 0 and parent[r] == r:
-                    ri, rj = _find(parent, r), _find(parent, best_j[r])
-                    if ri != rj:
-                        if ri < rj:
-                            parent[rj] = ri
-                        else:
-                            parent[ri] = rj
-    # nodes in block order (a counting sort), components numbered in that order
     nblocks = cx * cy * cz
-    start = np.zeros(nblocks + 1, dtype=np.int64)
-    for i in range(n):
-        start[block[i] + 1] += 1
-    for b in range(nblocks):
-        start[b + 1] += start[b]
-    fill = start[:-1].copy()
-    order = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        order[fill[block[i]]] = i
-        fill[block[i]] += 1
-    comp = np.full(n, -1, dtype=np.int64)  # component id by root
-    agg = np.empty(n, dtype=np.int64)
-    m = 0
-    for t in range(n):
-        i = order[t]
-        r = _find(parent, i)
-        if comp[r] < 0:
-            comp[r] = m
-            m += 1
-        agg[i] = comp[r]
-    # coarse diagonal: Σ d − links inside the component (both directions)
-    cd = np.zeros(m)
-    for i in range(n):
-        cd[agg[i]] += d[i]
-        for p in range(indptr[i], indptr[i + 1]):
-            if agg[indices[p]] == agg[i]:
-                cd[agg[i]] -= weight[p]
-    # drop components with no coarse unknown (closed regions inside one block)
+    if pairwise:
+        block = np.zeros(n, dtype=np.int64)
+        _match_pairs(parent, indptr, indices, weight, wmax, strength)
+        start, order = _counting_sort(block, nblocks)
+    else:
+        block = _blocks(coords, halved, cy, cz)
+        start, order = _counting_sort(block, nblocks)
+        _components_in_blocks(parent, start, order, block, indptr, indices, weight, wmax, strength)
+        if merge_below > 1:
+            _merge_small(parent, start, order, indptr, indices, weight, wmax, strength, merge_below)
+    agg, m = _number_components(order, _roots(parent))  # in block order
+    mstart, members = _members_in_order(agg, order, m)
+    cd, counts, most = _component_sums(mstart, members, agg, d, indptr, indices, weight, _CHUNK)
+    # drop components with no coarse unknown (closed regions inside one block: no links
+    # leave them, so no other component counted a link to them)
     dmax = 0.0
     for c in range(m):
         dmax = max(dmax, cd[c])
     keep = np.full(m, -1, dtype=np.int64)
+    kstart = np.zeros(m + 1, dtype=np.int64)
+    cindptr = np.zeros(m + 1, dtype=np.int64)
     mc = 0
     for c in range(m):
         if cd[c] > 1e-9 * dmax:
             keep[c] = mc
+            kstart[mc + 1] = kstart[mc] + mstart[c + 1] - mstart[c]
+            cindptr[mc + 1] = cindptr[mc] + counts[c]
             mc += 1
-    for i in range(n):
-        agg[i] = keep[agg[i]]
+    kstart, cindptr = kstart[: mc + 1], cindptr[: mc + 1]
+    kmembers = np.empty(kstart[mc], dtype=np.int64)
     ccoords = np.empty((mc, 3), dtype=np.int32)
     cdiag = np.empty(mc)
-    for c in range(m):
-        if keep[c] >= 0:
-            cdiag[keep[c]] = cd[c] * scale
-    # members of each coarse node (block order keeps them grouped)
-    mstart = np.zeros(mc + 1, dtype=np.int64)
-    for i in range(n):
-        if agg[i] >= 0:
-            mstart[agg[i] + 1] += 1
-    for c in range(mc):
-        mstart[c + 1] += mstart[c]
-    mfill = mstart[:-1].copy()
-    members = np.empty(mstart[mc], dtype=np.int64)
-    for t in range(n):
-        i = order[t]
-        c = agg[i]
-        if c >= 0:
-            members[mfill[c]] = i
-            mfill[c] += 1
-    # coarse links: accumulate each row with a marker array (two passes: count, fill)
-    marker = np.full(mc, -1, dtype=np.int64)
-    cindptr = np.zeros(mc + 1, dtype=np.int64)
-    for c in range(mc):
-        i0 = members[mstart[c]]
-        b = block[i0]
-        ccoords[c, 2] = b % cz
-        ccoords[c, 1] = (b // cz) % cy
-        ccoords[c, 0] = b // (cy * cz)
-        cnt = 0
-        for t in range(mstart[c], mstart[c + 1]):
-            i = members[t]
-            for p in range(indptr[i], indptr[i + 1]):
-                cj = agg[indices[p]]
-                if cj >= 0 and cj != c and marker[cj] != c:
-                    marker[cj] = c
-                    cnt += 1
-        cindptr[c + 1] = cindptr[c] + cnt
-    nnz = cindptr[mc]
-    cindices = np.empty(nnz, dtype=np.int32)
-    cweight = np.zeros(nnz)
-    caxis = np.empty(nnz, dtype=np.int8)
-    per_axis = np.zeros((nnz, 3))  # the fine weight along each axis behind a coarse link
-    slot = np.full(mc, -1, dtype=np.int64)
-    for c in range(mc):
-        q = cindptr[c]
-        for t in range(mstart[c], mstart[c + 1]):
-            i = members[t]
-            for p in range(indptr[i], indptr[i + 1]):
-                cj = agg[indices[p]]
-                if cj < 0 or cj == c:
-                    continue
-                if slot[cj] < cindptr[c] or slot[cj] >= q or cindices[slot[cj]] != cj:
-                    slot[cj] = q
-                    cindices[q] = cj
-                    q += 1
-                cweight[slot[cj]] += weight[p] * scale
-                per_axis[slot[cj], axis[p]] += weight[p]
-    # a coarse link's axis: the one most of its fine weight runs along (ties: the lowest) — a
-    # function of the pair's fine links, so the same both ways and the transfers stay symmetric
-    for q in range(nnz):
-        top = max(per_axis[q, 0], per_axis[q, 1], per_axis[q, 2])
-        best = 0
-        while per_axis[q, best] < (1.0 - 1e-9) * top:  # rounding may not break a tie
-            best += 1
-        caxis[q] = best
+    _keep_components(
+        agg, keep, mstart, members, kstart, kmembers, block, cd, scale, cy, cz, ccoords, cdiag
+    )
+    cindices, cweight, caxis = _coarse_links(
+        kstart, kmembers, agg, indptr, indices, weight, axis, cindptr, scale, most, _CHUNK
+    )
     return agg, ccoords, cdiag, cindptr, cindices, cweight, caxis
+
+
+@nb.njit(parallel=True, cache=True)
+def _keep_components(
+    agg, keep, mstart, members, kstart, kmembers, block, cd, scale, cy, cz, ccoords, cdiag
+):
+    """Renumber agg to the kept components (-1: dropped) and fill their members, cells (the
+    block) and scaled diagonals."""
+    for i in nb.prange(agg.shape[0]):
+        agg[i] = keep[agg[i]]
+    for c in nb.prange(keep.shape[0]):
+        k = keep[c]
+        if k < 0:
+            continue
+        for t in range(mstart[c], mstart[c + 1]):
+            kmembers[kstart[k] + t - mstart[c]] = members[t]
+        b = block[members[mstart[c]]]
+        ccoords[k, 2] = b % cz
+        ccoords[k, 1] = (b // cz) % cy
+        ccoords[k, 0] = b // (cy * cz)
+        cdiag[k] = cd[c] * scale
 
 
 # -- operations on a graph level (CPU inference; the torch forms are in deepcd.nn.multigrid) ---

@@ -1,0 +1,144 @@
+"""The parallel aggregation against its serial reference, and the level-0 graph's numbering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from reference_aggregate import serial_aggregate
+
+from deepcd.kernels import aggregate as K
+from deepcd.nn import coarsening_plan
+from deepcd.nn.multigrid import DENSE_MAX, MERGE_BELOW, STRENGTH
+from deepcd.nn.stencil import GridLaplacian
+from deepcd.problems import scene
+
+CASES = [
+    ("maze", (24, 20, 18)),
+    ("maze", (64, 48)),
+    ("baffles", (20, 20, 20)),
+    ("porous", (19, 17, 21)),
+    ("splash", (48, 40)),
+    ("pockets", (18, 18, 18)),
+    ("two-phase", (17, 19, 16)),
+    ("cut-cells", (37, 29)),
+]
+
+
+def level_zero(problem) -> tuple[dict, np.ndarray]:
+    """Level 0's graph of a problem's own stencil (coefficients included), 3D numbering."""
+    lap = GridLaplacian.from_problem(problem, dtype=torch.float64)
+    dim = lap.diag.ndim - 2
+
+    def view(t):
+        a = t.numpy()[0, 0]
+        return a.reshape((1,) * (3 - dim) + a.shape)
+
+    links = [view(w) for w in lap.links()]
+    if dim == 2:
+        links.insert(0, np.zeros((0, *view(lap.diag).shape[1:])))
+    diag = view(lap.diag)
+    _, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
+    level = dict(coords=coords, d=d, indptr=indptr, indices=indices, w=weight, axis=axis)
+    return level, np.array(diag.shape, dtype=np.int64)
+
+
+def assert_same_level(new, old, exact_floats: bool):
+    agg, coords, d, indptr, indices, weight, axis = new
+    r_agg, r_coords, r_d, r_indptr, r_indices, r_weight, r_axis = old
+    for a, b in [(agg, r_agg), (coords, r_coords), (indptr, r_indptr), (indices, r_indices)]:
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(axis, r_axis)
+    if exact_floats:
+        np.testing.assert_array_equal(weight, r_weight)
+        np.testing.assert_array_equal(d, r_d)
+    else:  # the diagonal of an aggregate merged across blocks sums in another order
+        np.testing.assert_allclose(weight, r_weight, rtol=1e-13, atol=0)
+        np.testing.assert_allclose(d, r_d, rtol=1e-12, atol=1e-12 * np.abs(r_d).max())
+
+
+@pytest.mark.parametrize("name,shape", CASES)
+@pytest.mark.parametrize("merge_below,strength", [(MERGE_BELOW, STRENGTH), (0, 0.0), (3, 0.3)])
+def test_parallel_aggregation_equals_the_serial_reference(name, shape, merge_below, strength):
+    """Every level of a full coarsening, geometric then pairwise, is the serial one's: the
+    same partition and numbering, the same coarse CSR, the same weights."""
+    level, grid = level_zero(scene(name, shape, seed=1))
+    plan = [(False,) * (3 - len(shape)) + h for h in coarsening_plan(shape, 2)]
+    steps = 0
+    while len(level["d"]) > 1 and steps < 12:
+        pairwise = steps >= len(plan)
+        if pairwise and len(level["d"]) <= DENSE_MAX // 8:
+            break
+        halved = np.array((False,) * 3 if pairwise else plan[steps], dtype=np.bool_)
+        grid = np.where(halved, (grid + 1) // 2, grid)
+        args = (
+            level["coords"], level["d"], level["indptr"], level["indices"], level["w"],
+            level["axis"], halved, grid, 0.5, pairwise, strength, 0 if pairwise else merge_below,
+        )  # fmt: skip
+        new, old = K.aggregate(*args), serial_aggregate(*args)
+        assert_same_level(new, old, exact_floats=merge_below < 2)
+        _, coords, d, indptr, indices, weight, axis = new
+        if len(d) == 0:
+            break
+        level = dict(coords=coords, d=d, indptr=indptr, indices=indices, w=weight, axis=axis)
+        steps += 1
+    assert steps >= 2
+
+
+def test_aggregation_with_given_largest_links():
+    """wmax_in (a rank's block in deepcd.petsc) gives what the serial reference gives."""
+    level, grid = level_zero(scene("porous", (16, 16, 16), seed=2))
+    rng = np.random.default_rng(0)
+    wmax = K._largest_links(level["indptr"], level["w"]) * rng.uniform(1.0, 3.0, len(level["d"]))
+    halved = np.ones(3, dtype=np.bool_)
+    args = (
+        level["coords"], level["d"], level["indptr"], level["indices"], level["w"],
+        level["axis"], halved, (grid + 1) // 2, 0.5, False, 0.3, 2, wmax,
+    )  # fmt: skip
+    assert_same_level(K.aggregate(*args), serial_aggregate(*args), exact_floats=False)
+
+
+def test_empty_and_single_node_levels():
+    for n in (0, 1):
+        level = dict(
+            coords=np.zeros((n, 3), np.int32), d=np.ones(n), indptr=np.zeros(n + 1, np.int64),
+            indices=np.zeros(0, np.int32), w=np.zeros(0), axis=np.zeros(0, np.int8),
+        )  # fmt: skip
+        args = (
+            level["coords"], level["d"], level["indptr"], level["indices"], level["w"],
+            level["axis"], np.ones(3, np.bool_), np.ones(3, np.int64), 0.5, False, 0.02, 2,
+        )  # fmt: skip
+        assert_same_level(K.aggregate(*args), serial_aggregate(*args), exact_floats=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 13, 17), (7, 5, 9), (4, 1, 6)])
+def test_level_zero_numbers_cells_in_c_order_and_links_every_face(shape):
+    """grid_graph against numpy: node ids, coords and diagonal in C order; each node's links
+    are its faces with w > 0 to cells with a node, by axis."""
+    rng = np.random.default_rng(3)
+    diag = np.where(rng.random(shape) < 0.7, rng.uniform(1, 6, shape), 0.0)
+    faces = [tuple(n - (a == ax) for a, n in enumerate(shape)) for ax in range(3)]
+    links = [np.where(rng.random(s) < 0.8, rng.uniform(0.1, 1, s), 0.0) for s in faces]
+    node, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
+    active = diag > 0
+    np.testing.assert_array_equal(node[active], np.arange(active.sum()))
+    assert np.all(node[~active] == -1)
+    np.testing.assert_array_equal(coords, np.argwhere(active))
+    np.testing.assert_array_equal(d, diag[active])
+    for a, c in enumerate(coords):
+        got = {
+            (int(indices[p]), float(weight[p]), int(axis[p]))
+            for p in range(indptr[a], indptr[a + 1])
+        }
+        want = set()
+        for ax in range(3):
+            for step in (-1, 1):
+                nb_ = c.copy()
+                nb_[ax] += step
+                if not 0 <= nb_[ax] < shape[ax] or node[tuple(nb_)] < 0:
+                    continue
+                face = tuple(np.minimum(c, nb_))
+                if links[ax][face] > 0:
+                    want.add((int(node[tuple(nb_)]), float(links[ax][face]), ax))
+        assert got == want
+        assert indptr[a + 1] - indptr[a] == len(want)

@@ -1,0 +1,58 @@
+"""deepcd.memory: large arrays come from the heap and freed memory is kept (glibc)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deepcd import memory
+
+PROBE = """
+import ctypes, numpy as np
+from deepcd import memory
+state = memory.ensure()
+names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in names.split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+before = libc.mallinfo2().hblks
+a = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB: above glibc's largest mmap threshold
+print(state, libc.mallinfo2().hblks - before)
+"""
+
+
+def _glibc_with_mallinfo2() -> bool:
+    return memory._glibc() is not None and hasattr(memory._glibc(), "mallinfo2")
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc ≥ 2.33 only (mallinfo2)")
+@pytest.mark.parametrize("choice,state,mapped", [("", "kept", 0), ("system", "system", 1)])
+def test_large_arrays_come_from_the_heap_unless_system(choice, state, mapped):
+    """In a fresh process: after ensure() a 64 MiB array is no mmap'd block of its own; with
+    DEEPCD_MALLOC=system it is (glibc's default)."""
+    env = {**os.environ, memory.ENV: choice}
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == [state, str(mapped)]
+
+
+def test_bad_setting_is_refused(monkeypatch):
+    monkeypatch.setattr(memory, "_state", {"malloc": None})
+    monkeypatch.setenv(memory.ENV, "jemalloc")
+    with pytest.raises(ValueError, match="DEEPCD_MALLOC must be 'keep' or 'system'"):
+        memory.ensure()
+
+
+def test_applied_once_and_reported(monkeypatch):
+    monkeypatch.setattr(memory, "_state", {"malloc": None})
+    monkeypatch.setenv(memory.ENV, "system")
+    assert memory.settings() == {"malloc": "not set yet"}
+    assert memory.ensure() == "system"
+    monkeypatch.setenv(memory.ENV, "keep")
+    assert memory.ensure() == "system"  # once per process
+    assert memory.settings() == {"malloc": "system"}
