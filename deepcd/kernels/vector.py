@@ -98,3 +98,17 @@ def dcdm_step(x, r, u, au, v, av, a, c, b, p, ap):
         rr += ri * ri
         xbr += xi * (b[i] + ri)
     return pap, rr, xbr
+
+
+@nb.njit(parallel=True, cache=True)
+def scatter(values, index, out):
+    """out[index[i]] = values[i], cast to out's dtype (a node vector into a grid field)."""
+    for i in nb.prange(index.size):
+        out[index[i]] = values[i]
+
+
+@nb.njit(parallel=True, cache=True)
+def gather(values, index, out):
+    """out[i] = values[index[i]], cast to out's dtype (a grid field's nodes)."""
+    for i in nb.prange(index.size):
+        out[i] = values[index[i]]

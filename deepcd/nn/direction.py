@@ -76,6 +76,17 @@ class NetworkDirection:
     @torch.inference_mode()
     def __call__(self, r: np.ndarray) -> np.ndarray:
         flat = self.grid.view(-1)
-        flat[self.index] = torch.from_numpy(np.ascontiguousarray(r)).to(self.device, self.dtype)
+        host = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
+        if host:  # one fused pass each way (numba) instead of torch's index and cast passes
+            from deepcd.kernels.vector import gather, scatter
+
+            index = self.index.numpy()
+            scatter(np.ascontiguousarray(r, dtype=np.float64), index, flat.numpy())
+        else:
+            flat[self.index] = torch.from_numpy(np.ascontiguousarray(r)).to(self.device, self.dtype)
         q = apply_network(self.model, self.grid, self.flags, self.boundary, self.operator)
+        if host:
+            out = np.empty(len(index))
+            gather(q.reshape(-1).contiguous().numpy(), index, out)
+            return out
         return q.reshape(-1)[self.index].to("cpu", torch.float64).numpy()

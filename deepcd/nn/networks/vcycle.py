@@ -133,35 +133,47 @@ class VCycleNet(GridNet):
             level.cache[key] = (view(level.inv_sqrt_diag, grid), view(level.diag, grid), links)
         return level.cache[key]
 
+    def _clenshaw_beta(self, logits: torch.Tensor, c: float) -> np.ndarray:
+        """The Clenshaw coefficients of softmax(logits) (`deepcd.nn.fastpath`), cached while
+        the parameter is unchanged (its storage and in-place version)."""
+        from deepcd.nn.fastpath import clenshaw_coefficients
+
+        key = (logits.data_ptr(), logits._version, c)
+        cache = self.__dict__.setdefault("_beta_cache", {})
+        if key not in cache:
+            if len(cache) > 256:  # parameters that keep changing (validation in training)
+                cache.clear()
+            w = torch.softmax(logits.detach().to(torch.float64), dim=0).numpy()
+            cache[key] = clenshaw_coefficients(w, c)
+        return cache[key]
+
     def _smoother_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
         """`_smoother` on the grid: Clenshaw on the normalized stencil (`deepcd.nn.fastpath`),
         one fused numba pass per polynomial degree."""
         from deepcd.kernels.smoother import clenshaw_step
-        from deepcd.nn.fastpath import clenshaw_coefficients, normalized_grid, smooth
+        from deepcd.nn.fastpath import normalized_grid, smooth
 
         if level.diag.shape[0] != 1 or y.shape[0] != 1:
             raise ValueError("the fused grid smoother takes one field")
         grid = (1,) * (3 - self.dim) + tuple(y.shape[2:])  # 2D as (1, nx, ny)
         s, e, links = normalized_grid(level, scale, self.dim, y.dtype)
-        w = torch.softmax(logits.detach().to(torch.float64), dim=0).numpy()
         hat = s * y.contiguous().numpy().reshape(grid)
-        out = smooth(clenshaw_step, grid, hat, clenshaw_coefficients(w, c), s, (e, *links))
+        out = smooth(clenshaw_step, grid, hat, self._clenshaw_beta(logits, c), s, (e, *links))
         return torch.from_numpy(out).reshape(y.shape)
 
     def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
         """`_smoother` on a graph level: Clenshaw on the normalized links (one column)."""
         from deepcd.kernels.aggregate import small
         from deepcd.kernels.smoother import graph_clenshaw_step
-        from deepcd.nn.fastpath import clenshaw_coefficients, normalized_graph, smooth
+        from deepcd.nn.fastpath import normalized_graph, smooth
 
         dt = _np_dtype(y.dtype)
         s, e, nweight = normalized_graph(level, scale, dt)
         h = level.host
-        w = torch.softmax(logits.detach().to(torch.float64), dim=0).numpy()
         hat = s * y.contiguous().numpy().reshape(-1)
         args = (e, h["indptr"], h["indices"], nweight)
         step = small(graph_clenshaw_step, level.n)
-        out = smooth(step, (level.n,), hat, clenshaw_coefficients(w, c), s, args)
+        out = smooth(step, (level.n,), hat, self._clenshaw_beta(logits, c), s, args)
         return torch.from_numpy(out).reshape(y.shape)
 
     def _residual(self, level, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
