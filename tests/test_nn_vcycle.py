@@ -291,3 +291,29 @@ def test_coarsening_continues_until_the_coarsest_level_is_solved_exactly(monkeyp
     net = build_network("vcycle", 3, smooth=1, degree=6)
     res = dcdm(problem.stencil, problem.b, direction=NetworkDirection(net, problem), rtol=1e-6)
     assert res.converged
+
+
+@pytest.mark.parametrize("dim,shape", [(3, (20, 18, 16)), (2, (40, 36))])
+def test_prepare_builds_everything_the_first_application_reads(dim, shape):
+    """After `NetworkDirection.prepare` (hierarchy + `prepare_inference`), applying the
+    shipped network (3D: global weights; 2D: local weights) derives nothing new, and gives
+    what a direction without the warm-up gives."""
+    from deepcd.nn.weights import default_solver, load_solver
+
+    net, _ = load_solver(default_solver(dim))
+    problem = scene("maze", shape, seed=0)
+    direction = NetworkDirection(net, problem)
+    direction.prepare()
+    h = net._cache[2]
+
+    def keys():
+        levels = [tuple(lv.cache) for lv in h.levels]
+        return tuple(h.grid.cache), levels, h._members is not None, len(net._beta_cache)
+
+    before = keys()
+    r = np.random.default_rng(0).standard_normal(problem.n)
+    q = direction(r)
+    assert keys() == before
+    net._cache = None  # a fresh hierarchy, built lazily by the first application
+    fresh = NetworkDirection(net, problem)
+    np.testing.assert_array_equal(fresh(r), q)

@@ -71,6 +71,9 @@ class NetworkDirection:
         boundary = self.operator.boundary if self.operator is not None else self.boundary
         dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
         h = build(flags, tuple(self.grid.shape[2:]), boundary, dtype, 1, self.operator)
+        warm = getattr(self.model, "prepare_inference", None)
+        if warm is not None and self.device.type == "cpu":
+            warm(h, dtype)  # the CPU kernels' arrays: setup, not the first direction's time
         return before is not None and before[2] is h
 
     @torch.inference_mode()

@@ -283,23 +283,78 @@ class VCycleNet(GridNet):
 
         return self._local_cached(h.grid.cache, "omega", make_grid)
 
+    def _axis_split(self, level, dtype: torch.dtype, omegas) -> list:
+        """Per axis, the (indptr, indices, ŵ) CSR of a graph level's links along it, in dtype
+        (ω folded into ŵ with local weights), cached on the level."""
+        from deepcd.kernels.aggregate import axis_csr
+        from deepcd.nn.multigrid import host_arrays
+
+        per_link = self.local is not None
+        dt = _np_dtype(dtype)
+        key = ("axis_csr", dt.str, self.local.version() if per_link else None)
+        if key not in level.cache:
+            h = host_arrays(level, dt)
+            nweight = h["nweight"]
+            if per_link:
+                nweight = (torch.from_numpy(h["nweight"]) * omegas.to(dtype)).numpy()
+            level.cache[key] = axis_csr(h["indptr"], h["indices"], nweight, h["axis"], 3)
+        return level.cache[key]
+
+    def _grid_axis_arrays(self, h, dtype: torch.dtype, omegas) -> list:
+        """Per grid axis, (ŵ, degree) of level 0 as 3D numpy arrays in dtype (ω per face
+        folded in with local weights; the kernels then take ω = 1), cached on the grid."""
+        local = self.local is not None
+        key = ("axis", _np_dtype(dtype), self.local.version() if local else None)
+        if key not in h.grid.cache:
+            pairs = h.grid_axis
+            if local:
+                pairs = [
+                    _weighted_axis(nl, w, a)
+                    for a, ((nl, _), w) in enumerate(zip(h.grid_axis, omegas, strict=True))
+                ]
+            lead = (1,) * (3 - self.dim)
+            h.grid.cache[key] = [
+                tuple(t.to(dtype).contiguous().numpy().reshape(lead + t.shape[2:]) for t in pair)
+                for pair in pairs
+            ]
+        return h.grid.cache[key]
+
+    @torch.no_grad()
+    def prepare_inference(self, h, dtype: torch.dtype) -> None:
+        """Derive, once per hierarchy, everything the CPU inference kernels read (normalized
+        stencils, per-axis link CSRs, float32 copies, transfer maps, smoother coefficients),
+        so a solve's setup holds it and its first application does not."""
+        from deepcd.nn.fastpath import normalized_graph, normalized_grid
+        from deepcd.nn.multigrid import host_arrays
+
+        if h.grid.diag.shape[0] != 1:
+            return
+        dt, last = _np_dtype(dtype), len(h.levels) - 1
+        for logits in self.smoothers:
+            self._clenshaw_beta(logits, 1.0 - 2.0**-8)
+        self._grid_arrays(h.grid, dtype)
+        normalized_grid(h.grid, self._local_scale(h, 0, dtype), self.dim, dtype)
+        if last == 0:
+            return
+        self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
+        h.grid_members()
+        for depth in range(1, last + 1):
+            if depth == last and h.coarse_inverse is not None:
+                break
+            level = h.levels[depth]
+            normalized_graph(level, self._local_scale(h, depth, dtype), dt)
+            host_arrays(level, dt)
+            if depth < last:
+                self._axis_split(level, dtype, self._level_omegas(h, depth))
+
     def _smooth_axes(self, level, x: torch.Tensor, omegas, axes) -> torch.Tensor:
         """Apply S_a for the axes in `axes`, in that order, to a node vector (N, C); omegas:
         one ω per axis (d,), or per link in CSR order (nnz,) with local weights."""
         per_link = self.local is not None
         if _fast(x, self.transfers):
-            from deepcd.kernels.aggregate import axis_csr, axis_smooth, small
-            from deepcd.nn.multigrid import host_arrays
+            from deepcd.kernels.aggregate import axis_smooth, small
 
-            dt = _np_dtype(x.dtype)
-            key = ("axis_csr", dt.str, self.local.version() if per_link else None)
-            if key not in level.cache:  # the links of each axis in a CSR of their own
-                h = host_arrays(level, dt)
-                nweight = h["nweight"]
-                if per_link:
-                    nweight = (torch.from_numpy(h["nweight"]) * omegas.to(x.dtype)).numpy()
-                level.cache[key] = axis_csr(h["indptr"], h["indices"], nweight, h["axis"], 3)
-            split = level.cache[key]
+            split = self._axis_split(level, x.dtype, omegas)
             v = x.contiguous().numpy().reshape(-1)
             out = np.empty_like(v)
             for a in axes:
@@ -366,27 +421,8 @@ class VCycleNet(GridNet):
         if _fast(x, self.transfers):
             from deepcd.kernels.aggregate import grid_axis_smooth
 
-            dt = _np_dtype(x.dtype)
             grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
-            key = ("axis", dt, self.local.version() if local else None)
-            if key not in h.grid.cache:
-                pairs = h.grid_axis
-                if local:  # ω per face folded into the weights; the kernels then take ω = 1
-                    pairs = [
-                        _weighted_axis(nl, w, a)
-                        for a, ((nl, _), w) in enumerate(zip(h.grid_axis, omegas, strict=True))
-                    ]
-                h.grid.cache[key] = [
-                    tuple(
-                        t.to(x.dtype)
-                        .contiguous()
-                        .numpy()
-                        .reshape((1,) * (3 - self.dim) + t.shape[2:])
-                        for t in pair
-                    )
-                    for pair in pairs
-                ]
-            weights = h.grid.cache[key]
+            weights = self._grid_axis_arrays(h, x.dtype, omegas)
             v = x.contiguous().numpy().reshape(grid).copy()
             out = np.empty_like(v)
             for a in axes:
