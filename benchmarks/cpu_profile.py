@@ -167,6 +167,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="bench-out/cpu-profile")
     args = ap.parse_args()
+    from deepcd import threads
+
+    threads.ensure()  # what a solve applies first (thread counts, deepcd.memory's malloc)
     times: dict = collections.defaultdict(float)
     instrument(times)
     bandwidth = triad_bandwidth()
