@@ -39,3 +39,5 @@ $deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --
 ./benchmarks/variable_coefficient.sh
 # 11. Where a DCDM solve spends its time (V-cycle components against their bandwidth floor).
 .venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 128 --shape 256 --out benchmarks/cpu-profile
+# 12. deepcd.memory's malloc settings against glibc's defaults (fresh processes, alternating).
+.venv/bin/python benchmarks/malloc_ab.py --shape 128 --shape 256 --rounds 2 --out benchmarks/malloc

@@ -5,11 +5,11 @@ unmaps it on free, so each such array is page-faulted in again on its first writ
 allocation. A V-cycle at 256³ allocates float32 fields of 64 MiB many times per
 application, and first writes are slow here (a VM: numpy asks for transparent huge pages,
 and touching a fresh 256 MiB array took 0.4–0.7 s against 0.02 s for reused memory).
-Measured on this project's 2-core machine (smoke-obstacles, shipped solver, one process each,
-`benchmarks/cpu_profile.py`-style timing, median of 5 V-cycles; `MALLOC_MMAP_MAX_=0
-MALLOC_TRIM_THRESHOLD_=2**36` in the environment against glibc's defaults):
-  256³: hierarchy 9.6 → 5.8 s, first application 5.2 → 2.5 s, one V-cycle 1.12 → 0.69 s;
-  128³: one V-cycle 0.126 → 0.103 s.
+Measured on this project's 2-core machine (`benchmarks/malloc_ab.py`, smoke-obstacles, a
+fresh process per setting, alternating): a repeated solve on a cached hierarchy takes
+0.89–1.06 s against 1.09–1.25 s with glibc's defaults at 128³ and 7.1–7.4 s against
+10.1–10.6 s at 256³; the first solve's setup is a tie; the peak memory at 256³ is 7.2–7.4 GiB
+against 6.7 GiB.
 
 So the first solve (`deepcd.threads.ensure`) sets `M_MMAP_MAX` = 0 (large blocks come from
 the heap too) and `M_TRIM_THRESHOLD` to -1 (freed heap is never trimmed), unless
