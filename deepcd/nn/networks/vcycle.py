@@ -163,18 +163,41 @@ class VCycleNet(GridNet):
 
     def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
         """`_smoother` on a graph level: Clenshaw on the normalized links (one column)."""
+        from deepcd.kernels import ell
         from deepcd.kernels.aggregate import small
-        from deepcd.kernels.smoother import graph_clenshaw_step
         from deepcd.nn.fastpath import normalized_graph, smooth
 
-        dt = _np_dtype(y.dtype)
-        s, e, nweight = normalized_graph(level, scale, dt)
-        h = level.host
+        s, e, nweight = normalized_graph(level, scale, _np_dtype(y.dtype))
         hat = s * y.contiguous().numpy().reshape(-1)
-        args = (e, h["indptr"], h["indices"], nweight)
-        step = small(graph_clenshaw_step, level.n)
+        idx, rest_ptr, rest_idx = self._ell_layout(level)
+        nw, rest_nw = self._ell_weights(level, "normalized", nweight)
+        args = (e, idx, nw, rest_ptr, rest_idx, rest_nw)
+        step = small(ell.clenshaw_step, level.n)
         out = smooth(step, (level.n,), hat, self._clenshaw_beta(logits, c), s, args)
         return torch.from_numpy(out).reshape(y.shape)
+
+    @staticmethod
+    def _ell_layout(level):
+        """A graph level's links in `deepcd.kernels.ell`'s fixed-width layout (cached)."""
+        from deepcd.kernels import ell
+
+        if "ell" not in level.cache:
+            level.cache["ell"] = ell.layout(level.host["indptr"], level.host["indices"])
+        return level.cache["ell"]
+
+    @staticmethod
+    def _ell_weights(level, name: str, weight: np.ndarray):
+        """CSR link weights `weight` in the level's fixed-width layout, cached per name while
+        `weight` is the same array (normalized ones change with a local scale)."""
+        from deepcd.kernels import ell
+
+        key = ("ell", name, weight.dtype.str)
+        cached = level.cache.get(key)
+        if cached is None or cached[0] is not weight:
+            rest_ptr = VCycleNet._ell_layout(level)[1]
+            cached = (weight, ell.weights(level.host["indptr"], weight, rest_ptr))
+            level.cache[key] = cached
+        return cached[1]
 
     def _residual(self, level, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """r − A x on a level (one fused numba pass on the grid in CPU inference)."""
@@ -190,6 +213,21 @@ class VCycleNet(GridNet):
             out = np.empty(grid, dtype=diag.dtype)
             rv = r.to(x.dtype).contiguous().numpy().reshape(grid)
             stencil_residual(rv, x.contiguous().numpy().reshape(grid), diag, *links, out)
+            return torch.from_numpy(out).reshape(x.shape)
+        if isinstance(level, GraphLevel) and _fast(x, self.smoothers):
+            from deepcd.kernels import ell
+            from deepcd.kernels.aggregate import small
+            from deepcd.nn.multigrid import host_arrays
+
+            dt = _np_dtype(x.dtype)
+            h = host_arrays(level, dt)
+            idx, rest_ptr, rest_idx = self._ell_layout(level)
+            w, rest_w = self._ell_weights(level, "weight", h["weight"])
+            out = np.empty(level.n, dtype=dt)
+            rv = r.to(x.dtype).contiguous().numpy().reshape(-1)
+            xv = x.contiguous().numpy().reshape(-1)
+            args = (h["diag"], idx, w, rest_ptr, rest_idx, rest_w, out)
+            small(ell.residual, level.n)(rv, xv, *args)
             return torch.from_numpy(out).reshape(x.shape)
         return r - self._level_apply(level, x)
 
@@ -342,8 +380,9 @@ class VCycleNet(GridNet):
             if depth == last and h.coarse_inverse is not None:
                 break
             level = h.levels[depth]
-            normalized_graph(level, self._local_scale(h, depth, dtype), dt)
-            host_arrays(level, dt)
+            nweight = normalized_graph(level, self._local_scale(h, depth, dtype), dt)[2]
+            self._ell_weights(level, "normalized", nweight)
+            self._ell_weights(level, "weight", host_arrays(level, dt)["weight"])
             if depth < last:
                 self._axis_split(level, dtype, self._level_omegas(h, depth))
 

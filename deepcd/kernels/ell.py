@@ -1,0 +1,90 @@
+"""A graph level's links in a fixed-width layout for the CPU smoother and residual (numba).
+
+A graph level (`deepcd.kernels.aggregate`) stores its links as CSR, whose per-node loop has a
+variable trip count. Here each node's first WIDTH links sit in (n, WIDTH) arrays, padded with
+the node itself and weight 0, and the rest, rare, in a CSR of their own: the fixed inner loop
+runs about 1.7× faster than the CSR loop on level 1 of a 128³ scene (smoke-obstacles: 255,764
+nodes, 89 % with 6 links, none with more; one thread, median of 50). The padding reads x_i
+with weight 0, so the sums are the CSR's, in the same order.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+WIDTH = 6  # a grid level's face links: one per face of a 3D cell
+
+
+@nb.njit(parallel=True, cache=True)
+def _fill_layout(indptr, indices, width, rest_ptr, idx, rest_idx):
+    for i in nb.prange(indptr.shape[0] - 1):
+        lo, hi = indptr[i], indptr[i + 1]
+        for k in range(width):
+            idx[i, k] = indices[lo + k] if lo + k < hi else i
+        for p in range(lo + width, hi):
+            rest_idx[rest_ptr[i] + p - lo - width] = indices[p]
+
+
+@nb.njit(parallel=True, cache=True)
+def _fill_weights(indptr, weight, width, rest_ptr, w, rest_w):
+    for i in nb.prange(indptr.shape[0] - 1):
+        lo, hi = indptr[i], indptr[i + 1]
+        for k in range(width):
+            w[i, k] = weight[lo + k] if lo + k < hi else 0.0
+        for p in range(lo + width, hi):
+            rest_w[rest_ptr[i] + p - lo - width] = weight[p]
+
+
+def layout(indptr: np.ndarray, indices: np.ndarray, width: int = WIDTH):
+    """(idx (n, width) int32, rest_ptr (n+1,) int64, rest_idx int32) of a CSR's links."""
+    n = len(indptr) - 1
+    rest_ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.maximum(np.diff(indptr) - width, 0), out=rest_ptr[1:])
+    idx = np.empty((n, width), dtype=np.int32)
+    rest_idx = np.empty(rest_ptr[-1], dtype=np.int32)
+    _fill_layout(indptr, indices, width, rest_ptr, idx, rest_idx)
+    return idx, rest_ptr, rest_idx
+
+
+def weights(indptr: np.ndarray, weight: np.ndarray, rest_ptr: np.ndarray, width: int = WIDTH):
+    """(w (n, width), rest_w) of CSR link weights in `layout`'s slots, in weight's dtype."""
+    n = len(indptr) - 1
+    w = np.empty((n, width), dtype=weight.dtype)
+    rest_w = np.empty(rest_ptr[-1], dtype=weight.dtype)
+    _fill_weights(indptr, weight, width, rest_ptr, w, rest_w)
+    return w, rest_w
+
+
+@nb.njit(parallel=True, cache=True)
+def clenshaw_step(
+    b1, b2, h, e, idx, nw, rest_ptr, rest_idx, rest_nw, beta, two, use_b2, s, use_s, out
+):
+    """`deepcd.kernels.smoother.graph_clenshaw_step` with the links in the fixed layout:
+    out = β·h + two·(I − Â)b1 − b2 (b2 when use_b2), times s when use_s."""
+    width = idx.shape[1]
+    for i in nb.prange(b1.shape[0]):
+        acc = (1.0 - e[i]) * b1[i]
+        for k in range(width):
+            acc += nw[i, k] * b1[idx[i, k]]
+        for p in range(rest_ptr[i], rest_ptr[i + 1]):
+            acc += rest_nw[p] * b1[rest_idx[p]]
+        value = beta * h[i] + two * acc
+        if use_b2:
+            value -= b2[i]
+        if use_s:
+            value *= s[i]
+        out[i] = value
+
+
+@nb.njit(parallel=True, cache=True)
+def residual(r, x, d, idx, w, rest_ptr, rest_idx, rest_w, out):
+    """out = r − A x on a graph level, (A x)_i = d_i x_i − Σ_j w_ij x_j, links in the layout."""
+    width = idx.shape[1]
+    for i in nb.prange(x.shape[0]):
+        acc = d[i] * x[i]
+        for k in range(width):
+            acc -= w[i, k] * x[idx[i, k]]
+        for p in range(rest_ptr[i], rest_ptr[i + 1]):
+            acc -= rest_w[p] * x[rest_idx[p]]
+        out[i] = r[i] - acc

@@ -1,0 +1,43 @@
+"""The fixed-width link layout against the CSR kernels it stands in for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepcd.kernels import ell
+from deepcd.kernels.aggregate import graph_matvec
+from deepcd.kernels.smoother import graph_clenshaw_step
+
+
+def random_graph(n: int, most: int, seed: int):
+    """A CSR with 0..most links per node (so some spill past the layout's width)."""
+    rng = np.random.default_rng(seed)
+    deg = rng.integers(0, most + 1, n)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(deg, out=indptr[1:])
+    indices = rng.integers(0, n, indptr[-1]).astype(np.int32)
+    return indptr, indices, rng.uniform(0.1, 1.0, indptr[-1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,most", [(1, 0), (37, 3), (500, 6), (1000, 11)])
+def test_layout_kernels_equal_the_csr_kernels(dtype, n, most):
+    """Bit for bit: the same links in the same order, padding adding 0 · x_i."""
+    indptr, indices, weight = random_graph(n, most, seed=n)
+    weight = weight.astype(dtype)
+    rng = np.random.default_rng(1)
+    b1, b2, h, e, s, d, r = (rng.standard_normal(n).astype(dtype) for _ in range(7))
+    idx, rest_ptr, rest_idx = ell.layout(indptr, indices)
+    w, rest_w = ell.weights(indptr, weight, rest_ptr)
+    assert idx.shape == (n, ell.WIDTH) and rest_ptr[-1] == np.maximum(np.diff(indptr) - 6, 0).sum()
+    for use_b2, use_s in [(False, False), (True, False), (True, True)]:
+        want, got = np.empty(n, dtype), np.empty(n, dtype)
+        graph_clenshaw_step(b1, b2, h, e, indptr, indices, weight, 0.3, 2.0, use_b2, s, use_s, want)
+        args = (e, idx, w, rest_ptr, rest_idx, rest_w, 0.3, 2.0, use_b2, s, use_s, got)
+        ell.clenshaw_step(b1, b2, h, *args)
+        np.testing.assert_array_equal(got, want)
+    ax, got = np.empty(n, dtype), np.empty(n, dtype)
+    graph_matvec(b1, d, indptr, indices, weight, ax)
+    ell.residual(r, b1, d, idx, w, rest_ptr, rest_idx, rest_w, got)
+    np.testing.assert_array_equal(got, r - ax)
