@@ -278,6 +278,10 @@ def cmd_info(args) -> int:
         f"{st['cores_available']} cores available; OMP_WAIT_POLICY={st['omp_wait_policy']}; "
         f"set ${threads.ENV} to change)"
     )
+    from deepcd import memory
+
+    state = os.environ.get(memory.ENV, "").strip() or "keep"
+    print(f"malloc:   {state} at the first solve (deepcd.memory; ${memory.ENV}=system to opt out)")
     return 0
 
 

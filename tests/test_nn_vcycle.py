@@ -293,15 +293,20 @@ def test_coarsening_continues_until_the_coarsest_level_is_solved_exactly(monkeyp
     assert res.converged
 
 
-@pytest.mark.parametrize("dim,shape", [(3, (20, 18, 16)), (2, (40, 36))])
-def test_prepare_builds_everything_the_first_application_reads(dim, shape):
+@pytest.mark.parametrize(
+    "dim,name,shape",
+    [(3, "maze", (20, 18, 16)), (2, "maze", (40, 36)), (3, "two-phase", (16, 16, 16)),
+     (2, "two-phase", (40, 36))],
+)  # fmt: skip
+def test_prepare_builds_everything_the_first_application_reads(dim, name, shape):
     """After `NetworkDirection.prepare` (hierarchy + `prepare_inference`), applying the
-    shipped network (3D: global weights; 2D: local weights) derives nothing new, and gives
-    what a direction without the warm-up gives."""
+    shipped network (3D: global weights; 2D: local weights) derives nothing new — nor builds
+    the levels again, variable coefficients included — and gives what a direction without the
+    warm-up gives."""
     from deepcd.nn.weights import default_solver, load_solver
 
     net, _ = load_solver(default_solver(dim))
-    problem = scene("maze", shape, seed=0)
+    problem = scene(name, shape, seed=0)
     direction = NetworkDirection(net, problem)
     direction.prepare()
     h = net._cache[2]
@@ -313,6 +318,7 @@ def test_prepare_builds_everything_the_first_application_reads(dim, shape):
     before = keys()
     r = np.random.default_rng(0).standard_normal(problem.n)
     q = direction(r)
+    assert net._cache[2] is h
     assert keys() == before
     net._cache = None  # a fresh hierarchy, built lazily by the first application
     fresh = NetworkDirection(net, problem)

@@ -67,10 +67,9 @@ class NetworkDirection:
         if build is None:
             return True
         before = getattr(self.model, "_cache", None)
-        flags = self.operator.flags if self.operator is not None else self.flags
-        boundary = self.operator.boundary if self.operator is not None else self.boundary
         dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
-        h = build(flags, tuple(self.grid.shape[2:]), boundary, dtype, 1, self.operator)
+        # the flags and boundary `__call__` passes, so its lookup finds these levels
+        h = build(self.flags, tuple(self.grid.shape[2:]), self.boundary, dtype, 1, self.operator)
         warm = getattr(self.model, "prepare_inference", None)
         if warm is not None and self.device.type == "cpu":
             warm(h, dtype)  # the CPU kernels' arrays: setup, not the first direction's time
