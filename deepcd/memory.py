@@ -3,8 +3,7 @@
 glibc serves every request above its mmap threshold (at most 32 MiB) with a fresh mmap and
 unmaps it on free, so each such array is page-faulted in again on its first write, on every
 allocation. A V-cycle at 256³ allocates float32 fields of 64 MiB many times per
-application, and first writes are slow here (a VM: numpy asks for transparent huge pages,
-and touching a fresh 256 MiB array took 0.4–0.7 s against 0.02 s for reused memory).
+application.
 Measured on this project's 2-core machine (`benchmarks/malloc_ab.py`, smoke-obstacles, a
 fresh process per setting, alternating): a repeated solve on a cached hierarchy takes
 0.89–1.06 s against 1.09–1.25 s with glibc's defaults at 128³ and 7.1–7.4 s against

@@ -183,6 +183,16 @@ def _counting_sort(key, nkeys):
     return start, order
 
 
+@nb.njit(cache=True)
+def _union(parent, i, j):
+    """Join the components of i and j under the smaller root."""
+    ri, rj = _find(parent, i), _find(parent, j)
+    if ri < rj:
+        parent[rj] = ri
+    elif rj < ri:
+        parent[ri] = rj
+
+
 @nb.njit(inline="always")
 def _strong(p, i, j, weight, wmax, strength):
     return weight[p] >= strength * max(wmax[i], wmax[j])
@@ -199,11 +209,7 @@ def _components_in_blocks(parent, start, order, block, indptr, indices, weight, 
             for p in range(indptr[i], indptr[i + 1]):
                 j = indices[p]
                 if j > i and block[j] == block[i] and _strong(p, i, j, weight, wmax, strength):
-                    ri, rj = _find(parent, i), _find(parent, j)
-                    if ri < rj:
-                        parent[rj] = ri
-                    elif rj < ri:
-                        parent[ri] = rj
+                    _union(parent, i, j)
         for t in range(start[b], start[b + 1]):
             i = order[t]
             parent[i] = _find(parent, i)
@@ -237,11 +243,7 @@ def _merge_small(parent, start, order, indptr, indices, weight, wmax, strength, 
                     best_w[ri], best_j[ri] = weight[p], j
     for r in range(n):
         if best_j[r] >= 0 and parent[r] == r:
-            ri, rj = _find(parent, r), _find(parent, best_j[r])
-            if ri < rj:
-                parent[rj] = ri
-            elif rj < ri:
-                parent[ri] = rj
+            _union(parent, r, best_j[r])
 
 
 @nb.njit(cache=True)
