@@ -21,16 +21,19 @@ def random_graph(n: int, most: int, seed: int):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", [None, 1, 2, 6])
 @pytest.mark.parametrize("n,most", [(1, 0), (37, 3), (500, 6), (1000, 11)])
-def test_layout_kernels_equal_the_csr_kernels(dtype, n, most):
-    """Bit for bit: the same links in the same order, padding adding 0 · x_i."""
+def test_layout_kernels_equal_the_csr_kernels(dtype, width, n, most):
+    """Bit for bit at any width: the same links in the same order, padding adding 0 · x_i."""
     indptr, indices, weight = random_graph(n, most, seed=n)
     weight = weight.astype(dtype)
     rng = np.random.default_rng(1)
     b1, b2, h, e, s, d, r = (rng.standard_normal(n).astype(dtype) for _ in range(7))
-    idx, rest_ptr, rest_idx = ell.layout(indptr, indices)
-    w, rest_w = ell.weights(indptr, weight, rest_ptr)
-    assert idx.shape == (n, ell.WIDTH) and rest_ptr[-1] == np.maximum(np.diff(indptr) - 6, 0).sum()
+    idx, rest_ptr, rest_idx = ell.layout(indptr, indices, width)
+    used = ell.width_for(indptr) if width is None else width
+    w, rest_w = ell.weights(indptr, weight, rest_ptr, idx.shape[1])
+    assert idx.shape == (n, used) and idx.dtype == rest_idx.dtype == np.uint32
+    assert rest_ptr[-1] == np.maximum(np.diff(indptr) - used, 0).sum()
     for use_b2, use_s in [(False, False), (True, False), (True, True)]:
         want, got = np.empty(n, dtype), np.empty(n, dtype)
         graph_clenshaw_step(b1, b2, h, e, indptr, indices, weight, 0.3, 2.0, use_b2, s, use_s, want)
@@ -41,3 +44,19 @@ def test_layout_kernels_equal_the_csr_kernels(dtype, n, most):
     graph_matvec(b1, d, indptr, indices, weight, ax)
     ell.residual(r, b1, d, idx, w, rest_ptr, rest_idx, rest_w, got)
     np.testing.assert_array_equal(got, r - ax)
+
+
+@pytest.mark.parametrize(
+    "degrees,want",
+    [
+        ([], 1),
+        ([2] * 95 + [3] * 5, 2),  # a maze's corridors: a few junctions spill
+        ([2] * 80 + [3] * 20, 3),
+        ([6] * 100, 6),  # an open grid's cells
+        ([9] * 100, 6),  # never wider than WIDTH
+        ([0, 1, 1, 1], 1),
+    ],
+)
+def test_width_for_leaves_at_most_a_sixteenth_spilling(degrees, want):
+    indptr = np.concatenate([[0], np.cumsum(degrees)]).astype(np.int64)
+    assert ell.width_for(indptr) == want

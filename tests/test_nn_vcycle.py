@@ -293,19 +293,21 @@ def test_coarsening_continues_until_the_coarsest_level_is_solved_exactly(monkeyp
     assert res.converged
 
 
+@pytest.mark.parametrize("layout", ["grid", "graph"])
 @pytest.mark.parametrize(
     "dim,name,shape",
     [(3, "maze", (20, 18, 16)), (2, "maze", (40, 36)), (3, "two-phase", (16, 16, 16)),
      (2, "two-phase", (40, 36))],
 )  # fmt: skip
-def test_prepare_builds_everything_the_first_application_reads(dim, name, shape):
+def test_prepare_builds_everything_the_first_application_reads(dim, name, shape, layout):
     """After `NetworkDirection.prepare` (hierarchy + `prepare_inference`), applying the
     shipped network (3D: global weights; 2D: local weights) derives nothing new — nor builds
     the levels again, variable coefficients included — and gives what a direction without the
-    warm-up gives."""
+    warm-up gives, with level 0 on the grid or on its graph."""
     from deepcd.nn.weights import default_solver, load_solver
 
     net, _ = load_solver(default_solver(dim))
+    net.fine_layout = layout
     problem = scene(name, shape, seed=0)
     direction = NetworkDirection(net, problem)
     direction.prepare()
@@ -323,3 +325,52 @@ def test_prepare_builds_everything_the_first_application_reads(dim, name, shape)
     net._cache = None  # a fresh hierarchy, built lazily by the first application
     fresh = NetworkDirection(net, problem)
     np.testing.assert_array_equal(fresh(r), q)
+
+
+@pytest.mark.parametrize(
+    "dim,name,shape",
+    [(3, "maze", (20, 18, 16)), (3, "porous", (17, 16, 18)), (3, "two-phase", (16, 16, 16)),
+     (2, "maze", (40, 36)), (2, "splash", (33, 40)), (2, "two-phase", (40, 36))],
+)  # fmt: skip
+def test_level_zero_on_its_graph_is_the_same_vcycle(dim, name, shape):
+    """CPU inference may run level 0 on its graph of unknowns (`fine_layout`): the same
+    smoother, residual and transfers as the grid kernels, summed in another order — shipped
+    networks with global (3D) and local (2D) weights, variable coefficients included."""
+    from deepcd.nn.weights import default_solver, load_solver
+
+    problem = scene(name, shape, seed=0)
+    r = np.random.default_rng(3).standard_normal(problem.n)
+    out = {}
+    for layout in ("grid", "graph"):
+        net, _ = load_solver(default_solver(dim))
+        net.fine_layout = layout
+        direction = NetworkDirection(net, problem)
+        direction.prepare()
+        assert net.fine_on_graph(net._cache[2]) == (layout == "graph")
+        out[layout] = direction(r)
+    np.testing.assert_allclose(out["graph"], out["grid"], rtol=2e-4, atol=2e-5 * abs(r).max())
+    # and both are the float64 autograd-free torch V-cycle, up to float32 rounding
+    net, _ = load_solver(default_solver(dim))
+    net.fine_layout = "grid"
+    ref = NetworkDirection(net, problem, dtype=torch.float64)(r)
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(out["graph"], ref, rtol=0, atol=1e-4 * scale)
+
+
+def test_auto_layout_follows_the_fluid_share():
+    """ "auto" runs level 0 on its graph where few cells are unknowns (a maze), on the grid
+    where most are (an open scene); a wrong name is an error."""
+    from deepcd.nn.networks.vcycle import GRAPH_FINE_BELOW
+
+    net = build_network("vcycle", 3, smooth=1, degree=3)
+    for name, graph in (("maze", True), ("smoke-obstacles", False)):
+        problem = scene(name, (24, 24, 24), seed=0)
+        direction = NetworkDirection(net, problem)
+        direction.prepare()
+        h = net._cache[2]
+        share = h.levels[0].n / np.prod(problem.shape)
+        assert (share < GRAPH_FINE_BELOW) == graph
+        assert net.fine_on_graph(h) == graph
+    net.fine_layout = "sparse"
+    with pytest.raises(ValueError, match="fine_layout must be auto, grid or graph"):
+        net.fine_on_graph(h)

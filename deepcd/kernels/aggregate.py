@@ -544,8 +544,8 @@ def axis_smooth(x, indptr, indices, nweight, omega, out):
 
 
 def axis_csr(indptr, indices, weight, axis, naxes: int):
-    """Per axis a < naxes, the (indptr, indices, weight) of the links with axis == a, in the
-    order of the full CSR."""
+    """Per axis a < naxes, the (indptr, indices (uint32: see `deepcd.kernels.ell`), weight)
+    of the links with axis == a, in the order of the full CSR."""
     n = len(indptr) - 1
     rows = np.repeat(np.arange(n), np.diff(indptr))
     out = []
@@ -553,7 +553,7 @@ def axis_csr(indptr, indices, weight, axis, naxes: int):
         on = axis == a
         ip = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows[on], minlength=n), out=ip[1:])
-        out.append((ip, np.ascontiguousarray(indices[on]), np.ascontiguousarray(weight[on])))
+        out.append((ip, indices[on].astype(np.uint32), np.ascontiguousarray(weight[on])))
     return out
 
 
@@ -569,19 +569,23 @@ def restrict_sum(x, mstart, members, out):
 
 @nb.njit(parallel=True, cache=True)
 def prolong_copy(xc, agg, out):
-    """out_i = xc[agg_i] (P₀ xc), 0 where agg_i = -1."""
+    """out_i = xc[agg_i] (P₀ xc), 0 where agg_i = -1 (agg int32 in CPU inference: half the
+    bytes of int64)."""
     for i in nb.prange(agg.shape[0]):
         a = agg[i]
         out[i] = xc[a] if a >= 0 else 0.0
 
 
 def members_of(agg: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mstart (m+1,), members) listing the fine nodes of each coarse node (agg >= 0), in
-    increasing order (a counting sort)."""
+    """(mstart (m+1,) int64, members uint32) listing the fine nodes of each coarse node
+    (agg >= 0), in increasing order (a counting sort). Unsigned: `restrict_sum` loads
+    through them without numba's negative-index test."""
     agg = np.ascontiguousarray(agg, dtype=np.int64)
+    if len(agg) >= 2**32:
+        raise ValueError(f"members are uint32: {len(agg)} fine nodes are too many")
     mstart = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(np.bincount(agg[agg >= 0], minlength=m), out=mstart[1:])
-    members = np.empty(mstart[m], dtype=np.int64)
+    members = np.empty(mstart[m], dtype=np.uint32)
     _fill_members(agg, mstart, members)
     return mstart, members
 

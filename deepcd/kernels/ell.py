@@ -1,10 +1,14 @@
 """A graph level's links in a fixed-width layout for the CPU smoother and residual (numba).
 
 A graph level (`deepcd.kernels.aggregate`) stores its links as CSR, whose per-node loop has a
-variable trip count. Here each node's first WIDTH links sit in (n, WIDTH) arrays, padded with
-the node itself and weight 0, and the rest, rare (a cell has 6 faces), in a CSR of their own,
-so the inner loop has a fixed trip count. The padding reads x_i with weight 0, so the sums are
-the CSR's, in the same order.
+variable trip count. Here each node's first `width` links sit in (n, width) arrays, padded
+with the node itself and weight 0, and the rest in a CSR of their own, so the inner loop has a
+fixed trip count. The padding reads x_i with weight 0, so the sums are the CSR's, in the same
+order. The width is chosen per level (`width_for`): 6 on a grid-like level (a cell has 6
+faces), 2 on a maze's corridors, whose nodes have two links.
+
+Link indices are uint32: numba wraps negative indices, so a signed index costs a test and a
+branch per load; an unsigned one does not (`benchmarks/fine-layout` measures the kernels).
 """
 
 from __future__ import annotations
@@ -12,7 +16,21 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-WIDTH = 6  # a grid level's face links: one per face of a 3D cell
+WIDTH = 6  # the widest layout: one slot per face of a 3D cell
+SPILL = 1 / 16  # width_for: the share of nodes whose links may spill past the width
+
+
+def width_for(indptr: np.ndarray) -> int:
+    """The smallest width (1..WIDTH) past which at most SPILL of the nodes have links."""
+    deg = np.diff(indptr)
+    if deg.size == 0:
+        return 1
+    counts = np.bincount(np.minimum(deg, WIDTH + 1), minlength=WIDTH + 2)
+    beyond = deg.size - np.cumsum(counts)  # beyond[w]: nodes with more than w links
+    for w in range(1, WIDTH):
+        if beyond[w] <= SPILL * deg.size:
+            return w
+    return WIDTH
 
 
 @nb.njit(parallel=True, cache=True)
@@ -35,19 +53,24 @@ def _fill_weights(indptr, weight, width, rest_ptr, w, rest_w):
             rest_w[rest_ptr[i] + p - lo - width] = weight[p]
 
 
-def layout(indptr: np.ndarray, indices: np.ndarray, width: int = WIDTH):
-    """(idx (n, width) int32, rest_ptr (n+1,) int64, rest_idx int32) of a CSR's links."""
+def layout(indptr: np.ndarray, indices: np.ndarray, width: int | None = None):
+    """(idx (n, width) uint32, rest_ptr (n+1,) int64, rest_idx uint32) of a CSR's links;
+    width None: `width_for(indptr)`."""
     n = len(indptr) - 1
+    width = width_for(indptr) if width is None else int(width)
+    if n >= 2**32:
+        raise ValueError(f"the layout indexes nodes as uint32: {n} nodes are too many")
     rest_ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.maximum(np.diff(indptr) - width, 0), out=rest_ptr[1:])
-    idx = np.empty((n, width), dtype=np.int32)
-    rest_idx = np.empty(rest_ptr[-1], dtype=np.int32)
+    idx = np.empty((n, width), dtype=np.uint32)
+    rest_idx = np.empty(rest_ptr[-1], dtype=np.uint32)
     _fill_layout(indptr, indices, width, rest_ptr, idx, rest_idx)
     return idx, rest_ptr, rest_idx
 
 
-def weights(indptr: np.ndarray, weight: np.ndarray, rest_ptr: np.ndarray, width: int = WIDTH):
-    """(w (n, width), rest_w) of CSR link weights in `layout`'s slots, in weight's dtype."""
+def weights(indptr: np.ndarray, weight: np.ndarray, rest_ptr: np.ndarray, width: int):
+    """(w (n, width), rest_w) of CSR link weights in `layout`'s slots (width: its idx's
+    second axis), in weight's dtype."""
     n = len(indptr) - 1
     w = np.empty((n, width), dtype=weight.dtype)
     rest_w = np.empty(rest_ptr[-1], dtype=weight.dtype)
@@ -66,7 +89,8 @@ def clenshaw_step(
         acc = (1.0 - e[i]) * b1[i]
         for k in range(width):
             acc += nw[i, k] * b1[idx[i, k]]
-        for p in range(rest_ptr[i], rest_ptr[i + 1]):
+        lo, hi = rest_ptr[i], rest_ptr[i + 1]
+        for p in range(lo, hi):
             acc += rest_nw[p] * b1[rest_idx[p]]
         value = beta * h[i] + two * acc
         if use_b2:
@@ -84,6 +108,7 @@ def residual(r, x, d, idx, w, rest_ptr, rest_idx, rest_w, out):
         acc = d[i] * x[i]
         for k in range(width):
             acc -= w[i, k] * x[idx[i, k]]
-        for p in range(rest_ptr[i], rest_ptr[i + 1]):
+        lo, hi = rest_ptr[i], rest_ptr[i + 1]
+        for p in range(lo, hi):
             acc -= rest_w[p] * x[rest_idx[p]]
         out[i] = r[i] - acc

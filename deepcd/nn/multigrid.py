@@ -216,7 +216,7 @@ class Hierarchy:
         """(mstart, members, agg) over the flattened grid cells for the CPU kernels."""
         if self._members is None:
             agg = self.grid_agg.cpu().numpy()
-            self._members = (*K.members_of(agg, self.levels[1].n), agg)
+            self._members = (*K.members_of(agg, self.levels[1].n), agg.astype(np.int32))
         return self._members
 
     def to_nodes(self, x: torch.Tensor) -> torch.Tensor:
@@ -491,6 +491,8 @@ def host_arrays(level: GraphLevel, dtype: np.dtype) -> dict:
             k: (v.astype(dtype) if k in ("weight", "nweight", "diag", "s") else v)
             for k, v in h.items()
         }
+        if "agg" in h:  # `prolong_copy` reads it: int32, half the bytes
+            level.cache[key]["agg"] = h["agg"].astype(np.int32)
     return level.cache[key]
 
 

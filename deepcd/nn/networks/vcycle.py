@@ -19,6 +19,10 @@ from deepcd.nn.networks.layers import GridNet, _flag_batch
 from deepcd.nn.networks.multilevel import coarsening_plan
 from deepcd.problems.flags import SOLID
 
+# CPU inference runs level 0 as a graph when fewer than this share of the grid's cells are
+# unknowns (benchmarks/fine-layout measures the crossover)
+GRAPH_FINE_BELOW = 0.35
+
 
 class VCycleNet(GridNet):
     """A learned multigrid V-cycle, symmetric positive definite for any parameters (see the
@@ -80,6 +84,9 @@ class VCycleNet(GridNet):
         # smoother damping and transfer weights per unknown and link, from the local stencil
         self.local = LocalWeights(int(local)) if int(local) else None
         self._cache: tuple | None = None
+        self.fine_layout = (
+            "auto"  # CPU inference: level 0 on the grid or its graph (`fine_on_graph`)
+        )
 
     # -- the smoother ---------------------------------------------------------------------------
     def _smoother(self, level, y: torch.Tensor, logits: torch.Tensor, scale=None) -> torch.Tensor:
@@ -194,8 +201,8 @@ class VCycleNet(GridNet):
         key = ("ell", name, weight.dtype.str)
         cached = level.cache.get(key)
         if cached is None or cached[0] is not weight:
-            rest_ptr = VCycleNet._ell_layout(level)[1]
-            cached = (weight, ell.weights(level.host["indptr"], weight, rest_ptr))
+            idx, rest_ptr, _ = VCycleNet._ell_layout(level)
+            cached = (weight, ell.weights(level.host["indptr"], weight, rest_ptr, idx.shape[1]))
             level.cache[key] = cached
         return cached[1]
 
@@ -271,29 +278,31 @@ class VCycleNet(GridNet):
             )
         return level.cache["local_features"]
 
-    def _local_scale(self, h, depth: int, dtype: torch.dtype):
-        """(g·D)^-½ of level `depth` in its layout (a grid field on level 0), or None."""
+    def _local_scale(self, h, depth: int, dtype: torch.dtype, grid: bool = True):
+        """(g·D)^-½ of level `depth` in its layout (a grid field on level 0 unless `grid` is
+        False: then level 0's node vector), or None."""
         if self.local is None:
             return None
         graph = h.levels[depth]
+        on_grid = depth == 0 and grid
 
         def make():
             g = self.local.damping(self._features(graph)[0]).to(dtype)
-            if depth > 0:
+            if not on_grid:
                 return graph.inv_sqrt_diag.to(dtype) / g.sqrt()[:, None]
             bf = h.grid.diag.shape[0]
             field = torch.ones(bf * int(np.prod(h.shape)), dtype=dtype, device=g.device)
             field = field.index_copy(0, h.index, g).reshape(bf, 1, *h.shape)
             return h.grid.inv_sqrt_diag.to(dtype) / field.sqrt()
 
-        cache = h.grid.cache if depth == 0 else graph.cache
+        cache = h.grid.cache if on_grid else graph.cache
         return self._local_cached(cache, ("scale", dtype), make)
 
-    def _local_omegas(self, h, depth: int):
+    def _local_omegas(self, h, depth: int, grid: bool = True):
         """Per-link ω of level `depth`'s prolongation smoothing: (nnz,) in CSR order on a
-        graph level, per axis face fields (Bf, 1, *g_a) on level 0 (grid form)."""
+        graph level, per axis face fields (Bf, 1, *g_a) on level 0 in grid form (`grid`)."""
         i = min(depth, self._J - 1)
-        if depth > 0:
+        if depth > 0 or not grid:
             level = h.levels[depth]
             axis = torch.as_tensor(level.host["axis"].astype(np.int64), device=level.device)
 
@@ -370,21 +379,26 @@ class VCycleNet(GridNet):
         dt, last = _np_dtype(dtype), len(h.levels) - 1
         for logits in self.smoothers:
             self._clenshaw_beta(logits, 1.0 - 2.0**-8)
-        self._grid_arrays(h.grid, dtype)
-        normalized_grid(h.grid, self._local_scale(h, 0, dtype), self.dim, dtype)
-        if last == 0:
+        graph = self.fine_on_graph(h)
+        if last == 0 and h.coarse_inverse is not None:
             return
-        self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
-        h.grid_members()
-        for depth in range(1, last + 1):
+        if not graph:
+            self._grid_arrays(h.grid, dtype)
+            normalized_grid(h.grid, self._local_scale(h, 0, dtype), self.dim, dtype)
+            if last == 0:
+                return
+            self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
+            h.grid_members()
+        for depth in range(0 if graph else 1, last + 1):
             if depth == last and h.coarse_inverse is not None:
                 break
             level = h.levels[depth]
-            nweight = normalized_graph(level, self._local_scale(h, depth, dtype), dt)[2]
+            scale = self._local_scale(h, depth, dtype, grid=False)
+            nweight = normalized_graph(level, scale, dt)[2]
             self._ell_weights(level, "normalized", nweight)
             self._ell_weights(level, "weight", host_arrays(level, dt)["weight"])
             if depth < last:
-                self._axis_split(level, dtype, self._level_omegas(h, depth))
+                self._axis_split(level, dtype, self._level_omegas(h, depth, grid=False))
 
     def _smooth_axes(self, level, x: torch.Tensor, omegas, axes) -> torch.Tensor:
         """Apply S_a for the axes in `axes`, in that order, to a node vector (N, C); omegas:
@@ -409,10 +423,11 @@ class VCycleNet(GridNet):
                 x = level.smooth_axis(x, a, omegas[a])
         return x
 
-    def _level_omegas(self, h, depth: int):
-        """What `_smooth_axes` / `_grid_smooth` take for level `depth`."""
+    def _level_omegas(self, h, depth: int, grid: bool = True):
+        """What `_smooth_axes` (grid False on level 0) / `_grid_smooth` take for level
+        `depth`."""
         if self.local is not None:
-            return self._local_omegas(h, depth)
+            return self._local_omegas(h, depth, grid)
         return self._omegas(min(depth, self._J - 1))
 
     def _restrict(self, h, depth: int, r: torch.Tensor) -> torch.Tensor:
@@ -421,7 +436,7 @@ class VCycleNet(GridNet):
 
         level, coarse = h.levels[depth], h.levels[depth + 1]
         axes = [a for a, on in enumerate(level.halved) if on]
-        r = self._smooth_axes(level, r, self._level_omegas(h, depth), axes)
+        r = self._smooth_axes(level, r, self._level_omegas(h, depth, grid=False), axes)
         if _fast(r, self.transfers):
             from deepcd.kernels.aggregate import restrict_sum, small
 
@@ -443,15 +458,16 @@ class VCycleNet(GridNet):
         axes = [a for a, on in enumerate(level.halved) if on]
         if _fast(xc, self.transfers):
             from deepcd.kernels.aggregate import prolong_copy, small
+            from deepcd.nn.multigrid import host_arrays
 
-            out = np.empty(level.n, dtype=_np_dtype(xc.dtype))
-            small(prolong_copy, level.n)(
-                xc.contiguous().numpy().reshape(-1), level.host["agg"], out
-            )
+            dt = _np_dtype(xc.dtype)
+            out = np.empty(level.n, dtype=dt)
+            agg = host_arrays(level, dt)["agg"]
+            small(prolong_copy, level.n)(xc.contiguous().numpy().reshape(-1), agg, out)
             x = torch.from_numpy(out)[:, None]
         else:
             x = prolong(level, xc)
-        return self._smooth_axes(level, x, self._level_omegas(h, depth), axes[::-1])
+        return self._smooth_axes(level, x, self._level_omegas(h, depth, grid=False), axes[::-1])
 
     def _grid_smooth(self, h, x: torch.Tensor, axes) -> torch.Tensor:
         """S_a on the grid for the axes in `axes`, in that order (fields (B, 1, *g))."""
@@ -579,16 +595,18 @@ class VCycleNet(GridNet):
         self._cache = (key, flags.detach().clone(), h, tuple(t.detach().clone() for t in stencil))
         return h
 
-    def _cycle(self, h, depth: int, r: torch.Tensor) -> torch.Tensor:
-        """One V-cycle from level `depth` (0: r a grid field (B, 1, *g); else a node vector)."""
+    def _cycle(self, h, depth: int, r: torch.Tensor, grid: bool = True) -> torch.Tensor:
+        """One V-cycle from level `depth` (0: r a grid field (B, 1, *g), or level 0's node
+        vector when `grid` is False; else a node vector)."""
         J, last = self._J, len(h.levels) - 1
-        level = h.grid if depth == 0 else h.levels[depth]
+        on_grid = depth == 0 and grid
+        level = h.grid if on_grid else h.levels[depth]
         if depth == last and h.coarse_inverse is not None:  # coarsest: exact
             inv = h.coarse_inverse.to(r.dtype)
-            if depth == 0:
+            if on_grid:
                 return h.from_nodes(inv @ h.to_nodes(r))
             return inv @ r
-        scale = self._local_scale(h, depth, r.dtype)
+        scale = self._local_scale(h, depth, r.dtype, grid)
         if depth == last:  # too many unknowns for a dense solve: smoothing sweeps
             weights = self.smoothers[J]
             x = self._smoother(level, r, weights, scale)
@@ -601,7 +619,7 @@ class VCycleNet(GridNet):
         for _ in range(self.smooth - 1):
             x = x + self._smoother(level, self._residual(level, r, x), weights, scale)
         res = self._residual(level, r, x)
-        if depth == 0:  # level 0's transfers in grid form
+        if on_grid:  # level 0's transfers in grid form
             rc = self._restrict_grid(h, res)
             corr = self._prolong_grid(h, self._cycle(h, 1, rc))
         else:
@@ -645,7 +663,23 @@ class VCycleNet(GridNet):
             operator=operator,
         )
         x = r.to(dtype) * h.grid.active
+        if _fast(x, self.smoothers) and self.fine_on_graph(h):
+            return h.from_nodes(self._cycle(h, 0, h.to_nodes(x), grid=False)).to(r.dtype)
         return self._cycle(h, 0, x).to(r.dtype)
+
+    def fine_on_graph(self, h) -> bool:
+        """Whether CPU inference runs level 0 on its graph of unknowns rather than on the grid
+        (`fine_layout`: "grid", "graph", or "auto": the graph when fewer than
+        GRAPH_FINE_BELOW of the cells are unknowns, as on mazes, porous media and splashes,
+        where the grid kernels would stream every SOLID and AIR cell). The two compute the
+        same V-cycle (the same sums in another order)."""
+        if self.fine_layout not in ("auto", "grid", "graph"):
+            raise ValueError(f"fine_layout must be auto, grid or graph, got {self.fine_layout!r}")
+        if h.grid.diag.shape[0] != 1 or h.columns != 1 or self.fine_layout == "grid":
+            return False
+        if self.fine_layout == "graph":
+            return True
+        return h.levels[0].n < GRAPH_FINE_BELOW * math.prod(h.shape)
 
 
 def _weighted_axis(nlink: torch.Tensor, omega: torch.Tensor, a: int):
