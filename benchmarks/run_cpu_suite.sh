@@ -41,3 +41,5 @@ $deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --
 .venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 128 --shape 256 --out benchmarks/cpu-profile
 # 12. deepcd.memory's malloc settings against glibc's defaults (fresh processes, alternating).
 .venv/bin/python benchmarks/malloc_ab.py --shape 128 --shape 256 --rounds 2 --out benchmarks/malloc
+# 13. Level 0 on the grid against on its graph of unknowns (the fine_layout='auto' threshold).
+.venv/bin/python benchmarks/fine_layout.py --out benchmarks/fine-layout

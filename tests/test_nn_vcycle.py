@@ -46,13 +46,21 @@ def component_aggregation(A: sp.csr_matrix, coords: np.ndarray, halved) -> np.nd
 
 
 @pytest.mark.parametrize(
-    "shape,boundary", [((9, 8, 11), SOLID), ((7, 12, 6), AIR), ((17, 10), SOLID), ((9, 13), AIR)]
-)
-def test_galerkin_levels_equal_scipy_products(shape, boundary):
-    """Each coarse level is ½ P₀ᵀ A P₀ for the aggregation into connected components per
+    "shape,boundary,name",
+    [((9, 8, 11), SOLID, None), ((7, 12, 6), AIR, None), ((17, 10), SOLID, None),
+     ((9, 13), AIR, None), ((24, 24, 24), SOLID, "maze"), ((48, 40), SOLID, "maze")],
+)  # fmt: skip
+def test_galerkin_levels_equal_scipy_products(shape, boundary, name):
+    """Each coarse level is f·P₀ᵀ A P₀ for the aggregation into connected components per
     block, computed here independently with scipy (components with a zero coarse diagonal,
-    whole closed regions inside a block, dropped)."""
-    problem = random_problem(shape, seed=len(shape), boundary=boundary)
+    whole closed regions inside a block, dropped), f = level_scale of the level's counts: ½
+    on grid-like levels, less on a maze's corridors."""
+    from deepcd.nn.multigrid import level_scale
+
+    if name is None:
+        problem = random_problem(shape, seed=len(shape), boundary=boundary)
+    else:
+        problem = scene(name, shape, seed=0)
     flags = torch.tensor(problem.flags)[None]
     plan = coarsening_plan(shape, 2)
     # the block components alone (the merging of one-node components is tested below)
@@ -62,11 +70,15 @@ def test_galerkin_levels_equal_scipy_products(shape, boundary):
     A = A[keep][:, keep].tocsr()
     coords = np.stack(np.unravel_index(keep, shape), axis=1)
     rng = np.random.default_rng(0)
+    factors = []
     for fine, coarse, halved in zip(h.levels[:-1], h.levels[1:], plan, strict=False):
         labels = component_aggregation(A, coords, halved)
         P = sp.csr_matrix((np.ones(len(labels)), (np.arange(len(labels)), labels)))
-        Ac = (0.5 * (P.T @ A @ P)).tocsr()
+        Ac = (P.T @ A @ P).tocsr()
         alive = np.flatnonzero(Ac.diagonal() > 1e-9 * Ac.diagonal().max())
+        links = A.nnz - np.count_nonzero(A.diagonal())
+        factors.append(level_scale(A.shape[0], len(alive), links, 0.5))
+        Ac = factors[-1] * Ac
         # the same partition (up to numbering): each reference component maps to one node
         ours = fine.agg.numpy()
         for c in range(P.shape[1]):
@@ -83,13 +95,35 @@ def test_galerkin_levels_equal_scipy_products(shape, boundary):
         coords = np.array([c0[labels == alive[perm][i]][0] for i in range(coarse.n)])
     # every level is symmetric positive semidefinite
     assert np.linalg.eigvalsh(A.toarray()).min() > -1e-10
+    if name == "maze":  # corridors coarsen with a smaller factor
+        assert min(factors) < 0.45
+
+
+@pytest.mark.parametrize(
+    "n_fine,n_coarse,links,base,want",
+    [
+        (8000, 1000, 6 * 8000 - 1200, 0.5, 0.5),  # 2³ blocks of a 3D grid: ½ exactly
+        (4000, 1000, 4 * 4000, 0.5, 0.5),  # 2² blocks of a 2D grid
+        (2500, 1000, 2 * 2500, 0.5, 0.4),  # a chain cut into pieces of 2.5 cells: 1/2.5
+        (10000, 1000, 2 * 10000, 0.5, 0.3),  # pieces of 10: at least SCALE_MIN
+        (2500, 1000, 2 * 2500, 0.35, 0.35),  # never above the base
+        (0, 0, 0, 0.5, 0.5),
+    ],
+)
+def test_level_scale_is_one_over_the_aggregate_size(n_fine, n_coarse, links, base, want):
+    from deepcd.nn.multigrid import level_scale
+
+    assert level_scale(n_fine, n_coarse, links, base) == pytest.approx(want, rel=1e-3)
 
 
 @pytest.mark.parametrize("shape", [(13, 11, 9), (29, 23)])
 def test_one_node_components_merge_along_links_and_galerkin_stays_exact(shape):
     """With MERGE_BELOW = 2 a one-node block component joins a neighbour's across blocks:
     every aggregate stays connected through A's links (so never across a wall), none of one
-    node is left that has a link, and each coarse level is still exactly ½ P₀ᵀ A P₀."""
+    node is left that has a link, and each coarse level is still exactly f·P₀ᵀ A P₀
+    (f: `level_scale`)."""
+    from deepcd.nn.multigrid import level_scale
+
     problem = random_problem(shape, seed=5, boundary=AIR)
     plan = coarsening_plan(shape, 2)
     h = build_hierarchy(
@@ -107,7 +141,8 @@ def test_one_node_components_merge_along_links_and_galerkin_stays_exact(shape):
         )
         x = rng.standard_normal(coarse.n)
         got = coarse.apply(torch.as_tensor(x)[:, None])[:, 0].numpy()
-        np.testing.assert_allclose(got, 0.5 * (P.T @ A @ P) @ x, atol=1e-12)
+        f = level_scale(A.shape[0], coarse.n, A.nnz - np.count_nonzero(A.diagonal()), 0.5)
+        np.testing.assert_allclose(got, f * (P.T @ A @ P) @ x, atol=1e-12)
         links = (A - sp.diags(A.diagonal())).tocsr()
         for c in range(coarse.n):
             members = np.flatnonzero(agg == c)
@@ -115,7 +150,7 @@ def test_one_node_components_merge_along_links_and_galerkin_stays_exact(shape):
             assert connected_components(sub, directed=False)[0] == 1
             if len(members) == 1:
                 assert links[members[0]].nnz == 0 or np.all(agg[links[members[0]].indices] < 0)
-        A = (0.5 * (P.T @ A @ P)).tocsr()
+        A = (f * (P.T @ A @ P)).tocsr()
 
 
 @pytest.mark.parametrize("shape", [(16, 12, 10), (32, 20)])

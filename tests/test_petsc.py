@@ -112,12 +112,16 @@ def _pc(problem, net, PETSc, **kw):
 
 @needs_petsc
 @pytest.mark.parametrize("gather_below", [4096, 64])
-def test_pc_is_deepcds_vcycle(gather_below):
+@pytest.mark.parametrize(
+    "name,shape,seed",
+    [("pool", (24, 20, 16), 2), ("maze", (24, 24, 24), 0)],  # the maze: level_scale < ½
+)
+def test_pc_is_deepcds_vcycle(gather_below, name, shape, seed):
     """The PC applies VCycleNet's own cycle (same settings, merge_below=0): to rounding in
     float64, to 1e-5 against the torch float32 reference."""
     PETSc = dp.require()
     net, _ = load_solver("vcycle-3d")
-    p = scene("pool", (24, 20, 16), seed=2)
+    p = scene(name, shape, seed=seed)
     da, A, ksp, ctx = _pc(p, net.double(), PETSc, solver=net, gather_below=gather_below)
     ksp.getPC().setUp()
     r = np.random.default_rng(0).standard_normal(p.shape)

@@ -32,7 +32,14 @@ import numpy as np
 import torch
 
 from deepcd.kernels import aggregate as K
-from deepcd.nn.multigrid import STRENGTH, Hierarchy, _coarse_inverse, _graph_level, coarsen
+from deepcd.nn.multigrid import (
+    STRENGTH,
+    Hierarchy,
+    _coarse_inverse,
+    _graph_level,
+    coarsen,
+    level_scale,
+)
 from deepcd.petsc import grid as G
 from deepcd.petsc.halo import GraphHalo, GridHalo, allgatherv, allreduce, exscan
 from deepcd.problems.flags import FLUID
@@ -400,6 +407,11 @@ def build(
         cg_own = np.where(agg >= 0, agg + offset_c, -1).astype(np.float64)
         cg = np.rint(_exchange(lv, cg_own, halo)).astype(np.int64)
         xi_c, xg_c, xw_c, xa_c = _coarse_cross(lv, agg, cg, total_c, scale)
+        # the serial hierarchy's factor for corridor-like levels, from the global counts
+        links = int(allreduce(comm, len(lv["indices"]) + len(lv["xi"]), "sum"))
+        factor = level_scale(lv["n_global"], total_c, links, scale) / scale
+        if factor != 1.0:
+            cd, cweight, xw_c = cd * factor, cweight * factor, xw_c * factor
         if level == 0:
             flat = np.full(int(np.prod(p0["diag"].shape)), -1, dtype=np.int64)
             cells = np.arange(flat.size).reshape(p0["diag"].shape)[p0["inner"]]
