@@ -38,7 +38,7 @@ $deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --
 # 10. Variable coefficients: two-phase ratios 1-10^4, ghost-fluid surface, cut cells (same sizes).
 ./benchmarks/variable_coefficient.sh
 # 11. Where a DCDM solve spends its time (V-cycle components against their bandwidth floor).
-.venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 128 --shape 256 --out benchmarks/cpu-profile
+.venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 128 --shape 256 --repeats 15 --out benchmarks/cpu-profile
 # 12. deepcd.memory's malloc settings against glibc's defaults (fresh processes, alternating).
 .venv/bin/python benchmarks/malloc_ab.py --shape 128 --shape 256 --rounds 2 --out benchmarks/malloc
 # 13. Level 0 on the grid against on its graph of unknowns (the fine_layout='auto' threshold).

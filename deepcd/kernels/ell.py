@@ -8,7 +8,7 @@ order. The width is chosen per level (`width_for`): 6 on a grid-like level (a ce
 faces), 2 on a maze's corridors, whose nodes have two links.
 
 Link indices are uint32: numba wraps negative indices, so a signed index costs a test and a
-branch per load; an unsigned one does not (`benchmarks/fine-layout` measures the kernels).
+branch per load; an unsigned one does not.
 """
 
 from __future__ import annotations

@@ -84,9 +84,8 @@ class VCycleNet(GridNet):
         # smoother damping and transfer weights per unknown and link, from the local stencil
         self.local = LocalWeights(int(local)) if int(local) else None
         self._cache: tuple | None = None
-        self.fine_layout = (
-            "auto"  # CPU inference: level 0 on the grid or its graph (`fine_on_graph`)
-        )
+        # CPU inference: level 0 on the grid or on its graph of unknowns (`fine_on_graph`)
+        self.fine_layout = "auto"
 
     # -- the smoother ---------------------------------------------------------------------------
     def _smoother(self, level, y: torch.Tensor, logits: torch.Tensor, scale=None) -> torch.Tensor:
