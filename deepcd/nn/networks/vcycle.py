@@ -669,7 +669,7 @@ class VCycleNet(GridNet):
     def fine_on_graph(self, h) -> bool:
         """Whether CPU inference runs level 0 on its graph of unknowns rather than on the grid
         (`fine_layout`: "grid", "graph", or "auto": the graph when fewer than
-        GRAPH_FINE_BELOW of the cells are unknowns, as on mazes, porous media and splashes,
+        GRAPH_FINE_BELOW of the cells are unknowns (mazes: `benchmarks/fine-layout`),
         where the grid kernels would stream every SOLID and AIR cell). The two compute the
         same V-cycle (the same sums in another order)."""
         if self.fine_layout not in ("auto", "grid", "graph"):
