@@ -100,3 +100,52 @@ def test_compile_clock_counts_a_compilation_once():
     assert spent > 0
     outer(np.ones(3))  # compiled: the clock stands still
     assert compile_seconds() - before == spent
+
+
+def _normalized_level(shape, dtype, seed=0):
+    flags = (
+        np.random.default_rng(seed).choice([0, 1, 2], size=shape, p=[0.8, 0.1, 0.1]).astype(np.int8)
+    )
+    lap = GridLaplacian.from_problem(from_flags(flags, boundary=AIR), dtype=torch.float64)
+    level = StencilLevel.from_parts(lap.diag, lap.links())
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    return normalized_grid(level, None, len(shape), tdt)
+
+
+@pytest.mark.parametrize(
+    "shape", [(13, 17), (64, 9), (40, 33, 21), (23, 5, 2), (25, 7, 1), (12, 1, 6), (9, 12, 15)]
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("degree", [2, 3, 6])
+def test_wavefront_smoother_equals_one_pass_per_step(shape, dtype, degree):
+    """`smooth_grid` (every Clenshaw step in one sweep over x-planes, or the per-step passes
+    when there are too few planes: the last shape) gives `smooth` with `clenshaw_step`, on
+    odd shapes, z extents of 1 and 2 and 2D grids included."""
+    from deepcd.nn.fastpath import smooth_grid
+
+    s, e, links = _normalized_level(shape, dtype)
+    rng = np.random.default_rng(2)
+    y = rng.standard_normal(s.shape).astype(dtype)
+    beta = clenshaw_coefficients(rng.dirichlet(np.ones(degree)), 1 - 2.0**-8)
+    want = smooth(clenshaw_step, s.shape, (s * y).astype(dtype), beta, s, (e, *links))
+    cache: dict = {}
+    got = smooth_grid(y, beta, s, e, links, cache)
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    assert got.dtype == dtype and got.shape == y.shape
+    np.testing.assert_array_equal(smooth_grid(y, beta, s, e, links, cache), got)  # reused
+
+
+@pytest.mark.parametrize("nchunks", [1, 2, 3, 5])
+def test_wavefront_chunks_give_the_same_sweep(nchunks):
+    """The x-chunks recompute their neighbours' planes: any chunk count, the same result."""
+    from deepcd.kernels.smoother import clenshaw_wavefront
+
+    s, e, (fx, fy, fz) = _normalized_level((31, 6, 7), np.float64, seed=4)
+    y = np.random.default_rng(5).standard_normal(s.shape)
+    beta = clenshaw_coefficients(np.random.default_rng(6).dirichlet(np.ones(6)), 1 - 2.0**-8)
+    want = smooth(clenshaw_step, s.shape, s * y, beta, s, (e, fx, fy, fz))
+    out = np.empty_like(y)
+    work = np.full((nchunks, 5, 3, 6, 7), np.nan)  # stale scratch must never be read
+    clenshaw_wavefront(y, s, e, fx, fy, fz, beta, nchunks, work, out)
+    np.testing.assert_allclose(out, want, rtol=1e-13, atol=1e-13 * np.abs(want).max())

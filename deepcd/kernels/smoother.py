@@ -143,3 +143,125 @@ def graph_clenshaw_step(b1, b2, h, e, indptr, indices, nweight, beta, two, use_b
         if use_s:
             value *= s[i]
         out[i] = value
+
+
+# -- all Clenshaw steps in one sweep (temporal blocking) -----------------------------------------
+#
+# `fastpath.smooth` runs the m − 1 steps of a degree-m smoother as m − 1 passes over the grid,
+# each streaming b_{k+1}, b_{k+2}, h, e and the three face arrays from memory. Step k at x-plane
+# i needs step k + 1 only at planes i − 1, i, i + 1, so the steps can run as a wavefront: in
+# round p, stage t (the t-th step) computes plane p − t. Each stage keeps its last three planes
+# in a small ring buffer, so the operator arrays and y are read from memory once per smoother
+# and every intermediate b_k stays in cache. Threads take contiguous x-chunks; a chunk also
+# computes the planes that its stages need from its neighbours' range (L − t planes on each
+# side for stage t), so chunks never wait on each other.
+
+
+@nb.njit(inline="always")
+def _plane_or(a, i, n, zero):
+    return a[i] if 0 <= i < n else zero
+
+
+@nb.njit(inline="always")
+def _stage_row(bc, bxm, bxp, wxm, wxp, bym, byp, wym, wyp, wz, e, y, s, b2, bk, two, one, last, o):
+    """One row along z of a wavefront stage: the z ends apart, so the loop between them has
+    no branch and vectorizes."""
+    nz = bc.shape[0]
+    for k in range(nz):
+        if k == 1 and nz > 2:
+            break
+        acc = (one - e[k]) * bc[k] + wxm[k] * bxm[k] + wxp[k] * bxp[k] + wym[k] * bym[k]
+        acc += wyp[k] * byp[k]
+        if k > 0:
+            acc += wz[k - 1] * bc[k - 1]
+        if k < nz - 1:
+            acc += wz[k] * bc[k + 1]
+        value = bk * (s[k] * y[k]) + two * acc - b2[k]
+        o[k] = value * s[k] if last else value
+    if nz <= 2:
+        return
+    for k in range(1, nz - 1):
+        acc = (one - e[k]) * bc[k] + wxm[k] * bxm[k] + wxp[k] * bxp[k] + wym[k] * bym[k]
+        acc += wyp[k] * byp[k] + wz[k - 1] * bc[k - 1] + wz[k] * bc[k + 1]
+        value = bk * (s[k] * y[k]) + two * acc - b2[k]
+        o[k] = value * s[k] if last else value
+    k = nz - 1
+    acc = (1.0 - e[k]) * bc[k] + wxm[k] * bxm[k] + wxp[k] * bxp[k] + wym[k] * bym[k]
+    acc += wyp[k] * byp[k] + wz[k - 1] * bc[k - 1]
+    value = bk * (s[k] * y[k]) + two * acc - b2[k]
+    o[k] = value * s[k] if last else value
+
+
+@nb.njit(parallel=True, cache=True)
+def clenshaw_wavefront(y, s, e, nx_, ny_, nz_, beta, nchunks, work, out):
+    """out = s · Σ_k β_k T_k(I − Â)(s·y), Clenshaw's recurrence run as a wavefront over
+    x-planes: the result of `fastpath.smooth` with `clenshaw_step` (the same arithmetic per
+    cell) in one read of y, s, e and the faces.
+
+    Grid arrays (nx, ny, nz) (2D: (nx, 1, ny) with an empty y-face array); beta (m,) float64
+    with m >= 2; work (nchunks, m − 1, 3, ny, nz) scratch in y's dtype; nchunks x-chunks run
+    in parallel (at most nx)."""
+    nx, ny, nz = y.shape
+    L = beta.shape[0] - 1  # stages 1..L are the Clenshaw steps; stage 0 is β_{m-1}·h
+    coef = np.empty(L + 3, dtype=y.dtype)  # β, then the constants 1 and 2
+    coef[: L + 1] = beta
+    coef[L + 1], coef[L + 2] = 1.0, 2.0
+    one = coef[L + 1]
+    zero = np.zeros((ny, nz), dtype=y.dtype)
+    zrow = np.zeros(nz, dtype=e.dtype)
+    for c in nb.prange(nchunks):
+        a, bnd = c * nx // nchunks, (c + 1) * nx // nchunks
+        ring = work[c]
+        for p in range(a - L, bnd + L):
+            for t in range(L + 1):
+                i = p - t
+                if i < max(a - (L - t), 0) or i >= min(bnd + (L - t), nx):
+                    continue
+                si, yi = s[i], y[i]
+                if t == 0:
+                    dst = ring[0, i % 3]
+                    b0 = coef[L]
+                    for j in range(ny):
+                        for k in range(nz):
+                            dst[j, k] = b0 * si[j, k] * yi[j, k]
+                    continue
+                cur = ring[t - 1]
+                bc = cur[i % 3]
+                bxm = cur[(i - 1) % 3] if i > 0 else zero
+                bxp = cur[(i + 1) % 3] if i < nx - 1 else zero
+                wx_m = _plane_or(nx_, i - 1, nx - 1, zero)
+                wx_p = _plane_or(nx_, i, nx - 1, zero)
+                b2 = ring[t - 2, i % 3] if t >= 2 else zero
+                ei, wyi, wzi = e[i], ny_[i], nz_[i]
+                bk = coef[L - t]  # in the arrays' dtype: float32 stays float32
+                two = coef[L + 1] if t == L else coef[L + 2]
+                for j in range(ny):
+                    bcr, hr, sr, er = bc[j], yi[j], si[j], ei[j]
+                    bxmr, bxpr, wxmr, wxpr = bxm[j], bxp[j], wx_m[j], wx_p[j]
+                    bym = bc[j - 1] if j > 0 else zrow
+                    byp = bc[j + 1] if j < ny - 1 else zrow
+                    wym = wyi[j - 1] if j > 0 else zrow
+                    wyp = wyi[j] if j < ny - 1 else zrow
+                    wz, b2r = wzi[j], b2[j]
+                    o = out[i, j] if t == L else ring[t, i % 3, j]
+                    _stage_row(
+                        bcr,
+                        bxmr,
+                        bxpr,
+                        wxmr,
+                        wxpr,
+                        bym,
+                        byp,
+                        wym,
+                        wyp,
+                        wz,
+                        er,
+                        hr,
+                        sr,
+                        b2r,
+                        bk,
+                        two,
+                        one,
+                        t == L,
+                        o,
+                    )

@@ -17,6 +17,10 @@ import numpy as np
 import torch
 from numpy.polynomial import chebyshev as C
 
+# smooth_grid: the wavefront runs when each thread's x-chunk holds at least this many planes
+# per Clenshaw step (a chunk recomputes up to m − 1 planes of its neighbours per stage)
+WAVEFRONT_PLANES = 2
+
 
 def _q(lam: np.ndarray, weights: np.ndarray, c: float) -> np.ndarray:
     """Q(λ) = Σ_j w_j U_j(λ) by the scalar recurrence (stable at λ = 0)."""
@@ -112,3 +116,54 @@ def smooth(
         exchange(b1)
     step(b1, b2, h, *operator_args, float(beta[0]), 1.0, use_b2, s, True, out)
     return out
+
+
+def _sweep_shape(grid: tuple[int, ...]) -> tuple[int, int, int]:
+    """The (planes, ny, nz) view the wavefront sweeps: a 2D (1, nx, ny) grid as (nx, 1, ny)."""
+    return (grid[1], 1, grid[2]) if grid[0] == 1 else tuple(grid)
+
+
+def wavefront_work(cache: dict, grid: tuple[int, ...], dtype, m: int) -> np.ndarray | None:
+    """The wavefront's scratch (nchunks, m − 1, 3, ny, nz) for a degree-m smoother on a grid
+    level of shape `grid` (3D; 2D as (1, nx, ny)), kept in `cache`; None when the grid has too
+    few x-planes for it (then `smooth_grid` runs one pass per step)."""
+    import numba
+
+    shape = _sweep_shape(grid)
+    nchunks = min(numba.get_num_threads(), shape[0] // (WAVEFRONT_PLANES * max(m - 1, 1)))
+    if m < 2 or nchunks < 1:
+        return None
+    key = ("wavefront", shape, np.dtype(dtype).str, m, nchunks)
+    if key not in cache:
+        cache[key] = np.empty((nchunks, m - 1, 3, *shape[1:]), dtype=dtype)
+    return cache[key]
+
+
+def smooth_grid(
+    y: np.ndarray, beta: np.ndarray, s: np.ndarray, e: np.ndarray, links, work_cache=None
+) -> np.ndarray:
+    """s·Σ_k β_k T_k(I − Â)(s·y) on a grid level (3D arrays; 2D as (1, nx, ny), with `links`
+    as `normalized_grid` gives them): all steps in one wavefront sweep over x-planes
+    (`deepcd.kernels.smoother.clenshaw_wavefront`) when every thread gets at least
+    WAVEFRONT_PLANES planes per step, else one `clenshaw_step` pass per step. work_cache: a
+    dict that keeps the wavefront's scratch between calls (`wavefront_work`)."""
+    from deepcd.kernels.smoother import clenshaw_step, clenshaw_wavefront
+
+    work = wavefront_work({} if work_cache is None else work_cache, y.shape, y.dtype, len(beta))
+    if work is None:
+        return smooth(clenshaw_step, y.shape, (s * y).astype(y.dtype), beta, s, (e, *links))
+    shape = _sweep_shape(y.shape)
+    if shape != y.shape:  # 2D: its y-faces become the sweep's x-faces, and it has no y-faces
+        nx, ny = shape[0], shape[2]
+        faces = (
+            links[1].reshape(nx - 1, 1, ny),
+            np.zeros((nx, 0, ny), dtype=e.dtype),
+            links[2].reshape(nx, 1, ny - 1),
+        )
+    else:
+        faces = tuple(links)
+    y3, s3, e3 = (a.reshape(shape) for a in (y, s, e))
+    out = np.empty(shape, dtype=y.dtype)
+    beta = np.asarray(beta, dtype=np.float64)
+    clenshaw_wavefront(y3, s3, e3, *faces, beta, work.shape[0], work, out)
+    return out.reshape(y.shape)

@@ -155,16 +155,15 @@ class VCycleNet(GridNet):
 
     def _smoother_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
         """`_smoother` on the grid: Clenshaw on the normalized stencil (`deepcd.nn.fastpath`),
-        one fused numba pass per polynomial degree."""
-        from deepcd.kernels.smoother import clenshaw_step
-        from deepcd.nn.fastpath import normalized_grid, smooth
+        every step in one wavefront sweep (`fastpath.smooth_grid`)."""
+        from deepcd.nn.fastpath import normalized_grid, smooth_grid
 
         if level.diag.shape[0] != 1 or y.shape[0] != 1:
             raise ValueError("the fused grid smoother takes one field")
         grid = (1,) * (3 - self.dim) + tuple(y.shape[2:])  # 2D as (1, nx, ny)
         s, e, links = normalized_grid(level, scale, self.dim, y.dtype)
-        hat = s * y.contiguous().numpy().reshape(grid)
-        out = smooth(clenshaw_step, grid, hat, self._clenshaw_beta(logits, c), s, (e, *links))
+        yv = y.contiguous().numpy().reshape(grid)
+        out = smooth_grid(yv, self._clenshaw_beta(logits, c), s, e, links, level.cache)
         return torch.from_numpy(out).reshape(y.shape)
 
     def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
@@ -370,7 +369,7 @@ class VCycleNet(GridNet):
         """Derive, once per hierarchy, everything the CPU inference kernels read (normalized
         stencils, per-axis link CSRs, float32 copies, transfer maps, smoother coefficients),
         so a solve's setup holds it and its first application does not."""
-        from deepcd.nn.fastpath import normalized_graph, normalized_grid
+        from deepcd.nn.fastpath import normalized_graph, normalized_grid, wavefront_work
         from deepcd.nn.multigrid import host_arrays
 
         if h.grid.diag.shape[0] != 1:
@@ -384,6 +383,8 @@ class VCycleNet(GridNet):
         if not graph:
             self._grid_arrays(h.grid, dtype)
             normalized_grid(h.grid, self._local_scale(h, 0, dtype), self.dim, dtype)
+            grid = (1,) * (3 - self.dim) + tuple(h.shape)
+            wavefront_work(h.grid.cache, grid, dt, self.config["degree"])
             if last == 0:
                 return
             self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
