@@ -47,3 +47,54 @@ def test_fused_vector_updates_match_numpy():
     assert rr == pytest.approx(out @ out)
     stream_triad(out, x, r, 2.0)
     np.testing.assert_allclose(out, x + 2.0 * r)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scaled_scatter_and_checked_gather(dtype):
+    from deepcd.kernels.vector import gather_checked, scatter_scaled
+
+    rng = np.random.default_rng(3)
+    index = np.sort(rng.choice(40, 25, replace=False)).astype(np.int64)
+    r = rng.standard_normal(25)
+    grid = np.zeros(40, dtype=dtype)
+    scatter_scaled(r, 0.5, index, grid)
+    np.testing.assert_allclose(grid[index], (0.5 * r).astype(dtype))
+    out = np.empty(25)
+    assert gather_checked(grid, index, out) == (0, 25)
+    np.testing.assert_array_equal(out, grid[index].astype(np.float64))
+    grid[index[3]], grid[index[7]], grid[index[9]] = np.nan, np.inf, 0.0
+    assert gather_checked(grid, index, out) == (2, 24)  # NaN != 0 counts as non-zero
+    assert gather_checked(np.zeros(40, dtype=dtype), index, out) == (0, 0)
+
+
+@pytest.mark.parametrize("stored", [0, 1, 2, 3])
+def test_fused_orthogonalization_is_the_sequential_one(stored):
+    """DCDM's direction store: the two-pass projection (coefficients in one pass, update and
+    dots in the next) gives the per-direction one on A-orthogonal stored directions."""
+    from deepcd.iterative.dcdm import _DirectionStore
+
+    rng = np.random.default_rng(stored)
+    n = 60
+    B = rng.standard_normal((n, n))
+    A = B @ B.T + n * np.eye(n)
+    store = _DirectionStore(n, k=3)
+    basis = []
+    for _ in range(stored):  # A-orthogonal directions, as the loop stores them
+        p = rng.standard_normal(n)
+        for q in basis:
+            p -= (p @ A @ q) / (q @ A @ q) * q
+        basis.append(p)
+        row, arow = store.slot()
+        row[:], arow[:] = p, A @ p
+        store.push(row, arow, p @ A @ p)
+    w, r = rng.standard_normal(n), rng.standard_normal(n)
+    w1, aw1 = w.copy(), A @ w
+    store.orthogonalize(w1, aw1)
+    w2, aw2 = w.copy(), A @ w
+    waw, wr = store.orthogonalize_dots(w2, aw2, r)
+    np.testing.assert_allclose(w2, w1, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(aw2, aw1, rtol=1e-10, atol=1e-8)
+    assert waw == pytest.approx(w1 @ A @ w1, rel=1e-10)
+    assert wr == pytest.approx(w1 @ r, rel=1e-10)
+    for p in basis:
+        assert abs(w2 @ A @ p) < 1e-8 * np.linalg.norm(A @ p) * np.linalg.norm(w2)

@@ -3,6 +3,7 @@
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,22 @@ def test_unknown_solver_name(tmp_path):
     (tmp_path / "bad" / "card.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_solver(tmp_path / "bad")
+
+
+def test_network_direction_into_is_its_call():
+    """`NetworkDirection.into` (scaled scatter, checked gather, written in place) gives the
+    direction of `__call__` on the scaled residual, and says when it is unusable."""
+    from deepcd.nn.direction import NetworkDirection
+    from deepcd.nn.weights import default_solver, load_solver
+    from deepcd.problems import scene
+
+    net, _ = load_solver(default_solver(3))
+    problem = scene("smoke-obstacles", (16, 16, 16), seed=0)
+    direction = NetworkDirection(net, problem)
+    r = np.random.default_rng(0).standard_normal(problem.n)
+    out = np.empty(problem.n)
+    assert direction.into(r, 0.25, out)
+    np.testing.assert_allclose(out, direction(0.25 * r), rtol=1e-6, atol=1e-7)
+    assert not direction.into(np.zeros(problem.n), 1.0, out)  # all zero: unusable
+    r[5] = np.nan
+    assert not direction.into(r, 1.0, out)

@@ -51,7 +51,15 @@ import numpy as np
 from deepcd.iterative.krylov import Monitor, finish_result, start_iteration
 from deepcd.iterative.preconditioners import Preconditioner
 from deepcd.iterative.result import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, History, SolveResult
-from deepcd.kernels.vector import dcdm_step, dot, residual, subtract_scaled
+from deepcd.kernels.vector import (
+    dcdm_step,
+    dot,
+    dots2,
+    residual,
+    step_along,
+    subtract2,
+    subtract_scaled,
+)
 from deepcd.operators import Operator
 
 Direction = Callable[[np.ndarray], np.ndarray]
@@ -62,40 +70,58 @@ REFRESH_EVERY = 50  # recompute the true residual this often (the recurrence dri
 
 
 class _DirectionStore:
-    """The last k search directions p_j with A·p_j and p_jᵀA p_j (a ring buffer)."""
+    """The last k search directions p_j with A·p_j and p_jᵀA p_j, in k + 1 rows: the spare
+    row (`slot`) is where the next direction is built or written, so a step never has to copy
+    one in."""
 
     def __init__(self, n: int, k: int):
-        self.p = np.empty((k, n))
-        self.ap = np.empty((k, n))
-        self.pap = np.zeros(k)
+        self.p = np.empty((k + 1, n))
+        self.ap = np.empty((k + 1, n))
+        self.pap = np.zeros(k + 1)
         self.k = k
-        self.count = 0
+        self.order: list[int] = []  # the stored rows, oldest first
 
     def orthogonalize(self, w: np.ndarray, aw: np.ndarray) -> None:
         """w -= Σ (wᵀAp_j / p_jᵀAp_j) p_j, and A·w alongside (in place)."""
-        for j in range(min(self.count, self.k)):
+        for j in self.order:
             coef = dot(aw, self.p[j]) / self.pap[j]
             subtract_scaled(w, aw, coef, self.p[j], self.ap[j])
 
-    def slot(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The (p, Ap) buffers the next `push` fills (None when k = 0): a step writes its
-        direction there directly."""
-        if self.k == 0:
-            return None
-        j = self.count % self.k
+    def orthogonalize_dots(self, w: np.ndarray, aw: np.ndarray, r: np.ndarray):
+        """`orthogonalize`, then (wᵀAw, wᵀr): two passes for k <= 2 (every coefficient from
+        one pass, then one update that also takes the dots). The coefficients come from the
+        original A·w: for A-orthogonal stored directions that is the same projection."""
+        if len(self.order) > 2:
+            self.orthogonalize(w, aw)
+            return dot(w, aw), dot(w, r)
+        rows = self.order + [None] * (2 - len(self.order))
+        use1 = rows[1] is not None
+        p0, ap0 = (self.p[rows[0]], self.ap[rows[0]]) if rows[0] is not None else (w, aw)
+        p1, ap1 = (self.p[rows[1]], self.ap[rows[1]]) if use1 else (p0, ap0)
+        c0 = c1 = 0.0
+        if rows[0] is not None:
+            d0, d1 = dots2(aw, p0, p1, use1)
+            c0 = d0 / self.pap[rows[0]]
+            c1 = d1 / self.pap[rows[1]] if use1 else 0.0
+        return subtract2(w, aw, c0, p0, ap0, c1, p1, ap1, use1, r)
+
+    def slot(self) -> tuple[np.ndarray, np.ndarray]:
+        """The spare (p, Ap) rows, which the next `push` stores: a step writes its direction
+        there directly."""
+        j = next(j for j in range(self.k + 1) if j not in self.order)
         return self.p[j], self.ap[j]
 
     def push(self, p: np.ndarray, ap: np.ndarray, pap: float) -> None:
-        if self.k == 0:
-            return
-        slot = self.count % self.k
-        if self.p[slot] is not p:  # already written in place by the step (`slot`)
-            self.p[slot], self.ap[slot] = p, ap
-        self.pap[slot] = pap
-        self.count += 1
+        j = next(j for j in range(self.k + 1) if j not in self.order)
+        if p.ctypes.data != self.p[j].ctypes.data:  # not already written in place (`slot`)
+            self.p[j], self.ap[j] = p, ap
+        self.pap[j] = pap
+        self.order.append(j)
+        if len(self.order) > self.k:
+            self.order.pop(0)
 
     def clear(self) -> None:
-        self.count = 0
+        self.order.clear()
 
 
 class SourceSwitch:
@@ -222,7 +248,7 @@ def dcdm(
     hist.append(math.sqrt(rr), time.perf_counter())
 
     store = _DirectionStore(n, k)
-    u, au, av, z = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    u, au, av_buf, z = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     stats = {
         "network_steps": 0,
         "safeguard_steps": 0,
@@ -255,6 +281,20 @@ def dcdm(
         if q.shape != (n,):
             raise ValueError(f"the direction source returned shape {q.shape}, expected ({n},)")
         return q if np.all(np.isfinite(q)) and np.any(q) else None
+
+    into = getattr(direction, "into", None)
+
+    def network_into(res: np.ndarray, rnorm: float, out: np.ndarray) -> bool:
+        """out = the network's direction for res / rnorm; whether it is usable."""
+        if into is None:
+            q = network(res, rnorm)
+            if q is not None:
+                out[:] = q
+            return q is not None
+        t_net = time.perf_counter()
+        ok = into(res, 1.0 / rnorm, out)
+        stats["direction_s"] += time.perf_counter() - t_net
+        return ok
 
     def conjugated(w: np.ndarray, aw: np.ndarray, values: np.ndarray | None = None) -> None:
         """w (= values, if given) and A·w, A-orthogonalized against the stored directions."""
@@ -293,12 +333,16 @@ def dcdm(
         # in it can leak into the step
 
         # the classical direction: PCG's, with the SPD network or the safeguard's M
-        v = z
+        v, av = z, av_buf
+        vav = vr = None
         if source == "network-pcg":
-            q = network(r, rnorm)
-            if q is not None:
-                conjugated(v, av, q)
-            if q is None or not dot(v, av) > 0.0 or not dot(v, r) > 0.0:
+            # built in the store's spare row, so the step keeps it without a copy
+            v, av = store.slot()
+            usable = network_into(r, rnorm, v)
+            if usable:
+                op.matvec(v, av)
+                vav, vr = store.orthogonalize_dots(v, av, r)
+            if not usable or not vav > 0.0 or not vr > 0.0:
                 # not positive definite after all (NaN, zeros, a broken net): PCG with M
                 # from here, which converges whatever the network was
                 store.clear()
@@ -309,13 +353,16 @@ def dcdm(
                 )
                 source = "safeguard"
                 stats["rejected_directions"] += 1
+                v, av = z, av_buf
+                vav = vr = None
         if source != "network-pcg":
             if M is None:
                 v[:] = r
             else:
                 M.apply(r, v)
             conjugated(v, av)
-        vav = dot(v, av)
+        if vav is None:
+            vav = dot(v, av)
         if not math.isfinite(vav):
             return done(
                 converged=False,
@@ -332,7 +379,8 @@ def dcdm(
                 "positive definite (or M is not)",
             )
 
-        vr = dot(v, r)
+        if vr is None:
+            vr = dot(v, r)
         ur = dot(u, r) if uau != 0.0 else 0.0
         gain_v = vr * vr / vav
         if source == "network-pcg":
@@ -372,9 +420,12 @@ def dcdm(
                     a, c = ur / uau, 0.0
         # p = a u + c v and A p, x += p, r -= A p in one pass; p goes straight into the
         # direction store's next slot (u's buffer when there is none)
-        slot = store.slot()
-        p_out, ap_out = slot if slot is not None else (u, au)
-        pap, rr, xbr = dcdm_step(x, r, u, au, v, av, a, c, b, p_out, ap_out)
+        if source == "network-pcg":  # the direction is v itself (scaled by c in the step)
+            p_out, ap_out, pap = v, av, vav
+            rr, xbr = step_along(x, r, v, av, c, b)
+        else:
+            p_out, ap_out = store.slot()
+            pap, rr, xbr = dcdm_step(x, r, u, au, v, av, a, c, b, p_out, ap_out)
         if not pap > 0.0:
             return done(
                 converged=False,

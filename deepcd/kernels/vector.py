@@ -6,6 +6,7 @@ Each kernel makes one pass over memory where numpy would make two or three.
 from __future__ import annotations
 
 import numba as nb
+import numpy as np
 
 
 @nb.njit(parallel=True, cache=True)
@@ -112,3 +113,76 @@ def gather(values, index, out):
     """out[i] = values[index[i]], cast to out's dtype (a grid field's nodes)."""
     for i in nb.prange(index.size):
         out[i] = values[index[i]]
+
+
+# -- the PCG step of DCDM with an SPD network (`deepcd.iterative.dcdm`) -------------------------
+
+
+@nb.njit(parallel=True, cache=True)
+def scatter_scaled(values, scale, index, out):
+    """out[index[i]] = scale · values[i], cast to out's dtype (r / ‖r‖ onto the grid)."""
+    for i in nb.prange(index.size):
+        out[index[i]] = scale * values[i]
+
+
+@nb.njit(parallel=True, cache=True)
+def gather_checked(values, index, out):
+    """out[i] = values[index[i]] as float64; returns (how many are NaN/Inf, how many are not
+    zero) — the usability test of a direction, in the same pass."""
+    bad = 0
+    nonzero = 0
+    for i in nb.prange(index.size):
+        v = np.float64(values[index[i]])
+        out[i] = v
+        if not np.isfinite(v):
+            bad += 1
+        if v != 0.0:
+            nonzero += 1
+    return bad, nonzero
+
+
+@nb.njit(parallel=True, cache=True)
+def dots2(w, p0, p1, use1):
+    """(w·p0, w·p1) in one pass (w·p1 = 0 unless use1)."""
+    d0 = 0.0
+    d1 = 0.0
+    for i in nb.prange(w.size):
+        d0 += w[i] * p0[i]
+        if use1:
+            d1 += w[i] * p1[i]
+    return d0, d1
+
+
+@nb.njit(parallel=True, cache=True)
+def subtract2(w, aw, c0, p0, ap0, c1, p1, ap1, use1, r):
+    """w −= c0 p0 + c1 p1 and Aw likewise (the p1 terms only when use1), in one pass; returns
+    (wᵀAw, wᵀr) of the result."""
+    waw = 0.0
+    wr = 0.0
+    for i in nb.prange(w.size):
+        wi = w[i] - c0 * p0[i]
+        awi = aw[i] - c0 * ap0[i]
+        if use1:
+            wi -= c1 * p1[i]
+            awi -= c1 * ap1[i]
+        w[i] = wi
+        aw[i] = awi
+        waw += wi * awi
+        wr += wi * r[i]
+    return waw, wr
+
+
+@nb.njit(parallel=True, cache=True)
+def step_along(x, r, v, av, c, b):
+    """x += c v, r −= c Av in one pass; returns (r·r, x·b + x·r) — `dcdm_step` for a step
+    along one direction that is kept as it is (no p = c v written)."""
+    rr = 0.0
+    xbr = 0.0
+    for i in nb.prange(x.size):
+        xi = x[i] + c * v[i]
+        ri = r[i] - c * av[i]
+        x[i] = xi
+        r[i] = ri
+        rr += ri * ri
+        xbr += xi * (b[i] + ri)
+    return rr, xbr

@@ -54,6 +54,7 @@ class NetworkDirection:
 
             self.operator = GridLaplacian.from_problem(problem, self.device, torch.float64)
         self.grid = torch.zeros((1, 1, *problem.shape), dtype=dtype, device=self.device)
+        self._index_np = np.ascontiguousarray(self.index.cpu().numpy())
         self.n = problem.n
         # an SPD network (vcycle) is a preconditioner: DCDM runs PCG with it as M
         self.spd = bool(getattr(model, "spd", False))
@@ -92,3 +93,20 @@ class NetworkDirection:
             gather(q.reshape(-1).contiguous().numpy(), index, out)
             return out
         return q.reshape(-1)[self.index].to("cpu", torch.float64).numpy()
+
+    @torch.inference_mode()
+    def into(self, r: np.ndarray, scale: float, out: np.ndarray) -> bool:
+        """out = f(scale · r) (float64 (n,), written in place); True when it is usable (finite
+        and not all zero). On the CPU in float32/64 the scaling rides on the scatter and the
+        check on the gather: one pass each way."""
+        host = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
+        if not host:
+            out[:] = self(r * scale)
+            return bool(np.all(np.isfinite(out)) and np.any(out))
+        from deepcd.kernels.vector import gather_checked, scatter_scaled
+
+        flat = self.grid.view(-1).numpy()
+        scatter_scaled(np.ascontiguousarray(r, dtype=np.float64), scale, self._index_np, flat)
+        q = apply_network(self.model, self.grid, self.flags, self.boundary, self.operator)
+        bad, nonzero = gather_checked(q.reshape(-1).contiguous().numpy(), self._index_np, out)
+        return bad == 0 and nonzero > 0
