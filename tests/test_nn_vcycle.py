@@ -332,25 +332,36 @@ def test_coarsening_continues_until_the_coarsest_level_is_solved_exactly(monkeyp
 @pytest.mark.parametrize(
     "dim,name,shape",
     [(3, "maze", (20, 18, 16)), (2, "maze", (40, 36)), (3, "two-phase", (16, 16, 16)),
-     (2, "two-phase", (40, 36))],
+     (2, "two-phase", (40, 36)), (3, "smoke-plume", (24, 24, 24))],
 )  # fmt: skip
-def test_prepare_builds_everything_the_first_application_reads(dim, name, shape, layout):
+def test_prepare_builds_everything_the_first_application_reads(
+    dim, name, shape, layout, monkeypatch
+):
     """After `NetworkDirection.prepare` (hierarchy + `prepare_inference`), applying the
     shipped network (3D: global weights; 2D: local weights) derives nothing new — nor builds
     the levels again, variable coefficients included — and gives what a direction without the
     warm-up gives, with level 0 on the grid or on its graph."""
+    import deepcd.nn.multigrid as mg
     from deepcd.nn.weights import default_solver, load_solver
 
+    monkeypatch.setattr(mg, "GRID_FORM_MIN", 0)  # coarse levels on the grid at test sizes
     net, _ = load_solver(default_solver(dim))
     net.fine_layout = layout
     problem = scene(name, shape, seed=0)
     direction = NetworkDirection(net, problem)
     direction.prepare()
     h = net._cache[2]
+    if name == "smoke-plume":
+        assert any(f is not None for f in h._forms.values())
 
     def keys():
         levels = [tuple(lv.cache) for lv in h.levels]
-        return tuple(h.grid.cache), levels, h._members is not None, len(net._beta_cache)
+        forms = [
+            (d, tuple(f.grid.cache), f._members is not None)
+            for d, f in h._forms.items()
+            if f is not None
+        ]
+        return tuple(h.grid.cache), levels, h._members is not None, len(net._beta_cache), forms
 
     before = keys()
     r = np.random.default_rng(0).standard_normal(problem.n)
@@ -409,3 +420,66 @@ def test_auto_layout_follows_the_fluid_share():
     net.fine_layout = "sparse"
     with pytest.raises(ValueError, match="fine_layout must be auto, grid or graph"):
         net.fine_on_graph(h)
+
+
+@pytest.mark.parametrize(
+    "dim,name,shape,local",
+    [(3, "smoke-plume", (24, 20, 26), 0), (3, "smoke-obstacles", (40, 40, 40), 0),
+     (2, "smoke-plume", (48, 40), 0), (3, "smoke-obstacles", (40, 40, 40), 1)],
+)  # fmt: skip
+def test_coarse_levels_that_are_grids_run_the_same_vcycle(dim, name, shape, local, monkeypatch):
+    """A graph level whose graph is exactly a stencil on its block grid runs on the grid
+    kernels (`grid_form`): the same V-cycle as on the graph, up to float32 summation order —
+    with random parameters, on odd shapes, in 2D; never with local weights (they are per
+    link of the graph). (Variable-coefficient levels split their blocks at the jumps: they
+    stay graphs.)"""
+    import deepcd.nn.multigrid as mg
+
+    monkeypatch.setattr(mg, "GRID_FORM_MIN", 0)
+    problem = scene(name, shape, seed=0)
+    net = build_network("vcycle", dim, smooth=1, degree=4, local=local)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    direction = NetworkDirection(net, problem)
+    direction.prepare()
+    h = net._cache[2]
+    forms = [mg.grid_form(h, d) for d in range(1, len(h.levels))]
+    assert any(f is not None for f in forms)
+    r = np.random.default_rng(2).standard_normal(problem.n)
+    on = direction(r)
+    net.grid_forms = False
+    off = direction(r)
+    if local:
+        np.testing.assert_array_equal(on, off)  # local weights: the graph in both
+        return
+    assert not np.array_equal(on, off)  # another summation order: the grid form ran
+    np.testing.assert_allclose(on, off, rtol=0, atol=2e-5 * np.abs(off).max())
+
+
+def test_grid_form_is_the_graph_level_on_its_grid(monkeypatch):
+    """The grid form's stencil applied to a level vector is the graph level's A x; levels
+    whose blocks hold two unknowns (cells that touch only diagonally inside a block) have
+    none, nor do a maze's."""
+    import deepcd.nn.multigrid as mg
+    from deepcd.nn.networks.vcycle import VCycleNet
+
+    monkeypatch.setattr(mg, "GRID_FORM_MIN", 0)
+    problem = scene("smoke-plume", (20, 22, 18), seed=0)
+    net = build_network("vcycle", 3, smooth=1, degree=3)
+    flags = torch.tensor(problem.flags)[None, None]
+    h = net.hierarchy(flags, problem.shape, tuple(problem.boundary), torch.float64)
+    sub = mg.grid_form(h, 1)
+    assert sub is not None and sub.offset == 1 and sub.levels[0] is h.levels[1]
+    x = torch.as_tensor(np.random.default_rng(0).standard_normal((h.levels[1].n, 1)))
+    want = h.levels[1].apply(x)
+    got = VCycleNet._from_grid(sub, sub.grid.apply(VCycleNet._to_grid(sub, x)))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
+
+    flags = np.full((16, 16, 16), FLUID, dtype=np.int8)
+    flags[6, 7, :] = flags[7, 6, :] = SOLID  # block (3, 3, ·): two diagonal columns
+    for p in (from_flags(flags, boundary=AIR), scene("maze", (16, 16, 16), seed=0)):
+        h = net.hierarchy(
+            torch.tensor(p.flags)[None, None], p.shape, tuple(p.boundary), torch.float64
+        )
+        assert mg.grid_form(h, 1) is None

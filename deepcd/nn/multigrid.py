@@ -46,6 +46,7 @@ MERGE_BELOW = 2  # block components with fewer nodes join a neighbour's (0: neve
 STRENGTH = 0.02  # a link joins a coarse unknown when w_ij ≥ STRENGTH·max(w_max,i, w_max,j)
 CORRIDOR_BELOW = 0.45  # `level_scale`: levels whose aggregates are > 2.2 cells across
 SCALE_MIN = 0.3  # `level_scale`: the smallest Galerkin factor
+GRID_FORM_MIN = K.SERIAL_BELOW  # `grid_form`: graph levels this large may run on the grid
 
 
 @dataclass
@@ -179,7 +180,11 @@ class Hierarchy:
     coarse_inverse: torch.Tensor | None
     grid_agg: torch.Tensor | None = None  # (Bf·G,): level-1 unknown of each cell, or -1
     grid_axis: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per axis (ŵ, degree)
+    # the depth of `grid` in the hierarchy this one is part of (`grid_form`: a graph level
+    # run on its grid), which the network's per-level parameters are indexed by
+    offset: int = 0
     _members: tuple | None = field(default=None, repr=False)  # `grid_members`, on first use
+    _forms: dict = field(default_factory=dict, repr=False)  # `grid_form`, per depth
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -450,8 +455,13 @@ def build_hierarchy(
     )
     merged = _merge(samples, depth) if bf > 1 else samples[0][:depth]
     levels = []
-    for lv in merged:
+    shape3 = np.array((1,) * (3 - dim) + tuple(flags.shape[1:]), dtype=np.int64)
+    for lvl, lv in enumerate(merged):
         levels.append(_graph_level(lv, dim, device, dtype))
+        if bf == 1 and lvl <= len(plan3):  # a block level: its cells, for `grid_form`
+            levels[-1].host["coords"], levels[-1].host["grid_shape"] = lv["coords"], shape3
+        if lvl < len(plan3):
+            shape3 = np.where(plan3[lvl], (shape3 + 1) // 2, shape3)
     inv = _coarse_inverse(merged[-1])
     grid_agg = None
     if len(levels) > 1:
@@ -537,3 +547,71 @@ def prolong(level: GraphLevel, xc: torch.Tensor) -> torch.Tensor:
     agg = level.agg
     ok = (agg >= 0).to(xc.dtype)[:, None]
     return xc[agg.clamp_min(0)] * ok
+
+
+def grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
+    """Graph level `depth` (>= 1) as the grid level 0 of a sub-hierarchy that shares h's
+    coarser levels and coarsest solve, when its graph is exactly a stencil on its block grid:
+    one unknown per occupied block and every link between face neighbours along its axis —
+    level 1 of open scenes (smoke, plumes). The CPU inference then runs that level on the
+    grid kernels (`VCycleNet._cycle`), which stream its arrays in order instead of gathering
+    through link indices. None where the level is not such a grid (walls that split blocks,
+    merged one-cell components, mazes), for a stack of flag fields, or when it has no coarser
+    level. Built once per hierarchy (cached)."""
+    if depth in h._forms:
+        return h._forms[depth]
+    h._forms[depth] = form = _grid_form(h, depth)
+    return form
+
+
+def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
+    if depth < 1 or depth + 1 >= len(h.levels) or h.grid.diag.shape[0] != 1:
+        return None
+    if h.levels[depth].n < GRID_FORM_MIN:  # small: the serial graph kernels are faster
+        return None
+    level = h.levels[depth]
+    host = level.host
+    if "coords" not in host or level.halved is None or "agg" not in host:
+        return None
+    dim, n = level.dim, level.n
+    shape3 = tuple(int(v) for v in host["grid_shape"])
+    coords = host["coords"].astype(np.int64)
+    cell = np.ravel_multi_index(coords.T, shape3)
+    occupied = np.zeros(int(np.prod(shape3)), dtype=np.bool_)
+    occupied[cell] = True
+    if int(occupied.sum()) != n:  # two unknowns in one block
+        return None
+    rows = np.repeat(np.arange(n), np.diff(host["indptr"]))
+    cols = host["indices"].astype(np.int64)
+    axis3 = host["axis"].astype(np.int64) + (3 - dim)
+    step = coords[cols] - coords[rows]
+    unit = np.zeros_like(step)
+    unit[np.arange(len(cols)), axis3] = 1
+    if not np.all(np.abs(step) == unit):  # a link that is not a face along its axis
+        return None
+    dtype = h.grid.diag.dtype
+    diag = np.zeros(shape3)
+    diag.reshape(-1)[cell] = host["diag"]
+    links = []
+    for a3 in range(3 - dim, 3):
+        face_shape = list(shape3)
+        face_shape[a3] -= 1
+        face = np.zeros(face_shape)
+        on = (axis3 == a3) & (step[:, a3] > 0)  # each link once, at its lower cell
+        lower = coords[rows[on]]
+        face[tuple(lower.T)] = host["weight"][on]
+        links.append(torch.as_tensor(face.reshape(1, 1, *face_shape[3 - dim :]), dtype=dtype))
+    g = shape3[3 - dim :]
+    stencil = StencilLevel.from_parts(torch.as_tensor(diag.reshape(1, 1, *g), dtype=dtype), links)
+    agg = np.full(int(np.prod(shape3)), -1, dtype=np.int64)
+    agg[cell] = host["agg"]
+    return Hierarchy(
+        grid=stencil,
+        index=torch.as_tensor(cell),
+        levels=h.levels[depth:],
+        columns=h.columns,
+        coarse_inverse=h.coarse_inverse,
+        grid_agg=torch.as_tensor(agg),
+        grid_axis=_grid_axis_weights(stencil),
+        offset=h.offset + depth,
+    )

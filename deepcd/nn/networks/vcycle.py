@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepcd.nn.local import LocalWeights
-from deepcd.nn.multigrid import GraphLevel, StencilLevel
+from deepcd.nn.multigrid import GraphLevel, StencilLevel, grid_form
 from deepcd.nn.networks.layers import GridNet, _flag_batch
 from deepcd.nn.networks.multilevel import coarsening_plan
 from deepcd.problems.flags import SOLID
@@ -86,6 +86,9 @@ class VCycleNet(GridNet):
         self._cache: tuple | None = None
         # CPU inference: level 0 on the grid or on its graph of unknowns (`fine_on_graph`)
         self.fine_layout = "auto"
+        # CPU inference: graph levels that are exactly grids run on the grid kernels
+        # (`deepcd.nn.multigrid.grid_form`); False keeps every coarse level on its graph
+        self.grid_forms = True
 
     # -- the smoother ---------------------------------------------------------------------------
     def _smoother(self, level, y: torch.Tensor, logits: torch.Tensor, scale=None) -> torch.Tensor:
@@ -369,7 +372,7 @@ class VCycleNet(GridNet):
         """Derive, once per hierarchy, everything the CPU inference kernels read (normalized
         stencils, per-axis link CSRs, float32 copies, transfer maps, smoother coefficients),
         so a solve's setup holds it and its first application does not."""
-        from deepcd.nn.fastpath import normalized_graph, normalized_grid, wavefront_work
+        from deepcd.nn.fastpath import normalized_graph
         from deepcd.nn.multigrid import host_arrays
 
         if h.grid.diag.shape[0] != 1:
@@ -381,17 +384,19 @@ class VCycleNet(GridNet):
         if last == 0 and h.coarse_inverse is not None:
             return
         if not graph:
-            self._grid_arrays(h.grid, dtype)
-            normalized_grid(h.grid, self._local_scale(h, 0, dtype), self.dim, dtype)
-            grid = (1,) * (3 - self.dim) + tuple(h.shape)
-            wavefront_work(h.grid.cache, grid, dt, self.config["degree"])
+            self._prepare_grid(h, dtype)
             if last == 0:
                 return
-            self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
-            h.grid_members()
-        for depth in range(0 if graph else 1, last + 1):
+        depth = 0 if graph else 1
+        while depth <= last:
             if depth == last and h.coarse_inverse is not None:
                 break
+            sub = grid_form(h, depth) if depth > 0 and self._grid_forms_on() else None
+            if sub is not None:  # the rest of the hierarchy continues from that grid level
+                self._prepare_grid(sub, dtype)
+                _index(sub)
+                h, depth, last = sub, 1, len(sub.levels) - 1
+                continue
             level = h.levels[depth]
             scale = self._local_scale(h, depth, dtype, grid=False)
             nweight = normalized_graph(level, scale, dt)[2]
@@ -399,6 +404,20 @@ class VCycleNet(GridNet):
             self._ell_weights(level, "weight", host_arrays(level, dt)["weight"])
             if depth < last:
                 self._axis_split(level, dtype, self._level_omegas(h, depth, grid=False))
+            depth += 1
+
+    def _prepare_grid(self, h, dtype: torch.dtype) -> None:
+        """`prepare_inference` for h's grid level: its stencil arrays, the wavefront's
+        scratch and, below it, the transfer weights and maps."""
+        from deepcd.nn.fastpath import normalized_grid, wavefront_work
+
+        self._grid_arrays(h.grid, dtype)
+        normalized_grid(h.grid, self._local_scale(h, 0, dtype), self.dim, dtype)
+        grid = (1,) * (3 - self.dim) + tuple(h.shape)
+        wavefront_work(h.grid.cache, grid, _np_dtype(dtype), self.config["degree"])
+        if len(h.levels) > 1:
+            self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
+            h.grid_members()
 
     def _smooth_axes(self, level, x: torch.Tensor, omegas, axes) -> torch.Tensor:
         """Apply S_a for the axes in `axes`, in that order, to a node vector (N, C); omegas:
@@ -428,7 +447,7 @@ class VCycleNet(GridNet):
         `depth`."""
         if self.local is not None:
             return self._local_omegas(h, depth, grid)
-        return self._omegas(min(depth, self._J - 1))
+        return self._omegas(min(depth + h.offset, self._J - 1))
 
     def _restrict(self, h, depth: int, r: torch.Tensor) -> torch.Tensor:
         """Pᵀ r = P₀ᵀ S_{d-1} ⋯ S_0 r for a level-`depth` node vector (N, C)."""
@@ -600,6 +619,10 @@ class VCycleNet(GridNet):
         vector when `grid` is False; else a node vector)."""
         J, last = self._J, len(h.levels) - 1
         on_grid = depth == 0 and grid
+        if depth > 0 and self._on_grid_form(h, r):  # a graph level that is a grid
+            sub = grid_form(h, depth)
+            if sub is not None:
+                return self._from_grid(sub, self._cycle(sub, 0, self._to_grid(sub, r)))
         level = h.grid if on_grid else h.levels[depth]
         if depth == last and h.coarse_inverse is not None:  # coarsest: exact
             inv = h.coarse_inverse.to(r.dtype)
@@ -613,7 +636,7 @@ class VCycleNet(GridNet):
             for _ in range(self.coarse_sweeps - 1):
                 x = x + self._smoother(level, self._residual(level, r, x), weights, scale)
             return x
-        i = min(depth, J - 1)
+        i = min(depth + h.offset, J - 1)
         weights = self.smoothers[i]
         x = self._smoother(level, r, weights, scale)
         for _ in range(self.smooth - 1):
@@ -667,6 +690,33 @@ class VCycleNet(GridNet):
             return h.from_nodes(self._cycle(h, 0, h.to_nodes(x), grid=False)).to(r.dtype)
         return self._cycle(h, 0, x).to(r.dtype)
 
+    def _on_grid_form(self, h, r: torch.Tensor) -> bool:
+        """Whether CPU inference runs graph levels that are grids (`grid_form`) on the grid
+        kernels: one column, global weights (local ones are per link of the graph)."""
+        return self._grid_forms_on() and _fast(r, self.smoothers)
+
+    def _grid_forms_on(self) -> bool:
+        return self.local is None and self.grid_forms
+
+    @staticmethod
+    def _to_grid(sub, v: torch.Tensor) -> torch.Tensor:
+        """A node vector (N, 1) of `sub`'s grid level as its grid field (1, 1, *g)."""
+        from deepcd.kernels.vector import scatter
+
+        field = np.zeros(int(np.prod(sub.shape)), dtype=_np_dtype(v.dtype))
+        scatter(v.contiguous().numpy().reshape(-1), _index(sub), field)
+        return torch.from_numpy(field).reshape(1, 1, *sub.shape)
+
+    @staticmethod
+    def _from_grid(sub, x: torch.Tensor) -> torch.Tensor:
+        """`_to_grid`'s inverse: the grid field's unknowns as a node vector (N, 1)."""
+        from deepcd.kernels.vector import gather
+
+        index = _index(sub)
+        out = np.empty(index.size, dtype=_np_dtype(x.dtype))
+        gather(x.contiguous().numpy().reshape(-1), index, out)
+        return torch.from_numpy(out)[:, None]
+
     def fine_on_graph(self, h) -> bool:
         """Whether CPU inference runs level 0 on its graph of unknowns rather than on the grid
         (`fine_layout`: "grid", "graph", or "auto": the graph when fewer than
@@ -714,6 +764,13 @@ def _fast(x: torch.Tensor, params: torch.Tensor) -> bool:
     if grad or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     return x.shape[0] == 1 if x.ndim > 2 else x.shape[1] == 1
+
+
+def _index(sub) -> np.ndarray:
+    """A grid form's unknowns as flat cell indices (numpy, cached)."""
+    if "index" not in sub.grid.cache:
+        sub.grid.cache["index"] = sub.index.cpu().numpy()
+    return sub.grid.cache["index"]
 
 
 def _np_dtype(dtype: torch.dtype) -> np.dtype:
