@@ -38,8 +38,10 @@ from deepcd.problems import scene
 _FINE = ("smoother (fine)", "residual (fine)", "restriction (fine)", "prolongation (fine)")
 
 
-def _grid(level) -> bool:
-    return isinstance(level, StencilLevel)
+def _fine(net, level) -> bool:
+    """Whether `level` is level 0 on the grid (not a coarse level, nor a coarse level run on
+    its grid: `deepcd.nn.multigrid.grid_form`)."""
+    return isinstance(level, StencilLevel) and level is net._cache[2].grid
 
 
 def instrument(times: dict) -> None:
@@ -51,15 +53,21 @@ def instrument(times: dict) -> None:
         def timed(self, *args, **kwargs):
             t = time.perf_counter()
             out = fn(self, *args, **kwargs)
-            times[label(*args)] += time.perf_counter() - t
+            times[label(self, *args)] += time.perf_counter() - t
             return out
 
         setattr(VCycleNet, name, timed)
 
-    wrap("_smoother", lambda lv, *a: "smoother (fine)" if _grid(lv) else "smoother (coarse)")
-    wrap("_residual", lambda lv, *a: "residual (fine)" if _grid(lv) else "residual (coarse)")
-    wrap("_restrict_grid", lambda *a: "restriction (fine)")
-    wrap("_prolong_grid", lambda *a: "prolongation (fine)")
+    def by_level(kind):
+        return lambda net, lv, *a: f"{kind} (fine)" if _fine(net, lv) else f"{kind} (coarse)"
+
+    def by_offset(kind):
+        return lambda net, h, *a: f"{kind} (fine)" if h.offset == 0 else f"{kind} (coarse)"
+
+    wrap("_smoother", by_level("smoother"))
+    wrap("_residual", by_level("residual"))
+    wrap("_restrict_grid", by_offset("restriction"))
+    wrap("_prolong_grid", by_offset("prolongation"))
     wrap("_restrict", lambda *a: "restriction (coarse)")
     wrap("_prolong", lambda *a: "prolongation (coarse)")
 

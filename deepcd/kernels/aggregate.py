@@ -638,6 +638,39 @@ def grid_axis_smooth(x, nlink, deg, a, omega, out):
             o[k] = xc[k] - omega * (dg[k] * xc[k] - wm[k] * xm[k] - wp[k] * xp[k])
 
 
+@nb.njit(cache=True)
+def grid_stencil(coords, indptr, indices, weight, axis, lead, d, diag, fx, fy, fz, cell):
+    """A graph level as a stencil on its block grid (`deepcd.nn.multigrid.grid_form`): node i
+    at block coords[i] (3D numbering) gives diag[coords[i]] = d[i] and cell[i] its flat index;
+    each link, along grid axis axis[p] + lead, the face weight at its lower cell. False (the
+    arrays then partly filled) when two nodes share a block or a link is not a face along
+    its axis. diag and the faces fx (nx-1, ny, nz), fy, fz come zeroed."""
+    nx, ny, nz = diag.shape
+    for i in range(coords.shape[0]):
+        x, y, z = coords[i, 0], coords[i, 1], coords[i, 2]
+        if diag[x, y, z] != 0.0:
+            return False
+        diag[x, y, z] = d[i]
+        cell[i] = (x * ny + y) * nz + z
+    for i in range(coords.shape[0]):
+        x, y, z = coords[i, 0], coords[i, 1], coords[i, 2]
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            a = axis[p] + lead
+            dx, dy, dz = coords[j, 0] - x, coords[j, 1] - y, coords[j, 2] - z
+            step = (dx if a == 0 else 0) + (dy if a == 1 else 0) + (dz if a == 2 else 0)
+            if abs(step) != 1 or abs(dx) + abs(dy) + abs(dz) != 1:
+                return False
+            if step == 1:
+                if a == 0:
+                    fx[x, y, z] = weight[p]
+                elif a == 1:
+                    fy[x, y, z] = weight[p]
+                else:
+                    fz[x, y, z] = weight[p]
+    return True
+
+
 # Small levels run serial copies: a parallel launch costs more than their work, and far more
 # when another job holds the cores (the thread team then waits for a descheduled thread).
 SERIAL_BELOW = 1 << 15

@@ -573,34 +573,22 @@ def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
     host = level.host
     if "coords" not in host or level.halved is None or "agg" not in host:
         return None
-    dim, n = level.dim, level.n
+    dim = level.dim
     shape3 = tuple(int(v) for v in host["grid_shape"])
-    coords = host["coords"].astype(np.int64)
-    cell = np.ravel_multi_index(coords.T, shape3)
-    occupied = np.zeros(int(np.prod(shape3)), dtype=np.bool_)
-    occupied[cell] = True
-    if int(occupied.sum()) != n:  # two unknowns in one block
-        return None
-    rows = np.repeat(np.arange(n), np.diff(host["indptr"]))
-    cols = host["indices"].astype(np.int64)
-    axis3 = host["axis"].astype(np.int64) + (3 - dim)
-    step = coords[cols] - coords[rows]
-    unit = np.zeros_like(step)
-    unit[np.arange(len(cols)), axis3] = 1
-    if not np.all(np.abs(step) == unit):  # a link that is not a face along its axis
+    diag = np.zeros(shape3)
+    faces = [np.zeros(tuple(n - (a == b) for b, n in enumerate(shape3))) for a in range(3)]
+    cell = np.empty(level.n, dtype=np.int64)
+    ok = K.grid_stencil(
+        host["coords"], host["indptr"], host["indices"], host["weight"], host["axis"],
+        3 - dim, host["diag"], diag, *faces, cell,
+    )  # fmt: skip
+    if not ok:  # two unknowns in a block, or a link that is not a face along its axis
         return None
     dtype = h.grid.diag.dtype
-    diag = np.zeros(shape3)
-    diag.reshape(-1)[cell] = host["diag"]
-    links = []
-    for a3 in range(3 - dim, 3):
-        face_shape = list(shape3)
-        face_shape[a3] -= 1
-        face = np.zeros(face_shape)
-        on = (axis3 == a3) & (step[:, a3] > 0)  # each link once, at its lower cell
-        lower = coords[rows[on]]
-        face[tuple(lower.T)] = host["weight"][on]
-        links.append(torch.as_tensor(face.reshape(1, 1, *face_shape[3 - dim :]), dtype=dtype))
+    links = [
+        torch.as_tensor(f.reshape(1, 1, *f.shape[3 - dim :]), dtype=dtype)
+        for f in faces[3 - dim :]
+    ]
     g = shape3[3 - dim :]
     stencil = StencilLevel.from_parts(torch.as_tensor(diag.reshape(1, 1, *g), dtype=dtype), links)
     agg = np.full(int(np.prod(shape3)), -1, dtype=np.int64)
