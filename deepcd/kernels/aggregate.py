@@ -645,7 +645,7 @@ def grid_stencil(coords, indptr, indices, weight, axis, lead, d, diag, fx, fy, f
     each link, along grid axis axis[p] + lead, the face weight at its lower cell. False (the
     arrays then partly filled) when two nodes share a block or a link is not a face along
     its axis. diag and the faces fx (nx-1, ny, nz), fy, fz come zeroed."""
-    nx, ny, nz = diag.shape
+    ny, nz = diag.shape[1], diag.shape[2]
     for i in range(coords.shape[0]):
         x, y, z = coords[i, 0], coords[i, 1], coords[i, 2]
         if diag[x, y, z] != 0.0:

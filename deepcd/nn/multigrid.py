@@ -586,8 +586,7 @@ def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
         return None
     dtype = h.grid.diag.dtype
     links = [
-        torch.as_tensor(f.reshape(1, 1, *f.shape[3 - dim :]), dtype=dtype)
-        for f in faces[3 - dim :]
+        torch.as_tensor(f.reshape(1, 1, *f.shape[3 - dim :]), dtype=dtype) for f in faces[3 - dim :]
     ]
     g = shape3[3 - dim :]
     stencil = StencilLevel.from_parts(torch.as_tensor(diag.reshape(1, 1, *g), dtype=dtype), links)
