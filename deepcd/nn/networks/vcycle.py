@@ -428,12 +428,12 @@ class VCycleNet(GridNet):
 
             split = self._axis_split(level, x.dtype, omegas)
             v = x.contiguous().numpy().reshape(-1)
-            out = np.empty_like(v)
-            for a in axes:
+            bufs = _pass_buffers(v, len(axes))
+            for a, out in zip(axes, bufs, strict=True):
                 omega = 1.0 if per_link else float(omegas[a])
                 small(axis_smooth, level.n)(v, *split[a], omega, out)
-                v, out = out, v
-            return torch.from_numpy(v.copy()).reshape(x.shape)
+                v = out
+            return torch.from_numpy(v.copy() if not axes else v).reshape(x.shape)
         for a in axes:
             if per_link:
                 on = torch.as_tensor(level.host["axis"] == a, device=omegas.device)
@@ -497,14 +497,14 @@ class VCycleNet(GridNet):
 
             grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
             weights = self._grid_axis_arrays(h, x.dtype, omegas)
-            v = x.contiguous().numpy().reshape(grid).copy()
-            out = np.empty_like(v)
-            for a in axes:
+            v = x.contiguous().numpy().reshape(grid)
+            bufs = _pass_buffers(v, len(axes))
+            for a, out in zip(axes, bufs, strict=True):
                 nlink, deg = weights[a]
                 omega = 1.0 if local else float(omegas[a])
                 grid_axis_smooth(v, nlink, deg, a + 3 - self.dim, omega, out)
-                v, out = out, v
-            return torch.from_numpy(v).reshape(x.shape)
+                v = out
+            return torch.from_numpy(v.copy() if not axes else v).reshape(x.shape)
         for a in axes:
             if local:
                 nlink, deg = _weighted_axis(h.grid_axis[a][0], omegas[a], a)
@@ -648,7 +648,13 @@ class VCycleNet(GridNet):
         else:
             rc = self._restrict(h, depth, res)
             corr = self._prolong(h, depth, self._cycle(h, depth + 1, rc))
-        x = x + F.softplus(self.corrections[i]).to(r.dtype) * corr
+        c = F.softplus(self.corrections[i]).to(r.dtype)
+        if _fast(x, self.corrections):  # x is this call's own array: update it in place
+            x.add_(corr.reshape(x.shape), alpha=float(c))
+            for _ in range(self.smooth):
+                x.add_(self._smoother(level, self._residual(level, r, x), weights, scale))
+            return x
+        x = x + c * corr
         for _ in range(self.smooth):
             x = x + self._smoother(level, self._residual(level, r, x), weights, scale)
         return x
@@ -764,6 +770,16 @@ def _fast(x: torch.Tensor, params: torch.Tensor) -> bool:
     if grad or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     return x.shape[0] == 1 if x.ndim > 2 else x.shape[1] == 1
+
+
+def _pass_buffers(v: np.ndarray, passes: int) -> list[np.ndarray]:
+    """Output arrays for `passes` passes that each read the previous one's output, the first
+    reading v: two new arrays taken in turn, so v (the caller's) is never written."""
+    if passes == 0:
+        return []
+    a = np.empty_like(v)
+    b = np.empty_like(v) if passes > 1 else a
+    return [a if k % 2 == 0 else b for k in range(passes)]
 
 
 def _index(sub) -> np.ndarray:
