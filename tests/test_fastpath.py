@@ -149,3 +149,56 @@ def test_wavefront_chunks_give_the_same_sweep(nchunks):
     work = np.full((nchunks, 5, 3, 6, 7), np.nan)  # stale scratch must never be read
     clenshaw_wavefront(y, s, e, fx, fy, fz, beta, nchunks, work, out)
     np.testing.assert_allclose(out, want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 5), (1, 11, 6), (5, 1, 4), (2, 3, 8), (1, 1, 5)])
+@pytest.mark.parametrize("axes", [(0, 1, 2), (2, 1, 0), (1, 2), (2, 1), (0, 2), (2, 0), (0, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transfer_smoothing_in_one_pass_equals_one_pass_per_axis(shape, axes, dtype):
+    """`transfer_smooth` (every halved axis in one sweep over x-planes) gives
+    `grid_axis_smooth` once per axis in the same order, odd shapes and 2D views included."""
+    from deepcd.kernels.aggregate import grid_axis_smooth
+    from deepcd.nn.fastpath import transfer_smooth
+
+    if any(shape[a] == 1 for a in axes) or (shape[0] == 1 and 0 in axes):
+        pytest.skip("an axis of length 1 is never halved")
+    rng = np.random.default_rng(len(axes) + sum(shape))
+    pairs, omegas = [], []
+    for a in range(3):
+        face_shape = tuple(n - (a == b) for b, n in enumerate(shape))
+        w = rng.uniform(0.2, 1.0, face_shape).astype(dtype)
+        g = np.zeros(shape, dtype=dtype)
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[a], hi[a] = slice(0, shape[a] - 1), slice(1, shape[a])
+        g[tuple(lo)] += w
+        g[tuple(hi)] += w
+        pairs.append((w, g))
+        omegas.append(rng.uniform(0.1, 0.5))
+    x = rng.standard_normal(shape).astype(dtype)
+    want = x.copy()
+    for a in axes:
+        out = np.empty_like(want)
+        grid_axis_smooth(want, *pairs[a], a, omegas[a], out)
+        want = out
+    got = transfer_smooth(x, list(axes), pairs, omegas)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    assert got.dtype == dtype
+
+
+@pytest.mark.parametrize("dim,shape", [(3, (21, 18, 17)), (2, (45, 38))])
+def test_fused_transfers_give_the_same_vcycle(dim, shape):
+    from deepcd.nn import build_network
+    from deepcd.nn.direction import NetworkDirection
+
+    problem = scene("smoke-obstacles", shape, seed=0)
+    net = build_network("vcycle", dim, smooth=1, degree=4)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    direction = NetworkDirection(net, problem)
+    r = np.random.default_rng(1).standard_normal(problem.n)
+    fused = direction(r)
+    net.fused_transfers = False
+    np.testing.assert_allclose(fused, direction(r), rtol=0, atol=2e-6 * np.abs(fused).max())

@@ -684,3 +684,115 @@ def small(kernel, n: int):
     if kernel not in _serial:
         _serial[kernel] = nb.njit(cache=True)(kernel.py_func)
     return _serial[kernel]
+
+
+# -- every halved axis's transfer smoothing in one pass over x-planes (level 0 on the grid) ------
+#
+# `grid_axis_smooth` is one pass over the grid per axis: a restriction or a prolongation makes
+# three. Along y and z a step needs only its own x-plane, along x the planes beside it, so the
+# three steps run plane by plane: restriction (x, then y, z) reads the input planes i − 1..i + 1
+# and finishes plane i in two plane buffers; prolongation (z, y, then x) keeps the last three
+# y-z-smoothed planes in a ring and finishes plane i − 1 when plane i is done. The input and
+# the weights are read once, the output written once.
+
+
+@nb.njit(inline="always")
+def _smooth_in_plane(src, w, g, omega, along_z, dst):
+    """dst = src − ω(g·src − Σ_faces w·src_nbr) along z (along_z) or y within one x-plane:
+    src, g, dst (ny, nz); w (ny, nz − 1) or (ny − 1, nz). The loops along z have no branch
+    (the row ends apart; rows past the plane's edge are zeros), so they vectorize."""
+    ny, nz = src.shape
+    zero = np.zeros(nz, dtype=src.dtype)
+    zw = np.zeros(nz, dtype=w.dtype)
+    for j in range(ny):
+        s, gj, d = src[j], g[j], dst[j]
+        if along_z:
+            wz = w[j]
+            if nz == 1:
+                d[0] = s[0] - omega * gj[0] * s[0]
+                continue
+            d[0] = s[0] - omega * (gj[0] * s[0] - wz[0] * s[1])
+            for k in range(1, nz - 1):
+                d[k] = s[k] - omega * (gj[k] * s[k] - wz[k - 1] * s[k - 1] - wz[k] * s[k + 1])
+            k = nz - 1
+            d[k] = s[k] - omega * (gj[k] * s[k] - wz[k - 1] * s[k - 1])
+        else:
+            sm = src[j - 1] if j > 0 else zero
+            sp = src[j + 1] if j < ny - 1 else zero
+            wm = w[j - 1] if j > 0 else zw
+            wp = w[j] if j < ny - 1 else zw
+            for k in range(nz):
+                d[k] = s[k] - omega * (gj[k] * s[k] - wm[k] * sm[k] - wp[k] * sp[k])
+
+
+@nb.njit(inline="always")
+def _smooth_across(xm, xc, xp, wm, wp, g, omega, dst):
+    """dst = xc − ω(g·xc − wm·xm − wp·xp) for x-planes (ny, nz) (zero planes past the edge)."""
+    ny, nz = xc.shape
+    for j in range(ny):
+        a, b, c, p, q, gj, d = xm[j], xc[j], xp[j], wm[j], wp[j], g[j], dst[j]
+        for k in range(nz):
+            d[k] = b[k] - omega * (gj[k] * b[k] - p[k] * a[k] - q[k] * c[k])
+
+
+@nb.njit(parallel=True, cache=True)
+def grid_transfer_smooth(x, w0, g0, w1, g1, w2, g2, om0, om1, om2, use, reverse, nchunks, out):
+    """out = S_2 S_1 S_0 x (reverse False: S_0 applied first) or S_0 S_1 S_2 x (reverse) for
+    the axes with use[a], S_a = I − ω_a L̂_a — `grid_axis_smooth` once per axis, in one pass.
+    x, out (nx, ny, nz); per axis a the normalized faces w_a (axis a one shorter) and their
+    sum per cell g_a (nx, ny, nz). nchunks x-chunks in parallel (at most nx)."""
+    nx, ny, nz = x.shape
+    zero = np.zeros((ny, nz), dtype=x.dtype)
+    zw = np.zeros((ny, nz), dtype=w0.dtype)
+    oms = np.empty(3, dtype=x.dtype)  # ω in the arrays' dtype: float32 stays float32
+    oms[0], oms[1], oms[2] = om0, om1, om2
+    o0, o1, o2 = oms[0], oms[1], oms[2]
+    for c in nb.prange(nchunks):
+        a, b = c * nx // nchunks, (c + 1) * nx // nchunks
+        buf = np.empty((3, ny, nz), dtype=x.dtype)
+        if not reverse:
+            for i in range(a, b):
+                state = 0  # the current plane: 0 x[i], 1 buf[0], 2 buf[1]
+                if use[0]:
+                    xm = x[i - 1] if i > 0 else zero
+                    xp = x[i + 1] if i < nx - 1 else zero
+                    wm = w0[i - 1] if i > 0 else zw
+                    wp = w0[i] if i < nx - 1 else zw
+                    _smooth_across(xm, x[i], xp, wm, wp, g0[i], o0, buf[0])
+                    state = 1
+                if use[1]:
+                    src = x[i] if state == 0 else buf[0]
+                    dst = out[i] if not use[2] else buf[1]
+                    _smooth_in_plane(src, w1[i], g1[i], o1, False, dst)
+                    state = 3 if not use[2] else 2
+                if use[2]:
+                    src = x[i] if state == 0 else (buf[0] if state == 1 else buf[1])
+                    _smooth_in_plane(src, w2[i], g2[i], o2, True, out[i])
+                    state = 3
+                if state != 3:
+                    out[i, :, :] = x[i] if state == 0 else buf[0]
+        else:
+            ring = np.empty((3, ny, nz), dtype=x.dtype)
+            lo, hi = (max(a - 1, 0), min(b + 1, nx)) if use[0] else (a, b)
+            for i in range(lo, hi):
+                # u(i) = S_1 S_2 x[i] into the ring (or straight out when x is not halved)
+                dst_u = ring[i % 3] if use[0] else out[i]
+                if use[2] and use[1]:
+                    _smooth_in_plane(x[i], w2[i], g2[i], o2, True, buf[0])
+                    _smooth_in_plane(buf[0], w1[i], g1[i], o1, False, dst_u)
+                elif use[2]:
+                    _smooth_in_plane(x[i], w2[i], g2[i], o2, True, dst_u)
+                elif use[1]:
+                    _smooth_in_plane(x[i], w1[i], g1[i], o1, False, dst_u)
+                else:
+                    dst_u[:, :] = x[i]
+                if use[0] and i - 1 >= a:
+                    j = i - 1
+                    um = ring[(j - 1) % 3] if j > 0 else zero
+                    wm = w0[j - 1] if j > 0 else zw
+                    _smooth_across(um, ring[j % 3], ring[i % 3], wm, w0[j], g0[j], o0, out[j])
+            if use[0] and b == nx:  # the last plane has no plane after it
+                j = nx - 1
+                um = ring[(j - 1) % 3] if j > 0 else zero
+                wm = w0[j - 1] if j > 0 else zw
+                _smooth_across(um, ring[j % 3], zero, wm, zw, g0[j], o0, out[j])

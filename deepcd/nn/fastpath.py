@@ -167,3 +167,42 @@ def smooth_grid(
     beta = np.asarray(beta, dtype=np.float64)
     clenshaw_wavefront(y3, s3, e3, *faces, beta, work.shape[0], work, out)
     return out.reshape(y.shape)
+
+
+def transfer_smooth(v: np.ndarray, axes: list[int], pairs: list, omegas: list[float]) -> np.ndarray:
+    """S_{axes[-1]} ⋯ S_{axes[0]} v on a grid level (3D arrays; 2D as (1, nx, ny)) in one
+    pass (`deepcd.kernels.aggregate.grid_transfer_smooth`): axes (3D numbering) increasing
+    (a restriction) or decreasing (a prolongation); pairs[a] = (ŵ_a, degree_a) and omegas[a]
+    per 3D axis a."""
+    import numba
+
+    from deepcd.kernels.aggregate import grid_transfer_smooth
+
+    if sorted(axes) != list(axes) and sorted(axes, reverse=True) != list(axes):
+        raise ValueError(f"axes must be increasing or decreasing, got {axes}")
+    if v.shape[0] == 1 and 0 not in axes:  # 2D as (1, nx, ny): sweep its x as planes
+
+        def view(t: np.ndarray) -> np.ndarray:
+            return t.reshape(t.shape[1], 1, t.shape[2])
+
+        place = {1: 0, 2: 2}
+        v3 = view(v)
+    else:
+
+        def view(t: np.ndarray) -> np.ndarray:
+            return t
+
+        place = {0: 0, 1: 1, 2: 2}
+        v3 = v
+    dummy = np.zeros((v3.shape[0], 1, 1), dtype=pairs[axes[0]][0].dtype)
+    w, g, om = [dummy] * 3, [dummy] * 3, [0.0] * 3
+    use = np.zeros(3, dtype=np.bool_)
+    for a in axes:
+        b = place[a]
+        w[b], g[b] = (np.ascontiguousarray(view(t)) for t in pairs[a])
+        om[b], use[b] = float(omegas[a]), True
+    reverse = len(axes) > 1 and axes[0] > axes[-1]
+    nchunks = max(1, min(numba.get_num_threads(), v3.shape[0]))
+    out = np.empty_like(v3)
+    grid_transfer_smooth(v3, w[0], g[0], w[1], g[1], w[2], g[2], *om, use, reverse, nchunks, out)
+    return out.reshape(v.shape)

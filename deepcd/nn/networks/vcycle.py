@@ -89,6 +89,9 @@ class VCycleNet(GridNet):
         # CPU inference: graph levels that are exactly grids run on the grid kernels
         # (`deepcd.nn.multigrid.grid_form`); False keeps every coarse level on its graph
         self.grid_forms = True
+        # CPU inference: a grid level's transfer smoothing in one pass for all axes
+        # (`fastpath.transfer_smooth`); False: one pass per axis
+        self.fused_transfers = True
 
     # -- the smoother ---------------------------------------------------------------------------
     def _smoother(self, level, y: torch.Tensor, logits: torch.Tensor, scale=None) -> torch.Tensor:
@@ -498,6 +501,14 @@ class VCycleNet(GridNet):
             grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
             weights = self._grid_axis_arrays(h, x.dtype, omegas)
             v = x.contiguous().numpy().reshape(grid)
+            if len(axes) > 1 and self.fused_transfers:  # every axis in one pass
+                from deepcd.nn.fastpath import transfer_smooth
+
+                lead = 3 - self.dim
+                pairs = [None] * lead + list(weights)
+                oms = [1.0] * 3 if local else [0.0] * lead + [float(o) for o in omegas]
+                out = transfer_smooth(v, [a + lead for a in axes], pairs, oms)
+                return torch.from_numpy(out).reshape(x.shape)
             bufs = _pass_buffers(v, len(axes))
             for a, out in zip(axes, bufs, strict=True):
                 nlink, deg = weights[a]
