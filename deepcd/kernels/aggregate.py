@@ -23,6 +23,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from deepcd.kernels.ell import _in_dtype
+
 
 def grid_graph(diag, lx, ly, lz):
     """Level 0 from a stencil on the grid: diag (nx, ny, nz), face weights lx (nx-1, ny, nz),
@@ -535,12 +537,13 @@ def axis_smooth(x, indptr, indices, nweight, omega, out):
     """out = x + ω Σ_j ŵ_ij (x_j − x_i) over the links of one axis (a CSR of that axis's
     links: `axis_csr`): one symmetric per-axis smoothing of the prolongation (ŵ: the level's
     normalized link weights, symmetric)."""
+    om = _in_dtype(x, omega, 0.0)[0]
     for i in nb.prange(x.shape[0]):
-        acc = 0.0
         xi = x[i]
+        acc = xi - xi  # a zero in x's dtype
         for p in range(indptr[i], indptr[i + 1]):
             acc += nweight[p] * (x[indices[p]] - xi)
-        out[i] = xi + omega * acc
+        out[i] = xi + om * acc
 
 
 def axis_csr(indptr, indices, weight, axis, naxes: int):
@@ -611,6 +614,7 @@ def grid_axis_smooth(x, nlink, deg, a, omega, out):
     nx, ny, nz = x.shape
     zero = np.zeros(nz, dtype=x.dtype)
     zw = np.zeros(nz, dtype=nlink.dtype)
+    om = _in_dtype(x, omega, 0.0)[0]
     for ij in nb.prange(nx * ny):
         i, j = ij // ny, ij % ny
         xc, o, dg = x[i, j], out[i, j], deg[i, j]
@@ -622,7 +626,7 @@ def grid_axis_smooth(x, nlink, deg, a, omega, out):
                     acc -= wz[k - 1] * xc[k - 1]
                 if k < nz - 1:
                     acc -= wz[k] * xc[k + 1]
-                o[k] = xc[k] - omega * acc
+                o[k] = xc[k] - om * acc
             continue
         if a == 0:
             xm = x[i - 1, j] if i > 0 else zero
@@ -635,7 +639,7 @@ def grid_axis_smooth(x, nlink, deg, a, omega, out):
             wm = nlink[i, j - 1] if j > 0 else zw
             wp = nlink[i, j] if j < ny - 1 else zw
         for k in range(nz):
-            o[k] = xc[k] - omega * (dg[k] * xc[k] - wm[k] * xm[k] - wp[k] * xp[k])
+            o[k] = xc[k] - om * (dg[k] * xc[k] - wm[k] * xm[k] - wp[k] * xp[k])
 
 
 @nb.njit(cache=True)

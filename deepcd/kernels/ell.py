@@ -78,6 +78,15 @@ def weights(indptr: np.ndarray, weight: np.ndarray, rest_ptr: np.ndarray, width:
     return w, rest_w
 
 
+@nb.njit(inline="always")
+def _in_dtype(a, beta, two):
+    """(β, two, 1) in a's dtype: Python floats are float64, and one float64 operand makes a
+    float32 kernel compute in float64 (1.75× slower on a maze's level 0)."""
+    c = np.empty(3, dtype=a.dtype)
+    c[0], c[1], c[2] = beta, two, 1.0
+    return c[0], c[1], c[2]
+
+
 @nb.njit(parallel=True, cache=True)
 def clenshaw_step(
     b1, b2, h, e, idx, nw, rest_ptr, rest_idx, rest_nw, beta, two, use_b2, s, use_s, out
@@ -85,8 +94,9 @@ def clenshaw_step(
     """`deepcd.kernels.smoother.graph_clenshaw_step` with the links in the fixed layout:
     out = β·h + two·(I − Â)b1 − b2 (b2 when use_b2), times s when use_s."""
     width = idx.shape[1]
+    beta, two, one = _in_dtype(b1, beta, two)
     for i in nb.prange(b1.shape[0]):
-        acc = (1.0 - e[i]) * b1[i]
+        acc = (one - e[i]) * b1[i]
         for k in range(width):
             acc += nw[i, k] * b1[idx[i, k]]
         lo, hi = rest_ptr[i], rest_ptr[i + 1]
@@ -112,3 +122,36 @@ def residual(r, x, d, idx, w, rest_ptr, rest_idx, rest_w, out):
         for p in range(lo, hi):
             acc -= rest_w[p] * x[rest_idx[p]]
         out[i] = r[i] - acc
+
+
+@nb.njit(parallel=True, cache=True)
+def axis_smooth(x, idx, w, rest_ptr, rest_idx, rest_w, omega, out):
+    """out = x + ω Σ_j ŵ_ij (x_j − x_i) over the links of one axis in the fixed layout
+    (`deepcd.kernels.aggregate.axis_smooth` with a fixed trip count: 2 slots per node hold
+    every link of a grid-like level along one axis)."""
+    width = idx.shape[1]
+    om = _in_dtype(x, omega, 0.0)[0]
+    for i in nb.prange(x.shape[0]):
+        xi = x[i]
+        acc = xi - xi  # a zero in x's dtype
+        for k in range(width):
+            acc += w[i, k] * (x[idx[i, k]] - xi)
+        for p in range(rest_ptr[i], rest_ptr[i + 1]):
+            acc += rest_w[p] * (x[rest_idx[p]] - xi)
+        out[i] = xi + om * acc
+
+
+AXIS_WIDTH = 2  # `axis_layout`: slots per node along one axis (a grid cell has two faces)
+
+
+def axis_layout(indptr, indices, weight, axis, naxes: int) -> list[tuple]:
+    """Per axis a < naxes, the links with axis == a in the fixed layout of width AXIS_WIDTH:
+    (idx, w, rest_ptr, rest_idx, rest_w), the arguments `axis_smooth` takes after x."""
+    from deepcd.kernels.aggregate import axis_csr
+
+    out = []
+    for ip, ix, wa in axis_csr(indptr, indices, weight, axis, naxes):
+        idx, rest_ptr, rest_idx = layout(ip, ix, AXIS_WIDTH)
+        w, rest_w = weights(ip, wa, rest_ptr, AXIS_WIDTH)
+        out.append((idx, w, rest_ptr, rest_idx, rest_w))
+    return out

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from deepcd.kernels.ell import _in_dtype
+
 
 @nb.njit(parallel=True, cache=True)
 def chebyshev_step(u, u_prev, hat, s, diag, lx, ly, lz, c, w, u_new, q):
@@ -101,6 +103,7 @@ def clenshaw_step(b1, b2, h, e, nx_, ny_, nz_, beta, two, use_b2, s, use_s, out)
     nx, ny, nz = b1.shape
     zero = np.zeros(nz, dtype=b1.dtype)  # read-only rows past the grid's edge
     zw = np.zeros(nz, dtype=e.dtype)
+    beta, two, one = _in_dtype(b1, beta, two)
     for ij in nb.prange(nx * ny):  # (i, j) together: a 2D (1, nx, ny) view runs in parallel too
         i, j = ij // ny, ij % ny
         bc, o, hh, ee, wz = b1[i, j], out[i, j], h[i, j], e[i, j], nz_[i, j]
@@ -116,7 +119,7 @@ def clenshaw_step(b1, b2, h, e, nx_, ny_, nz_, beta, two, use_b2, s, use_s, out)
         sr = s[i, j]
         for k in range(nz):
             acc = (
-                (1.0 - ee[k]) * bc[k]
+                (one - ee[k]) * bc[k]
                 + wxm[k] * bxm[k]
                 + wxp[k] * bxp[k]
                 + wym[k] * bym[k]
@@ -133,8 +136,9 @@ def clenshaw_step(b1, b2, h, e, nx_, ny_, nz_, beta, two, use_b2, s, use_s, out)
 @nb.njit(parallel=True, cache=True)
 def graph_clenshaw_step(b1, b2, h, e, indptr, indices, nweight, beta, two, use_b2, s, use_s, out):
     """`clenshaw_step` on a graph level: nweight the normalized couplings in CSR order."""
+    beta, two, one = _in_dtype(b1, beta, two)
     for i in nb.prange(b1.shape[0]):
-        acc = (1.0 - e[i]) * b1[i]
+        acc = (one - e[i]) * b1[i]
         for p in range(indptr[i], indptr[i + 1]):
             acc += nweight[p] * b1[indices[p]]
         value = beta * h[i] + two * acc

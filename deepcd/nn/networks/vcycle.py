@@ -335,20 +335,21 @@ class VCycleNet(GridNet):
         return self._local_cached(h.grid.cache, "omega", make_grid)
 
     def _axis_split(self, level, dtype: torch.dtype, omegas) -> list:
-        """Per axis, the (indptr, indices, ŵ) CSR of a graph level's links along it, in dtype
-        (ω folded into ŵ with local weights), cached on the level."""
-        from deepcd.kernels.aggregate import axis_csr
+        """Per axis, a graph level's links along it with their ŵ in dtype (ω folded in with
+        local weights) in `deepcd.kernels.ell.axis_layout`'s fixed layout, cached on the
+        level."""
+        from deepcd.kernels.ell import axis_layout
         from deepcd.nn.multigrid import host_arrays
 
         per_link = self.local is not None
         dt = _np_dtype(dtype)
-        key = ("axis_csr", dt.str, self.local.version() if per_link else None)
+        key = ("axis_ell", dt.str, self.local.version() if per_link else None)
         if key not in level.cache:
             h = host_arrays(level, dt)
             nweight = h["nweight"]
             if per_link:
                 nweight = (torch.from_numpy(h["nweight"]) * omegas.to(dtype)).numpy()
-            level.cache[key] = axis_csr(h["indptr"], h["indices"], nweight, h["axis"], 3)
+            level.cache[key] = axis_layout(h["indptr"], h["indices"], nweight, h["axis"], 3)
         return level.cache[key]
 
     def _grid_axis_arrays(self, h, dtype: torch.dtype, omegas) -> list:
@@ -427,7 +428,8 @@ class VCycleNet(GridNet):
         one ω per axis (d,), or per link in CSR order (nnz,) with local weights."""
         per_link = self.local is not None
         if _fast(x, self.transfers):
-            from deepcd.kernels.aggregate import axis_smooth, small
+            from deepcd.kernels.aggregate import small
+            from deepcd.kernels.ell import axis_smooth
 
             split = self._axis_split(level, x.dtype, omegas)
             v = x.contiguous().numpy().reshape(-1)
