@@ -60,3 +60,23 @@ def test_layout_kernels_equal_the_csr_kernels(dtype, width, n, most):
 def test_width_for_leaves_at_most_a_sixteenth_spilling(degrees, want):
     indptr = np.concatenate([[0], np.cumsum(degrees)]).astype(np.int64)
     assert ell.width_for(indptr) == want
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,most", [(1, 0), (40, 2), (300, 5)])
+def test_axis_layout_smoothing_equals_the_csr_one(dtype, n, most):
+    """`ell.axis_smooth` on `ell.axis_layout` (two slots per node and axis, the rest spilled)
+    gives `aggregate.axis_smooth` on the per-axis CSRs, every axis."""
+    from deepcd.kernels.aggregate import axis_csr, axis_smooth
+
+    indptr, indices, weight = random_graph(n, most, seed=n + 7)
+    axis = np.random.default_rng(n).integers(0, 3, len(indices)).astype(np.int8)
+    x = np.random.default_rng(2).standard_normal(n).astype(dtype)
+    csr = axis_csr(indptr, indices, weight.astype(dtype), axis, 3)
+    fixed = ell.axis_layout(indptr, indices, weight.astype(dtype), axis, 3)
+    for a in range(3):
+        want, got = np.empty(n, dtype), np.empty(n, dtype)
+        axis_smooth(x, *csr[a], 0.3, want)
+        ell.axis_smooth(x, *fixed[a], 0.3, got)
+        tol = 1e-6 if dtype == np.float32 else 1e-14
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)

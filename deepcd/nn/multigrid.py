@@ -458,7 +458,7 @@ def build_hierarchy(
     shape3 = np.array((1,) * (3 - dim) + tuple(flags.shape[1:]), dtype=np.int64)
     for lvl, lv in enumerate(merged):
         levels.append(_graph_level(lv, dim, device, dtype))
-        if bf == 1 and lvl <= len(plan3):  # a block level: its cells, for `grid_form`
+        if bf == 1 and 1 <= lvl <= len(plan3):  # a block level: its cells, for `grid_form`
             levels[-1].host["coords"], levels[-1].host["grid_shape"] = lv["coords"], shape3
         if lvl < len(plan3):
             shape3 = np.where(plan3[lvl], (shape3 + 1) // 2, shape3)
