@@ -7,6 +7,9 @@ parameter set in the Chebyshev basis of I − Â, Q(λ) = Σ_k β_k T_k(1 − λ
 (`deepcd.kernels.smoother.clenshaw_step`) on the level's *normalized* stencil — e = s²·diag
 per unknown and n = s_i·w_ij·s_j per link, derived once per level and scale — so a step reads
 b_{k+1}, b_{k+2}, h, e and the links and writes b_k: no running sum, no separate s and diag.
+On a grid level `smooth_grid` runs all the steps as one wavefront sweep over x-planes
+(`deepcd.kernels.smoother.clenshaw_wavefront`), and `transfer_smooth` a transfer's per-axis
+smoothings as one pass.
 """
 
 from __future__ import annotations

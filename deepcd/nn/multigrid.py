@@ -25,6 +25,9 @@ Laplacian's FLUID–FLUID faces). ω = ¼ on a uniform grid is (bi/tri)linear in
 smoothing follows the links, so it never crosses a wall either. Constants are preserved
 (S_a 1 = 1): no renormalization next to walls is needed.
 
+CPU inference runs a graph level on the grid kernels where its graph is exactly a stencil on
+its block grid (`grid_form`: level 1 of open scenes).
+
 Layout: grid fields are (B, 1, *grid); the hierarchy is built for Bf flag fields (Bf = 1 or
 B) and stacks their unknowns (sample-major), so a node vector is (N, C) with N the stacked
 unknowns and C = B // Bf columns.
