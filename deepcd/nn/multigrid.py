@@ -568,7 +568,9 @@ def grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
 
 
 def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
-    if depth < 1 or depth + 1 >= len(h.levels) or h.grid.diag.shape[0] != 1:
+    if depth < 1 or depth + 1 >= len(h.levels) or h.grid is None:  # (deepcd.petsc: no grid)
+        return None
+    if h.grid.diag.shape[0] != 1:
         return None
     if h.levels[depth].n < GRID_FORM_MIN:  # small: the serial graph kernels are faster
         return None
