@@ -6,11 +6,14 @@ Run:  .venv/bin/python benchmarks/cpu_profile.py [--shape 64 --shape 128 --shape
 Writes OUT/results.json and OUT/results.md. Run it alone on a quiet machine.
 
 Each shipped-solver V-cycle is timed by wrapping the network's level operations (smoother,
-residual, restriction and prolongation, on the grid level and on the graph levels); the
+residual, restriction and prolongation, on the grid level and on the coarse levels — "coarse"
+counts every level below level 0, those run on the grid kernels (`grid_form`) too); the
 solve's own loop (matvec, A-orthogonalization, line search: everything that is not the
 network) is the solve time minus the network's. The floor of a fine-level component is the
 bytes its passes must move (float32, counted like STREAM, no write-allocate) over the STREAM
-triad bandwidth measured in the same run (`benchmarks/cg_kernels.py`'s triad):
+triad bandwidth measured in the same run (`benchmarks/cg_kernels.py`'s triad) — one pass per
+Clenshaw step, so the wavefront smoother, which reads the stencil once for all the steps of a
+smoothing, can run below it:
   smoother  (degree m, Clenshaw):  12 + 28 + 32·(m − 3) + 36 B per cell and application
   residual:                        28 B per cell
   transfers (3 halved axes):       restriction 3·16 + 12, prolongation 12 + 3·16 B per cell
