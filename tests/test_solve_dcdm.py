@@ -252,3 +252,17 @@ def test_every_fallback_is_in_the_message_and_an_unused_network_warns():
     assert "unusable" in res.message
     dev = dcdm_torch(problem, problem.b, network=_Broken(3, "fixed"), rtol=1e-8)
     assert "continuing with safeguard" in dev.message and dev.settings["events"]
+
+
+def test_benchmark_warm_up_loads_every_kernel_a_timed_run_uses(monkeypatch):
+    """After `deepcd.bench.runner.warm_up`, a DCDM run whose coarse level runs on the grid
+    kernels (`grid_form`) compiles nothing and finds no levels cached: its time is its own."""
+    import deepcd.nn.multigrid as mg
+    from deepcd.bench.runner import run_solver, warm_up
+
+    monkeypatch.setattr(mg, "GRID_FORM_MIN", 4096)  # grid forms at test sizes (16³ level 1)
+    warm_up(["dcdm"], 3)
+    rec = run_solver("dcdm", scene("smoke-plume", (32, 32, 32), seed=0), rtol=1e-6, maxiter=None)
+    assert rec.converged
+    assert rec.settings["jit_compile_s"] == 0.0
+    assert not rec.settings["hierarchy_cached"]
