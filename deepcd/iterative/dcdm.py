@@ -233,6 +233,11 @@ def dcdm(
         raise ValueError(f"k must be >= 1 (the safeguard's guarantee needs it), got {k}")
     t0 = time.perf_counter()
     n = op.n
+    # read-only, always: numba compiles a kernel once per array writability, and a problem
+    # file's b is read-only where a projected one is not (the first solve of the other kind
+    # compiled in its timed run)
+    b = np.asarray(b).view()
+    b.flags.writeable = False
     maxiter = 10 * n if maxiter is None else int(maxiter)
     spd = bool(getattr(direction, "spd", False)) if spd is None else bool(spd)
     settings = {"rtol": rtol, "atol": atol, "maxiter": maxiter, "k": k, "network_as": None}
