@@ -51,13 +51,13 @@ def test_fused_vector_updates_match_numpy():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_scaled_scatter_and_checked_gather(dtype):
-    from deepcd.kernels.vector import gather_checked, scatter_scaled
+    from deepcd.kernels.vector import gather_checked, scatter
 
     rng = np.random.default_rng(3)
     index = np.sort(rng.choice(40, 25, replace=False)).astype(np.int64)
     r = rng.standard_normal(25)
     grid = np.zeros(40, dtype=dtype)
-    scatter_scaled(r, 0.5, index, grid)
+    scatter(r, index, grid, 0.5)
     np.testing.assert_allclose(grid[index], (0.5 * r).astype(dtype))
     out = np.empty(25)
     assert gather_checked(grid, index, out) == (0, 25)

@@ -462,7 +462,6 @@ def test_grid_form_is_the_graph_level_on_its_grid(monkeypatch):
     whose blocks hold two unknowns (cells that touch only diagonally inside a block) have
     none, nor do a maze's."""
     import deepcd.nn.multigrid as mg
-    from deepcd.nn.networks.vcycle import VCycleNet
 
     monkeypatch.setattr(mg, "GRID_FORM_MIN", 0)
     problem = scene("smoke-plume", (20, 22, 18), seed=0)
@@ -473,7 +472,7 @@ def test_grid_form_is_the_graph_level_on_its_grid(monkeypatch):
     assert sub is not None and sub.offset == 1 and sub.levels[0] is h.levels[1]
     x = torch.as_tensor(np.random.default_rng(0).standard_normal((h.levels[1].n, 1)))
     want = h.levels[1].apply(x)
-    got = VCycleNet._from_grid(sub, sub.grid.apply(VCycleNet._to_grid(sub, x)))
+    got = sub.to_nodes(sub.grid.apply(sub.from_nodes(x)))
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
 
     flags = np.full((16, 16, 16), FLUID, dtype=np.int8)

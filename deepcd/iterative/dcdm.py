@@ -105,14 +105,17 @@ class _DirectionStore:
             c1 = d1 / self.pap[rows[1]] if use1 else 0.0
         return subtract2(w, aw, c0, p0, ap0, c1, p1, ap1, use1, r)
 
+    def _spare(self) -> int:
+        return next(j for j in range(self.k + 1) if j not in self.order)
+
     def slot(self) -> tuple[np.ndarray, np.ndarray]:
         """The spare (p, Ap) rows, which the next `push` stores: a step writes its direction
         there directly."""
-        j = next(j for j in range(self.k + 1) if j not in self.order)
+        j = self._spare()
         return self.p[j], self.ap[j]
 
     def push(self, p: np.ndarray, ap: np.ndarray, pap: float) -> None:
-        j = next(j for j in range(self.k + 1) if j not in self.order)
+        j = self._spare()
         if p.ctypes.data != self.p[j].ctypes.data:  # not already written in place (`slot`)
             self.p[j], self.ap[j] = p, ap
         self.pap[j] = pap

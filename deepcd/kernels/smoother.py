@@ -168,30 +168,36 @@ def _plane_or(a, i, n, zero):
 
 @nb.njit(inline="always")
 def _stage_row(bc, bxm, bxp, wxm, wxp, bym, byp, wym, wyp, wz, e, y, s, b2, bk, two, one, last, o):
-    """One row along z of a wavefront stage: the z ends apart, so the loop between them has
-    no branch and vectorizes."""
+    """One row along z of a wavefront stage: the two z ends apart (`_stage_cell`), so the
+    loop between them has no branch and vectorizes."""
     nz = bc.shape[0]
-    for k in range(nz):
-        if k == 1 and nz > 2:
-            break
-        acc = (one - e[k]) * bc[k] + wxm[k] * bxm[k] + wxp[k] * bxp[k] + wym[k] * bym[k]
-        acc += wyp[k] * byp[k]
-        if k > 0:
-            acc += wz[k - 1] * bc[k - 1]
-        if k < nz - 1:
-            acc += wz[k] * bc[k + 1]
-        value = bk * (s[k] * y[k]) + two * acc - b2[k]
-        o[k] = value * s[k] if last else value
-    if nz <= 2:
-        return
     for k in range(1, nz - 1):
         acc = (one - e[k]) * bc[k] + wxm[k] * bxm[k] + wxp[k] * bxp[k] + wym[k] * bym[k]
         acc += wyp[k] * byp[k] + wz[k - 1] * bc[k - 1] + wz[k] * bc[k + 1]
         value = bk * (s[k] * y[k]) + two * acc - b2[k]
         o[k] = value * s[k] if last else value
-    k = nz - 1
-    acc = (1.0 - e[k]) * bc[k] + wxm[k] * bxm[k] + wxp[k] * bxp[k] + wym[k] * bym[k]
-    acc += wyp[k] * byp[k] + wz[k - 1] * bc[k - 1]
+    _stage_cell(
+        0, bc, bxm, bxp, wxm, wxp, bym, byp, wym, wyp, wz, e, y, s, b2, bk, two, one, last, o
+    )
+    if nz > 1:
+        _stage_cell(
+            nz - 1, bc, bxm, bxp, wxm, wxp, bym, byp, wym, wyp, wz, e, y, s, b2, bk, two, one,
+            last, o,
+        )  # fmt: skip
+
+
+@nb.njit(inline="always")
+def _stage_cell(
+    k, bc, bxm, bxp, wxm, wxp, bym, byp, wym, wyp, wz, e, y, s, b2, bk, two, one, last, o
+):
+    """`_stage_row` at cell k, testing for the row's ends."""
+    nz = bc.shape[0]
+    acc = (one - e[k]) * bc[k] + wxm[k] * bxm[k] + wxp[k] * bxp[k] + wym[k] * bym[k]
+    acc += wyp[k] * byp[k]
+    if k > 0:
+        acc += wz[k - 1] * bc[k - 1]
+    if k < nz - 1:
+        acc += wz[k] * bc[k + 1]
     value = bk * (s[k] * y[k]) + two * acc - b2[k]
     o[k] = value * s[k] if last else value
 

@@ -102,10 +102,11 @@ def dcdm_step(x, r, u, au, v, av, a, c, b, p, ap):
 
 
 @nb.njit(parallel=True, cache=True)
-def scatter(values, index, out):
-    """out[index[i]] = values[i], cast to out's dtype (a node vector into a grid field)."""
+def scatter(values, index, out, scale=1.0):
+    """out[index[i]] = scale · values[i], cast to out's dtype (a node vector into a grid
+    field; DCDM scatters r / ‖r‖ with scale = 1 / ‖r‖)."""
     for i in nb.prange(index.size):
-        out[index[i]] = values[i]
+        out[index[i]] = scale * values[i]
 
 
 @nb.njit(parallel=True, cache=True)
@@ -116,13 +117,6 @@ def gather(values, index, out):
 
 
 # -- the PCG step of DCDM with an SPD network (`deepcd.iterative.dcdm`) -------------------------
-
-
-@nb.njit(parallel=True, cache=True)
-def scatter_scaled(values, scale, index, out):
-    """out[index[i]] = scale · values[i], cast to out's dtype (r / ‖r‖ onto the grid)."""
-    for i in nb.prange(index.size):
-        out[index[i]] = scale * values[i]
 
 
 @nb.njit(parallel=True, cache=True)

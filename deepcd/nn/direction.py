@@ -76,37 +76,34 @@ class NetworkDirection:
             warm(h, dtype)  # the CPU kernels' arrays: setup, not the first direction's time
         return before is not None and before[2] is h
 
+    @property
+    def _host(self) -> bool:
+        """CPU in float32/64: numba scatters into the grid and gathers back (one pass each)."""
+        return self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
+
     @torch.inference_mode()
     def __call__(self, r: np.ndarray) -> np.ndarray:
-        flat = self.grid.view(-1)
-        host = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
-        if host:  # one fused pass each way (numba) instead of torch's index and cast passes
-            from deepcd.kernels.vector import gather, scatter
-
-            index = self.index.numpy()
-            scatter(np.ascontiguousarray(r, dtype=np.float64), index, flat.numpy())
-        else:
-            flat[self.index] = torch.from_numpy(np.ascontiguousarray(r)).to(self.device, self.dtype)
-        q = apply_network(self.model, self.grid, self.flags, self.boundary, self.operator)
-        if host:
-            out = np.empty(len(index))
-            gather(q.reshape(-1).contiguous().numpy(), index, out)
+        if self._host:
+            out = np.empty(self.n)
+            self.into(r, 1.0, out)
             return out
+        flat = self.grid.view(-1)
+        flat[self.index] = torch.from_numpy(np.ascontiguousarray(r)).to(self.device, self.dtype)
+        q = apply_network(self.model, self.grid, self.flags, self.boundary, self.operator)
         return q.reshape(-1)[self.index].to("cpu", torch.float64).numpy()
 
     @torch.inference_mode()
     def into(self, r: np.ndarray, scale: float, out: np.ndarray) -> bool:
         """out = f(scale · r) (float64 (n,), written in place); True when it is usable (finite
-        and not all zero). On the CPU in float32/64 the scaling rides on the scatter and the
-        check on the gather: one pass each way."""
-        host = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
-        if not host:
+        and not all zero). On the CPU the scaling rides on the scatter and the check on the
+        gather."""
+        if not self._host:
             out[:] = self(r * scale)
             return bool(np.all(np.isfinite(out)) and np.any(out))
-        from deepcd.kernels.vector import gather_checked, scatter_scaled
+        from deepcd.kernels.vector import gather_checked, scatter
 
         flat = self.grid.view(-1).numpy()
-        scatter_scaled(np.ascontiguousarray(r, dtype=np.float64), scale, self._index_np, flat)
+        scatter(np.ascontiguousarray(r, dtype=np.float64), self._index_np, flat, scale)
         q = apply_network(self.model, self.grid, self.flags, self.boundary, self.operator)
         bad, nonzero = gather_checked(q.reshape(-1).contiguous().numpy(), self._index_np, out)
         return bad == 0 and nonzero > 0

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from deepcd.kernels import aggregate as K
+from deepcd.kernels.vector import gather, scatter
 from deepcd.nn.stencil import GridLaplacian, stencil_apply
 
 DENSE_MAX = 2048  # the coarsest level is solved exactly (dense) up to this many unknowns
@@ -187,6 +188,7 @@ class Hierarchy:
     # run on its grid), which the network's per-level parameters are indexed by
     offset: int = 0
     _members: tuple | None = field(default=None, repr=False)  # `grid_members`, on first use
+    _index_np: np.ndarray | None = field(default=None, repr=False)  # `index_host`
     _forms: dict = field(default_factory=dict, repr=False)  # `grid_form`, per depth
 
     @property
@@ -230,14 +232,39 @@ class Hierarchy:
             self._members = (*K.members_of(agg, self.levels[1].n), agg.astype(np.int32))
         return self._members
 
+    def index_host(self) -> np.ndarray:
+        """`index` as a numpy array (cached): what the CPU conversions gather through."""
+        if self._index_np is None:
+            self._index_np = np.ascontiguousarray(self.index.cpu().numpy())
+        return self._index_np
+
+    def _host_single(self, t: torch.Tensor) -> bool:
+        """One field, one column, float32/64 on the CPU and no gradient: numba converts."""
+        return (
+            self.grid.diag.shape[0] == 1
+            and self.columns == 1
+            and t.device.type == "cpu"
+            and t.dtype in (torch.float32, torch.float64)
+            and not (torch.is_grad_enabled() and t.requires_grad)
+        )
+
     def to_nodes(self, x: torch.Tensor) -> torch.Tensor:
         """Grid field (B, 1, *g) → level-0 node vector (n0, C)."""
+        if self._host_single(x):
+            index = self.index_host()
+            out = np.empty(index.size, dtype=x.numpy().dtype)
+            gather(x.contiguous().numpy().reshape(-1), index, out)
+            return torch.from_numpy(out)[:, None]
         return self._flat(x)[self.index]
 
     def from_nodes(self, v: torch.Tensor) -> torch.Tensor:
         """Level-0 node vector (n0, C) → grid field (B, 1, *g), zero off the unknowns."""
         bf, c = self.grid.diag.shape[0], self.columns
         g = int(np.prod(self.shape))
+        if self._host_single(v):
+            field = np.zeros(g, dtype=v.numpy().dtype)
+            scatter(v.contiguous().numpy().reshape(-1), self.index_host(), field)
+            return torch.from_numpy(field).reshape(1, 1, *self.shape)
         flat = torch.zeros((bf * g, c), dtype=v.dtype, device=v.device).index_copy(0, self.index, v)
         return flat.reshape(bf, g, c).transpose(1, 2).reshape(bf * c, 1, *self.shape)
 

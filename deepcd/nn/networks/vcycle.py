@@ -385,6 +385,8 @@ class VCycleNet(GridNet):
         for logits in self.smoothers:
             self._clenshaw_beta(logits, 1.0 - 2.0**-8)
         graph = self.fine_on_graph(h)
+        if graph:
+            h.index_host()  # forward converts level 0 between the grid and its nodes
         if last == 0 and h.coarse_inverse is not None:
             return
         if not graph:
@@ -398,7 +400,7 @@ class VCycleNet(GridNet):
             sub = grid_form(h, depth) if depth > 0 and self._grid_forms_on() else None
             if sub is not None:  # the rest of the hierarchy continues from that grid level
                 self._prepare_grid(sub, dtype)
-                _index(sub)
+                sub.index_host()
                 h, depth, last = sub, 1, len(sub.levels) - 1
                 continue
             level = h.levels[depth]
@@ -635,7 +637,7 @@ class VCycleNet(GridNet):
         if depth > 0 and self._on_grid_form(h, r):  # a graph level that is a grid
             sub = grid_form(h, depth)
             if sub is not None:
-                return self._from_grid(sub, self._cycle(sub, 0, self._to_grid(sub, r)))
+                return sub.to_nodes(self._cycle(sub, 0, sub.from_nodes(r)))
         level = h.grid if on_grid else h.levels[depth]
         if depth == last and h.coarse_inverse is not None:  # coarsest: exact
             inv = h.coarse_inverse.to(r.dtype)
@@ -717,25 +719,6 @@ class VCycleNet(GridNet):
     def _grid_forms_on(self) -> bool:
         return self.local is None and self.grid_forms
 
-    @staticmethod
-    def _to_grid(sub, v: torch.Tensor) -> torch.Tensor:
-        """A node vector (N, 1) of `sub`'s grid level as its grid field (1, 1, *g)."""
-        from deepcd.kernels.vector import scatter
-
-        field = np.zeros(int(np.prod(sub.shape)), dtype=_np_dtype(v.dtype))
-        scatter(v.contiguous().numpy().reshape(-1), _index(sub), field)
-        return torch.from_numpy(field).reshape(1, 1, *sub.shape)
-
-    @staticmethod
-    def _from_grid(sub, x: torch.Tensor) -> torch.Tensor:
-        """`_to_grid`'s inverse: the grid field's unknowns as a node vector (N, 1)."""
-        from deepcd.kernels.vector import gather
-
-        index = _index(sub)
-        out = np.empty(index.size, dtype=_np_dtype(x.dtype))
-        gather(x.contiguous().numpy().reshape(-1), index, out)
-        return torch.from_numpy(out)[:, None]
-
     def fine_on_graph(self, h) -> bool:
         """Whether CPU inference runs level 0 on its graph of unknowns rather than on the grid
         (`fine_layout`: "grid", "graph", or "auto": the graph when fewer than
@@ -793,13 +776,6 @@ def _pass_buffers(v: np.ndarray, passes: int) -> list[np.ndarray]:
     a = np.empty_like(v)
     b = np.empty_like(v) if passes > 1 else a
     return [a if k % 2 == 0 else b for k in range(passes)]
-
-
-def _index(sub) -> np.ndarray:
-    """A grid form's unknowns as flat cell indices (numpy, cached)."""
-    if "index" not in sub.grid.cache:
-        sub.grid.cache["index"] = sub.index.cpu().numpy()
-    return sub.grid.cache["index"]
 
 
 def _np_dtype(dtype: torch.dtype) -> np.dtype:
