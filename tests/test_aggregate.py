@@ -8,7 +8,9 @@ import torch
 from reference_aggregate import serial_aggregate
 
 from deepcd.kernels import aggregate as K
+from deepcd.kernels.grid_aggregate import grid_aggregate
 from deepcd.nn import coarsening_plan
+from deepcd.nn import multigrid as mg
 from deepcd.nn.multigrid import DENSE_MAX, MERGE_BELOW, STRENGTH
 from deepcd.nn.stencil import GridLaplacian
 from deepcd.problems import scene
@@ -142,3 +144,76 @@ def test_level_zero_numbers_cells_in_c_order_and_links_every_face(shape):
                     want.add((int(node[tuple(nb_)]), float(links[ax][face]), ax))
         assert got == want
         assert indptr[a + 1] - indptr[a] == len(want)
+
+
+def grid_stencil_3d(problem) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A problem's float64 stencil as `grid_graph` takes it (3D numbering)."""
+    lap = GridLaplacian.from_problem(problem, dtype=torch.float64)
+    dim = lap.diag.ndim - 2
+
+    def view(t):
+        a = t.numpy()[0, 0]
+        return a.reshape((1,) * (3 - dim) + a.shape)
+
+    links = [view(w) for w in lap.links()]
+    if dim == 2:
+        links.insert(0, np.zeros((0, *view(lap.diag).shape[1:])))
+    return view(lap.diag), links
+
+
+@pytest.mark.parametrize("name,shape", CASES)
+@pytest.mark.parametrize("merge_below,strength", [(MERGE_BELOW, STRENGTH), (0, 0.0), (3, 0.3)])
+def test_grid_aggregation_equals_the_csr_one(name, shape, merge_below, strength):
+    """Level 1 straight from the grid is `aggregate` of level 0's CSR, bit for bit: node
+    numbering, agg, coarse cells, CSR, weights, axes, and level 0's link count."""
+    diag, links = grid_stencil_3d(scene(name, shape, seed=1))
+    node, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
+    plan = [(False,) * (3 - len(shape)) + h for h in coarsening_plan(shape, 2)]
+    halved = np.array(plan[0], dtype=np.bool_)
+    coarse = np.where(halved, (np.array(diag.shape) + 1) // 2, diag.shape)
+    args = (halved, coarse, 0.5, False, strength, merge_below)
+    want = K.aggregate(coords, d, indptr, indices, weight, axis, *args)
+    g_node, index, agg, nlinks, lv = grid_aggregate(
+        diag, *links, halved, coarse, 0.5, strength, merge_below
+    )
+    np.testing.assert_array_equal(g_node, node)
+    np.testing.assert_array_equal(index, np.flatnonzero(node.ravel() >= 0))
+    assert nlinks == len(indices)
+    got = (agg, *(lv[k] for k in ("coords", "d", "indptr", "indices", "w", "axis")))
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+HIERARCHY_CASES = [
+    ("maze", (24, 20, 18)),
+    ("two-phase", (17, 19, 16)),
+    ("splash", (48, 40)),
+    ("smoke-obstacles", (20, 24, 22)),
+]
+
+
+@pytest.mark.parametrize("name,shape", HIERARCHY_CASES)
+def test_hierarchy_from_the_grid_equals_the_csr_path(name, shape):
+    """A one-field hierarchy (level 1 from the grid, level 0's graph built on first use) has
+    the levels of the CSR path (`_host_levels`), level 0's graph included."""
+    problem = scene(name, shape, seed=2)
+    lap = GridLaplacian.from_problem(problem, dtype=torch.float64)
+    plan = coarsening_plan(shape, 2)
+    flags = torch.as_tensor(np.array(problem.flags))[None]
+    h = mg.build_hierarchy(flags, problem.boundary, plan, dtype=torch.float64, operator=lap)
+    diag, links = grid_stencil_3d(problem)
+    plan3 = [(False,) * (3 - len(shape)) + tuple(p) for p in plan]
+    want = mg._host_levels(diag, links, plan3, 0.5)
+    assert len(h.levels) == len(want)
+    np.testing.assert_array_equal(h.index.numpy(), np.flatnonzero(want[0]["node"].ravel() >= 0))
+    keys = {"indptr": "indptr", "indices": "indices", "weight": "w", "diag": "d", "agg": "agg"}
+    for level, lv in zip(h.levels, want, strict=True):
+        assert level.n == len(lv["d"])
+        for ours, theirs in keys.items():
+            if theirs in lv:
+                np.testing.assert_array_equal(level.host[ours], lv[theirs])
+    x = torch.as_tensor(np.random.default_rng(0).standard_normal((h.levels[0].n, 1)))
+    np.testing.assert_allclose(
+        h.levels[0].apply(x), h.to_nodes(h.grid.apply(h.from_nodes(x))), rtol=1e-12, atol=1e-12
+    )

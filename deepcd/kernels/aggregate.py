@@ -454,8 +454,23 @@ def aggregate(
     agg, m = _number_components(order, _roots(parent))  # in block order
     mstart, members = _members_in_order(agg, order, m)
     cd, counts, most = _component_sums(mstart, members, agg, d, indptr, indices, weight, _CHUNK)
-    # drop components with no coarse unknown (closed regions inside one block: no links
-    # leave them, so no other component counted a link to them)
+    kstart, kmembers, cindptr, ccoords, cdiag = keep_components(
+        agg, mstart, members, counts, block, cd, scale, cy, cz
+    )
+    cindices, cweight, caxis = _coarse_links(
+        kstart, kmembers, agg, indptr, indices, weight, axis, cindptr, scale, most, _CHUNK
+    )
+    return agg, ccoords, cdiag, cindptr, cindices, cweight, caxis
+
+
+@nb.njit(cache=True)
+def keep_components(agg, mstart, members, counts, block, cd, scale, cy, cz):
+    """Drop the components with no coarse unknown (closed regions inside one block: no links
+    leave them, so no other component counted a link to them): renumbers agg in place (-1:
+    dropped) and returns the kept components' (kstart, kmembers) (their members, CSR),
+    cindptr (from their neighbour counts), cells (the block, (mc, 3) int32) and scaled
+    diagonals."""
+    m = cd.shape[0]
     dmax = 0.0
     for c in range(m):
         dmax = max(dmax, cd[c])
@@ -473,17 +488,14 @@ def aggregate(
     kmembers = np.empty(kstart[mc], dtype=np.int64)
     ccoords = np.empty((mc, 3), dtype=np.int32)
     cdiag = np.empty(mc)
-    _keep_components(
+    _fill_kept(
         agg, keep, mstart, members, kstart, kmembers, block, cd, scale, cy, cz, ccoords, cdiag
     )
-    cindices, cweight, caxis = _coarse_links(
-        kstart, kmembers, agg, indptr, indices, weight, axis, cindptr, scale, most, _CHUNK
-    )
-    return agg, ccoords, cdiag, cindptr, cindices, cweight, caxis
+    return kstart, kmembers, cindptr, ccoords, cdiag
 
 
 @nb.njit(parallel=True, cache=True)
-def _keep_components(
+def _fill_kept(
     agg, keep, mstart, members, kstart, kmembers, block, cd, scale, cy, cz, ccoords, cdiag
 ):
     """Renumber agg to the kept components (-1: dropped) and fill their members, cells (the

@@ -35,7 +35,7 @@ unknowns and C = B // Bf columns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,12 +94,20 @@ class GraphLevel:
     both ways; `axis_edges[a]` = (rows, cols, ŵ (nnz_a, 1), degree (N, 1)); agg (N,).
     """
 
-    def __init__(self, host: dict, halved, dim: int, device, dtype):
-        self.host, self.dim = host, dim
+    def __init__(self, host: dict | Callable[[], dict], halved, dim: int, device, dtype, n=None):
+        """host: the arrays, or (with n, the number of unknowns) a function that makes them
+        on first use (level 0 of a grid hierarchy: only a graph fine level needs them)."""
+        self._host, self.dim = host, dim
         self.halved = None if halved is None else tuple(halved)
-        self.n = len(host["diag"])
+        self.n = len(host["diag"]) if n is None else int(n)
         self.device, self.dtype = device, dtype
         self.cache: dict = {}
+
+    @property
+    def host(self) -> dict:
+        if callable(self._host):
+            self._host = self._host()
+        return self._host
 
     def host_full(self) -> dict:
         """`host` with the arrays only transfers need (ŵ, members), derived on first use
@@ -460,34 +468,40 @@ def build_hierarchy(
     grid = StencilLevel.from_parts(lap.diag.to(dtype), [w.to(dtype) for w in lap.links()])
     plan3 = [(False,) * (3 - dim) + tuple(bool(v) for v in h) for h in plan]
     bf = flags.shape[0]
-    samples = []
-    for b in range(bf):
+    strength = STRENGTH if strength is None else strength
+    merge_below = MERGE_BELOW if merge_below is None else merge_below
+
+    def host_stencil(b: int):
         diag = _view3(lap.diag[b : b + 1], dim)
         links = [_view3(w[b : b + 1], dim) for w in lap.links()]
         if dim == 2:
             links.insert(0, np.zeros((0, *diag.shape[1:])))
-        samples.append(
-            _host_levels(
-                diag,
-                links,
-                plan3,
-                galerkin_scale,
-                STRENGTH if strength is None else strength,
-                MERGE_BELOW if merge_below is None else merge_below,
-            )
+        return diag, links
+
+    merged = None
+    if bf == 1 and plan3:  # one field: level 1 straight from the grid, level 0's graph lazy
+        merged = _levels_from_grid(
+            host_stencil, plan3, galerkin_scale, strength, merge_below, dim, device, dtype
         )
-    depth = min(len(s) for s in samples)
-    index = np.concatenate(
-        [
-            np.flatnonzero(s[0]["node"].ravel() >= 0) + b * s[0]["node"].size
-            for b, s in enumerate(samples)
+    if merged is not None:
+        index = merged[0]["index"]
+    else:
+        samples = [
+            _host_levels(*host_stencil(b), plan3, galerkin_scale, strength, merge_below)
+            for b in range(bf)
         ]
-    )
-    merged = _merge(samples, depth) if bf > 1 else samples[0][:depth]
+        depth = min(len(s) for s in samples)
+        index = np.concatenate(
+            [
+                np.flatnonzero(s[0]["node"].ravel() >= 0) + b * s[0]["node"].size
+                for b, s in enumerate(samples)
+            ]
+        )
+        merged = _merge(samples, depth) if bf > 1 else samples[0][:depth]
     levels = []
     shape3 = np.array((1,) * (3 - dim) + tuple(flags.shape[1:]), dtype=np.int64)
     for lvl, lv in enumerate(merged):
-        levels.append(_graph_level(lv, dim, device, dtype))
+        levels.append(lv["lazy"] if "lazy" in lv else _graph_level(lv, dim, device, dtype))
         if bf == 1 and 1 <= lvl <= len(plan3):  # a block level: its cells, for `grid_form`
             levels[-1].host["coords"], levels[-1].host["grid_shape"] = lv["coords"], shape3
         if lvl < len(plan3):
@@ -495,7 +509,7 @@ def build_hierarchy(
     inv = _coarse_inverse(merged[-1])
     grid_agg = None
     if len(levels) > 1:
-        cells = np.full(bf * samples[0][0]["node"].size, -1, dtype=np.int64)
+        cells = np.full(bf * grid.diag[0].numel(), -1, dtype=np.int64)
         cells[index] = merged[0]["agg"]
         grid_agg = torch.as_tensor(cells, device=device)
     return Hierarchy(
@@ -507,6 +521,42 @@ def build_hierarchy(
         grid_agg=grid_agg,
         grid_axis=_grid_axis_weights(grid),
     )
+
+
+def _levels_from_grid(
+    host_stencil, plan3, scale: float, strength: float, merge_below: int, dim: int, device, dtype
+) -> list[dict] | None:
+    """`_host_levels` of one flag field (host_stencil(0): its float64 stencil) with level 1
+    made straight from the grid (`deepcd.kernels.grid_aggregate`: the same levels without
+    level 0's link CSR). Level 0's dict holds index, agg and, as "lazy", its `GraphLevel`,
+    whose arrays are built on first use. None when level 1 would be empty (every region
+    closed inside a block): `_host_levels` then handles the single level."""
+    from deepcd.kernels.grid_aggregate import grid_aggregate
+
+    diag, links = host_stencil(0)
+    h = np.array(plan3[0], dtype=np.bool_)
+    shape = np.where(h, (np.array(diag.shape) + 1) // 2, diag.shape).astype(np.int64)
+    node, index, agg, nlinks, lv1 = grid_aggregate(
+        diag, *links, h, shape, scale, strength, merge_below
+    )
+    n0 = len(index)
+    del diag, links, node
+    if len(lv1["d"]) == 0:
+        return None
+    factor = level_scale(n0, len(lv1["d"]), nlinks, scale) / scale
+    if factor != 1.0:
+        lv1["w"], lv1["d"] = lv1["w"] * factor, lv1["d"] * factor
+
+    def level0_host() -> dict:
+        diag, links = host_stencil(0)
+        _, coords, d, indptr, indices, w, axis = K.grid_graph(diag, *links)
+        lv = dict(coords=coords, d=d, indptr=indptr, indices=indices, w=w, axis=axis, agg=agg)
+        return _graph_level(lv, dim, device, dtype).host
+
+    halved = tuple(bool(v) for v in plan3[0])
+    level0 = GraphLevel(level0_host, halved[3 - dim :], dim, device, dtype, n=n0)
+    levels = coarsen([lv1], shape, plan3[1:], scale, strength, merge_below)
+    return [dict(index=index, agg=agg, halved=halved, lazy=level0), *levels]
 
 
 def _grid_axis_weights(grid: StencilLevel) -> list[tuple[torch.Tensor, torch.Tensor]]:
