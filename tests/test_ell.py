@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepcd.kernels import ell
-from deepcd.kernels.aggregate import graph_matvec
+from deepcd.kernels.aggregate import graph_matvec, small
 from deepcd.kernels.smoother import graph_clenshaw_step
 
 
@@ -80,3 +80,36 @@ def test_axis_layout_smoothing_equals_the_csr_one(dtype, n, most):
         ell.axis_smooth(x, *fixed[a], 0.3, got)
         tol = 1e-6 if dtype == np.float32 else 1e-14
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+_CALL_RESIDUAL = """
+import sys, numpy as np
+from deepcd.kernels import ell
+from deepcd.kernels.aggregate import small
+x = np.ones(3, np.float32)
+idx, w = np.zeros((3, 2), np.uint32), np.ones((3, 2), np.float32)
+ptr, ri, rw = np.zeros(4, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.float32)
+kernel = small(ell.residual, int(sys.argv[1]))
+kernel(x, x, x, idx, w, ptr, ri, rw, np.empty(3, np.float32))
+print(kernel.stats.cache_hits.most_common(1))
+"""
+
+
+def test_a_serial_copy_never_loads_the_parallel_kernels_cache(tmp_path):
+    """numba keys its on-disk cache by function name, line, signature and bytecode, not by
+    `parallel`: `small`'s serial copy is filed under its own name, so after it was compiled
+    a fresh process's parallel kernel finds no entry (it used to load the serial code)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+
+    def run(n: int) -> str:
+        cmd = [sys.executable, "-c", _CALL_RESIDUAL, str(n)]
+        return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+
+    assert run(0) == "[]\n"  # the serial copy: compiled and saved
+    assert run(1 << 30) == "[]\n"  # the parallel kernel: no cache hit, compiled itself
+    assert run(1 << 30) != "[]\n"  # and its own entry is found the next time
+    assert small(ell.residual, 0).py_func.__qualname__ == "residual_serial"

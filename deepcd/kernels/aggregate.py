@@ -20,6 +20,8 @@ space) gets no coarse node. Grids are 3D arrays; 2D grids use a (1, nx, ny) view
 
 from __future__ import annotations
 
+import types
+
 import numba as nb
 import numpy as np
 
@@ -689,7 +691,10 @@ def grid_stencil(coords, indptr, indices, weight, axis, lead, d, diag, fx, fy, f
 
 # Small levels run serial copies: a parallel launch costs more than their work, and far more
 # when another job holds the cores (the thread team then waits for a descheduled thread).
-SERIAL_BELOW = 1 << 15
+# With OMP_WAIT_POLICY=PASSIVE (`deepcd.threads`) a launch wakes sleeping threads: ~80 µs on
+# this project's 2-core VM, where the parallel Clenshaw step first wins on a level of ~100k
+# unknowns (`benchmarks/serial-below`).
+SERIAL_BELOW = 1 << 17
 _serial = {}
 
 
@@ -698,8 +703,25 @@ def small(kernel, n: int):
     if n >= SERIAL_BELOW:
         return kernel
     if kernel not in _serial:
-        _serial[kernel] = nb.njit(cache=True)(kernel.py_func)
+        _serial[kernel] = nb.njit(cache=True)(serial_twin(kernel.py_func))
     return _serial[kernel]
+
+
+def serial_twin(fn):
+    """A copy of the Python function `fn` under its own name (`<qualname>_serial`).
+
+    numba's on-disk cache files a function under its module, qualname and line, and keys
+    each compiled version by signature and bytecode only — not by `parallel`. A serial
+    `njit` of a parallel kernel's own function would share the kernel's cache entries, and
+    whichever was compiled first would be loaded for both: serial copies then ran the
+    parallel code (a thread-team launch, ~60–80 µs here, per call on a level of a few
+    thousand unknowns) or the parallel kernel the serial code."""
+    twin = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__
+    )
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    twin.__module__, twin.__doc__ = fn.__module__, fn.__doc__
+    return twin
 
 
 # -- every halved axis's transfer smoothing in one pass over x-planes (level 0 on the grid) ------

@@ -50,7 +50,7 @@ MERGE_BELOW = 2  # block components with fewer nodes join a neighbour's (0: neve
 STRENGTH = 0.02  # a link joins a coarse unknown when w_ij ≥ STRENGTH·max(w_max,i, w_max,j)
 CORRIDOR_BELOW = 0.45  # `level_scale`: levels whose aggregates are > 2.2 cells across
 SCALE_MIN = 0.3  # `level_scale`: the smallest Galerkin factor
-GRID_FORM_MIN = K.SERIAL_BELOW  # `grid_form`: graph levels this large may run on the grid
+GRID_FORM_MIN = 1 << 15  # `grid_form`: graph levels this large may run on the grid
 
 
 @dataclass
