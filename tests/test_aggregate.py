@@ -8,9 +8,10 @@ import torch
 from reference_aggregate import serial_aggregate
 
 from deepcd.kernels import aggregate as K
-from deepcd.kernels.grid_aggregate import grid_aggregate
+from deepcd.kernels.grid_aggregate import grid_aggregate, grid_node_features
 from deepcd.nn import coarsening_plan
 from deepcd.nn import multigrid as mg
+from deepcd.nn.local import graph_features
 from deepcd.nn.multigrid import DENSE_MAX, MERGE_BELOW, STRENGTH
 from deepcd.nn.stencil import GridLaplacian
 from deepcd.problems import scene
@@ -217,3 +218,16 @@ def test_hierarchy_from_the_grid_equals_the_csr_path(name, shape):
     np.testing.assert_allclose(
         h.levels[0].apply(x), h.to_nodes(h.grid.apply(h.from_nodes(x))), rtol=1e-12, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("name,shape", [*HIERARCHY_CASES, ("ghost-splash", (20, 18, 22))])
+def test_grid_node_features_equal_the_graph_ones(name, shape):
+    """Level 0's local-weight node features from the grid (no link CSR) are
+    `graph_features`' from its graph (float32; the same sums in the same order)."""
+    diag, links = grid_stencil_3d(scene(name, shape, seed=4))
+    node, _, d, indptr, indices, w, _ = K.grid_graph(diag, *links)
+    host = dict(diag=d, weight=w, indptr=indptr, indices=indices)
+    host["nweight"] = mg._normalized(dict(d=d, w=w, indptr=indptr, indices=indices))
+    out = np.empty((len(d), 3))
+    grid_node_features(diag, *links, np.flatnonzero(node.ravel() >= 0), out)
+    np.testing.assert_allclose(out.astype(np.float32), graph_features(host)[0], rtol=0, atol=1e-6)

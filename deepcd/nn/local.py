@@ -56,8 +56,11 @@ class LocalWeights(nn.Module):
         return 0.5 * torch.sigmoid(theta + out)
 
     def version(self) -> tuple[int, ...]:
-        """Changes whenever a parameter is modified in place (caches of derived weights)."""
-        return tuple(p._version for p in self.parameters())
+        """Changes whenever a parameter is modified in place or replaced (caches of derived
+        weights). The layers by name: `parameters()` walks the module tree, and this runs
+        on every level of every V-cycle."""
+        layers = (self.node[0], self.node[2], self.edge[0], self.edge[2])
+        return tuple(v for m in layers for p in (m.weight, m.bias) for v in (id(p), p._version))
 
 
 def graph_features(host: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -195,6 +195,9 @@ class Hierarchy:
     # the depth of `grid` in the hierarchy this one is part of (`grid_form`: a graph level
     # run on its grid), which the network's per-level parameters are indexed by
     offset: int = 0
+    # one field: () -> its float64 stencil (diag, [lx, ly, lz]) in 3D numbering (the arrays
+    # `deepcd.kernels.aggregate.grid_graph` takes), made on each call; None for a stack
+    host_stencil: Callable[[], tuple] | None = field(default=None, repr=False)
     _members: tuple | None = field(default=None, repr=False)  # `grid_members`, on first use
     _index_np: np.ndarray | None = field(default=None, repr=False)  # `index_host`
     _forms: dict = field(default_factory=dict, repr=False)  # `grid_form`, per depth
@@ -520,6 +523,7 @@ def build_hierarchy(
         coarse_inverse=None if inv is None else torch.as_tensor(inv, device=device, dtype=dtype),
         grid_agg=grid_agg,
         grid_axis=_grid_axis_weights(grid),
+        host_stencil=(lambda: host_stencil(0)) if bf == 1 else None,
     )
 
 

@@ -282,6 +282,23 @@ class VCycleNet(GridNet):
             )
         return level.cache["local_features"]
 
+    @staticmethod
+    def _grid_node_features(h) -> torch.Tensor | None:
+        """Level 0's node features straight from its stencil on the grid (its graph's link
+        CSR is then never built), or None for a stack of fields (cached: data only)."""
+        from deepcd.kernels.grid_aggregate import grid_node_features
+
+        if h.host_stencil is None:
+            return None
+        if "node_features" not in h.grid.cache:
+            diag, links = h.host_stencil()
+            out = np.empty((h.levels[0].n, 3))
+            grid_node_features(diag, *links, h.index_host(), out)
+            h.grid.cache["node_features"] = torch.from_numpy(out.astype(np.float32)).to(
+                h.index.device
+            )
+        return h.grid.cache["node_features"]
+
     def _local_scale(self, h, depth: int, dtype: torch.dtype, grid: bool = True):
         """(g·D)^-½ of level `depth` in its layout (a grid field on level 0 unless `grid` is
         False: then level 0's node vector), or None."""
@@ -291,7 +308,9 @@ class VCycleNet(GridNet):
         on_grid = depth == 0 and grid
 
         def make():
-            g = self.local.damping(self._features(graph)[0]).to(dtype)
+            node = self._grid_node_features(h) if on_grid else None
+            g = self.local.damping(self._features(graph)[0] if node is None else node)
+            g = g.to(dtype)
             if not on_grid:
                 return graph.inv_sqrt_diag.to(dtype) / g.sqrt()[:, None]
             bf = h.grid.diag.shape[0]
