@@ -57,10 +57,14 @@ class LocalWeights(nn.Module):
 
     def version(self) -> tuple[int, ...]:
         """Changes whenever a parameter is modified in place or replaced (caches of derived
-        weights). The layers by name: `parameters()` walks the module tree, and this runs
-        on every level of every V-cycle."""
-        layers = (self.node[0], self.node[2], self.edge[0], self.edge[2])
-        return tuple(v for m in layers for p in (m.weight, m.bias) for v in (id(p), p._version))
+        weights). Read from the layers' own dicts: `parameters()` walks the module tree,
+        and this runs on every level of every V-cycle."""
+        out = []
+        for net in (self._modules["node"], self._modules["edge"]):
+            for layer in (net._modules["0"], net._modules["2"]):  # plain dicts: no __getattr__
+                for p in layer._parameters.values():
+                    out += (id(p), p._version)
+        return tuple(out)
 
 
 def graph_features(host: dict) -> tuple[np.ndarray, np.ndarray]:
