@@ -1,6 +1,8 @@
 """deepcd: Poisson pressure solvers — learned conjugate directions beside the classical methods."""
 
-from deepcd import threads  # noqa: F401 - first: sets OMP_WAIT_POLICY before numba/torch load
+# first: the OpenMP wait policy before numba/torch load it, and under mpiexec a numba cache
+# folder per rank before any kernel is decorated
+from deepcd import jitcache, threads  # noqa: F401
 from deepcd._version import __version__
 from deepcd.api import (
     METHODS,

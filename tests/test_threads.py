@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from deepcd import jitcache
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
@@ -71,3 +73,31 @@ def test_a_users_wait_policy_is_kept_and_bad_counts_are_errors(monkeypatch):
             threads.decide()
     with pytest.raises(TypeError, match="threads"):
         threads.decide(2.5)
+
+
+_SHOW_CACHE = """
+import os, subprocess, sys
+import deepcd
+from deepcd.kernels import ell
+print(ell.clenshaw_step._cache._cache_path)
+child = "import deepcd, numba; print(numba.core.config.CACHE_DIR)"
+print(subprocess.run([sys.executable, "-c", child], capture_output=True, text=True).stdout)
+"""
+
+
+@pytest.mark.parametrize("var", ["OMPI_COMM_WORLD_RANK", "PMI_RANK"])
+def test_each_mpi_rank_gets_its_own_numba_cache(tmp_path, var):
+    """Under mpiexec (a rank in the environment) numba's cache folder is rank-<r> inside
+    NUMBA_CACHE_DIR, for deepcd's kernels, and a child process keeps it rather than nesting
+    another; outside MPI nothing changes."""
+    env = {k: v for k, v in os.environ.items() if k not in jitcache.RANK_VARS}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path)
+    env.pop("DEEPCD_RANK_CACHE", None)
+    cmd = [sys.executable, "-c", _SHOW_CACHE]
+    out = subprocess.run(cmd, env={**env, var: "3"}, capture_output=True, text=True, check=True)
+    kernel_dir, child_dir = out.stdout.split("\n")[:2]
+    assert kernel_dir.startswith(str(tmp_path / "rank-3"))
+    assert child_dir == str(tmp_path / "rank-3")
+    plain = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    assert plain.stdout.split("\n")[0].startswith(str(tmp_path))
+    assert "rank-" not in plain.stdout
