@@ -43,3 +43,5 @@ $deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --
 .venv/bin/python benchmarks/malloc_ab.py --shape 128 --shape 256 --rounds 2 --out benchmarks/malloc
 # 13. Level 0 on the grid against on its graph of unknowns (the fine_layout='auto' threshold).
 .venv/bin/python benchmarks/fine_layout.py --out benchmarks/fine-layout
+# 14. Serial or parallel graph kernels by level size (the SERIAL_BELOW bound).
+.venv/bin/python benchmarks/serial_below.py --repeats 200 --out benchmarks/serial-below
