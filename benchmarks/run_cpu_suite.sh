@@ -45,3 +45,6 @@ $deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --
 .venv/bin/python benchmarks/fine_layout.py --out benchmarks/fine-layout
 # 14. Serial or parallel graph kernels by level size (the SERIAL_BELOW bound).
 .venv/bin/python benchmarks/serial_below.py --repeats 200 --out benchmarks/serial-below
+# 15. The profile with one thread (what the second thread buys at 64³ and 128³).
+DEEPCD_THREADS=1 .venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 128 --repeats 15 \
+    --out benchmarks/cpu-profile-1thread
