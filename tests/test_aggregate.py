@@ -231,3 +231,23 @@ def test_grid_node_features_equal_the_graph_ones(name, shape):
     out = np.empty((len(d), 3))
     grid_node_features(diag, *links, np.flatnonzero(node.ravel() >= 0), out)
     np.testing.assert_allclose(out.astype(np.float32), graph_features(host)[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 8), (11, 12)])
+def test_hierarchy_of_isolated_cells_falls_back_to_one_level(shape):
+    """Every FLUID region two cells inside one block, walled in (closed: its constant is in
+    A's null space, so it gets no coarse unknown): level 1 would be empty, and the one-field
+    grid path hands the single level to the CSR path, which solves it exactly."""
+    from deepcd.problems.flags import FLUID, SOLID
+    from deepcd.problems.problem import from_flags
+
+    flags = np.full(shape, SOLID, dtype=np.int8)
+    lead = (slice(None, None, 3),) * (len(shape) - 1)
+    flags[(*lead, slice(0, None, 4))] = FLUID
+    flags[(*lead, slice(1, None, 4))] = FLUID
+    problem = from_flags(flags, boundary=SOLID)
+    h = mg.build_hierarchy(
+        torch.as_tensor(flags)[None], problem.boundary, coarsening_plan(shape, 2)
+    )
+    assert len(h.levels) == 1 and h.grid_agg is None and h.coarse_inverse is not None
+    assert h.levels[0].n == int((flags == FLUID).sum())
