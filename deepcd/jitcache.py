@@ -5,8 +5,8 @@ same time can leave an index and the machine code it points to from two differen
 and the next load crashes (numba issue #4807, open). `mpiexec -n N` on a machine whose cache
 is cold does exactly that: this project's two-rank PETSc test (tests/test_petsc.py::test_two_ranks)
 crashed with SIGSEGV in 4 of 5 runs started from an empty cache, and in none of 3 with a
-folder per rank. So when deepcd is imported by a process that an MPI
-launcher started (its rank in OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK or
+folder per rank (`rm -rf .venv-petsc/numba-cache` before each). So when deepcd is imported
+by a process that an MPI launcher started (its rank in OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK or
 MV2_COMM_WORLD_RANK), numba's cache folder becomes `rank-<r>` inside NUMBA_CACHE_DIR (or
 inside ~/.cache/deepcd/numba): each rank compiles once, then loads its own.
 """

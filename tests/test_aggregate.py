@@ -28,8 +28,8 @@ CASES = [
 ]
 
 
-def level_zero(problem) -> tuple[dict, np.ndarray]:
-    """Level 0's graph of a problem's own stencil (coefficients included), 3D numbering."""
+def grid_stencil_3d(problem) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A problem's float64 stencil as `grid_graph` takes it (3D numbering)."""
     lap = GridLaplacian.from_problem(problem, dtype=torch.float64)
     dim = lap.diag.ndim - 2
 
@@ -40,7 +40,12 @@ def level_zero(problem) -> tuple[dict, np.ndarray]:
     links = [view(w) for w in lap.links()]
     if dim == 2:
         links.insert(0, np.zeros((0, *view(lap.diag).shape[1:])))
-    diag = view(lap.diag)
+    return view(lap.diag), links
+
+
+def level_zero(problem) -> tuple[dict, np.ndarray]:
+    """Level 0's graph of a problem's own stencil (coefficients included), 3D numbering."""
+    diag, links = grid_stencil_3d(problem)
     _, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
     level = dict(coords=coords, d=d, indptr=indptr, indices=indices, w=weight, axis=axis)
     return level, np.array(diag.shape, dtype=np.int64)
@@ -145,21 +150,6 @@ def test_level_zero_numbers_cells_in_c_order_and_links_every_face(shape):
                     want.add((int(node[tuple(nb_)]), float(links[ax][face]), ax))
         assert got == want
         assert indptr[a + 1] - indptr[a] == len(want)
-
-
-def grid_stencil_3d(problem) -> tuple[np.ndarray, list[np.ndarray]]:
-    """A problem's float64 stencil as `grid_graph` takes it (3D numbering)."""
-    lap = GridLaplacian.from_problem(problem, dtype=torch.float64)
-    dim = lap.diag.ndim - 2
-
-    def view(t):
-        a = t.numpy()[0, 0]
-        return a.reshape((1,) * (3 - dim) + a.shape)
-
-    links = [view(w) for w in lap.links()]
-    if dim == 2:
-        links.insert(0, np.zeros((0, *view(lap.diag).shape[1:])))
-    return view(lap.diag), links
 
 
 @pytest.mark.parametrize("name,shape", CASES)

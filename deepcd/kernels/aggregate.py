@@ -321,6 +321,44 @@ def _members_in_order(agg, order, m):
     return mstart, members
 
 
+@nb.njit(inline="always")
+def _note_neighbour(seen, cnt, cj):
+    """Add component cj to the first cnt entries of seen unless it is there; the new count."""
+    for s in range(cnt):
+        if seen[s] == cj:
+            return cnt
+    seen[cnt] = cj
+    return cnt + 1
+
+
+@nb.njit(inline="always")
+def _add_coarse_link(cindices, cweight, along, q0, q, cj, w, a, scale):
+    """Add fine weight w along axis a to coarse node cj's link in the row cindices[q0:q]
+    (appended when new, `along` zeroed for it); the row's new end."""
+    slot = q
+    for s in range(q0, q):
+        if cindices[s] == cj:
+            slot = s
+            break
+    if slot == q:
+        cindices[q] = cj
+        along[q - q0, 0] = along[q - q0, 1] = along[q - q0, 2] = 0.0
+        q += 1
+    cweight[slot] += w * scale
+    along[slot - q0, a] += w
+    return q
+
+
+@nb.njit(inline="always")
+def _link_axes(along, q0, q, caxis):
+    """caxis[q0:q]: the axis most of each coarse link's fine weight runs along (ties: the
+    lowest)."""
+    for s in range(q0, q):
+        a0, a1, a2 = along[s - q0, 0], along[s - q0, 1], along[s - q0, 2]
+        top = (1.0 - 1e-9) * max(a0, a1, a2)  # rounding may not break a tie
+        caxis[s] = 0 if a0 >= top else (1 if a1 >= top else 2)
+
+
 @nb.njit(parallel=True, cache=True)
 def _component_sums(mstart, members, agg, d, indptr, indices, weight, chunk):
     """Per component: the coarse diagonal before scaling (Σ d − the links inside it, both
@@ -352,15 +390,8 @@ def _component_sums(mstart, members, agg, d, indptr, indices, weight, chunk):
                     cj = agg[indices[p]]
                     if cj == c:
                         acc -= weight[p]
-                        continue
-                    new = True
-                    for s in range(cnt):
-                        if seen[s] == cj:
-                            new = False
-                            break
-                    if new:
-                        seen[cnt] = cj
-                        cnt += 1
+                    else:
+                        cnt = _note_neighbour(seen, cnt, cj)
             cd[c], counts[c] = acc, cnt
     return cd, counts, most.max()
 
@@ -370,7 +401,7 @@ def _coarse_links(mstart, members, agg, indptr, indices, weight, axis, cindptr, 
     """The coarse CSR: each coarse node's neighbours in order of first appearance, the summed
     fine weights × scale, and the axis most of that fine weight runs along (ties: the
     lowest; a function of the pair's fine links, so the same both ways and the transfers stay
-    symmetric). Chunked as `_coarse_link_counts`."""
+    symmetric). Chunked as `_component_sums`."""
     mc = mstart.shape[0] - 1
     nnz = cindptr[mc]
     cindices = np.empty(nnz, dtype=np.int32)
@@ -386,23 +417,11 @@ def _coarse_links(mstart, members, agg, indptr, indices, weight, axis, cindptr, 
                 i = members[t]
                 for p in range(indptr[i], indptr[i + 1]):
                     cj = agg[indices[p]]
-                    if cj < 0 or cj == c:
-                        continue
-                    slot = q
-                    for s in range(q0, q):
-                        if cindices[s] == cj:
-                            slot = s
-                            break
-                    if slot == q:
-                        cindices[q] = cj
-                        along[q - q0, 0] = along[q - q0, 1] = along[q - q0, 2] = 0.0
-                        q += 1
-                    cweight[slot] += weight[p] * scale
-                    along[slot - q0, axis[p]] += weight[p]
-            for s in range(q0, q):
-                a0, a1, a2 = along[s - q0, 0], along[s - q0, 1], along[s - q0, 2]
-                top = (1.0 - 1e-9) * max(a0, a1, a2)  # rounding may not break a tie
-                caxis[s] = 0 if a0 >= top else (1 if a1 >= top else 2)
+                    if cj >= 0 and cj != c:
+                        q = _add_coarse_link(
+                            cindices, cweight, along, q0, q, cj, weight[p], axis[p], scale
+                        )
+            _link_axes(along, q0, q, caxis)
     return cindices, cweight, caxis
 
 

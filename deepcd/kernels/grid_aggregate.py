@@ -16,9 +16,12 @@ import numpy as np
 from deepcd.kernels.aggregate import (
     _CHUNK,
     _active_per_row,
+    _add_coarse_link,
     _counting_sort,
     _find,
+    _link_axes,
     _members_in_order,
+    _note_neighbour,
     _number_components,
     _roots,
     _union,
@@ -185,15 +188,8 @@ def _component_sums(mstart, members, agg, d, node, index, lx, ly, lz, chunk):
                     cj = agg[j]
                     if cj == c:
                         acc -= w
-                        continue
-                    new = True
-                    for s in range(cnt):
-                        if seen[s] == cj:
-                            new = False
-                            break
-                    if new:
-                        seen[cnt] = cj
-                        cnt += 1
+                    else:
+                        cnt = _note_neighbour(seen, cnt, cj)
             cd[c], counts[c] = acc, cnt
     return cd, counts, most.max()
 
@@ -221,23 +217,9 @@ def _coarse_links(mstart, members, agg, node, index, lx, ly, lz, cindptr, scale,
                     if j < 0:
                         continue
                     cj = agg[j]
-                    if cj < 0 or cj == c:
-                        continue
-                    slot = q
-                    for s in range(q0, q):
-                        if cindices[s] == cj:
-                            slot = s
-                            break
-                    if slot == q:
-                        cindices[q] = cj
-                        along[q - q0, 0] = along[q - q0, 1] = along[q - q0, 2] = 0.0
-                        q += 1
-                    cweight[slot] += w * scale
-                    along[slot - q0, f // 2] += w
-            for s in range(q0, q):
-                a0, a1, a2 = along[s - q0, 0], along[s - q0, 1], along[s - q0, 2]
-                top = (1.0 - 1e-9) * max(a0, a1, a2)  # rounding may not break a tie
-                caxis[s] = 0 if a0 >= top else (1 if a1 >= top else 2)
+                    if cj >= 0 and cj != c:
+                        q = _add_coarse_link(cindices, cweight, along, q0, q, cj, w, f // 2, scale)
+            _link_axes(along, q0, q, caxis)
     return cindices, cweight, caxis
 
 
