@@ -482,3 +482,39 @@ def test_grid_form_is_the_graph_level_on_its_grid(monkeypatch):
             torch.tensor(p.flags)[None, None], p.shape, tuple(p.boundary), torch.float64
         )
         assert mg.grid_form(h, 1) is None
+
+
+def _level_dict(A: sp.csr_matrix) -> dict:
+    """A Laplacian-like matrix as a hierarchy level's dict (diagonal + negated off-diagonal
+    links), the input of `multigrid._coarse_inverse`."""
+    off = sp.csr_matrix(A - sp.diags(A.diagonal()))
+    off.eliminate_zeros()
+    return dict(d=A.diagonal().copy(), w=-off.data, indices=off.indices, indptr=off.indptr)
+
+
+@pytest.mark.parametrize("cholesky_fails", [False, True])
+def test_coarse_inverse_is_the_pseudo_inverse_on_the_range(cholesky_fails, monkeypatch):
+    """The coarsest level's dense inverse: A's pseudo-inverse on its range with a closed
+    component (Neumann: constant null vector) and an open one (Dirichlet: invertible), the
+    same through the Cholesky factor and through LU (taken when the factor fails)."""
+    import deepcd.nn.multigrid as mg
+
+    def path(m: int, dirichlet: bool) -> np.ndarray:
+        L = sp.diags([-np.ones(m - 1), 2.0 * np.ones(m), -np.ones(m - 1)], [-1, 0, 1]).toarray()
+        L[0, 0] = L[-1, -1] = 1.0
+        if dirichlet:
+            L[0, 0] += 1.0
+        return L
+
+    A = sp.csr_matrix(sp.block_diag([path(7, False), path(5, True)]))
+    if cholesky_fails:
+        monkeypatch.setattr(
+            mg.torch.linalg,
+            "cholesky_ex",
+            lambda a: (a, torch.ones((), dtype=torch.int32)),
+        )
+    inv = mg._coarse_inverse(_level_dict(A))
+    np.testing.assert_allclose(inv, inv.T, atol=0)
+    closed = np.r_[np.ones(7), np.zeros(5)] / np.sqrt(7)
+    proj = np.eye(12) - np.outer(closed, closed)  # onto A's range
+    np.testing.assert_allclose(proj @ inv @ proj, np.linalg.pinv(A.toarray()), atol=1e-12)

@@ -100,7 +100,7 @@ def warm_up(solvers: list[str], ndim: int) -> None:
     # ones above: a grid with walls, solved once with every level parallel and once as the
     # timed runs are, and a small one with coefficients (checked on its CSR) compile, or
     # load, every kernel; an open grid whose level 1 is big enough to run on the grid
-    # kernels (`grid_form`) loads theirs
+    # kernels (`grid_form`) loads theirs; a maze runs level 0 on its graph (`fine_on_graph`)
     networks = [n for n in solvers if runs_vcycle(n)]
     if networks:
         from deepcd.kernels import aggregate
@@ -112,6 +112,7 @@ def warm_up(solvers: list[str], ndim: int) -> None:
         # (+2: no benchmark grid has this shape, so no timed run finds these levels cached)
         open_side = 2 * math.ceil(GRID_FORM_MIN ** (1 / ndim)) + 2
         plume = scene("smoke-plume", (open_side,) * ndim, seed=0)
+        maze = scene("maze", (side,) * ndim, seed=0)
         below = aggregate.SERIAL_BELOW
         try:
             aggregate.SERIAL_BELOW = 0
@@ -120,7 +121,7 @@ def warm_up(solvers: list[str], ndim: int) -> None:
         finally:
             aggregate.SERIAL_BELOW = below
         for name in networks:
-            for problem in (walls, jumps, plume):
+            for problem in (walls, jumps, plume, maze):
                 run_solver(name, problem, rtol=1e-6, maxiter=None)
 
 

@@ -55,21 +55,44 @@ def normalized_grid(level, scale, dim: int, dt: torch.dtype):
     if cached is not None and cached[0] is scale:
         return cached[1]
     s_t = level.inv_sqrt_diag if scale is None else scale
-    s_t = s_t.to(torch.float64)
     grid = (1,) * (3 - dim) + tuple(level.shape)
-    e = _view(s_t * s_t * level.diag.to(torch.float64), grid, dt)
-    links = []
-    for a, w in enumerate(level.links):
-        ax, n = a + 2, s_t.shape[a + 2]
-        lo, hi = s_t.narrow(ax, 0, n - 1), s_t.narrow(ax, 1, n - 1)
-        links.append(
-            _view(lo * w.to(torch.float64) * hi, (1,) * (3 - dim) + tuple(w.shape[2:]), dt)
-        )
-    if dim == 2:  # the unused x-axis faces of a (1, nx, ny) view: empty
-        links.insert(0, np.zeros((0, *grid[1:]), dtype=e.dtype))
-    out = (_view(s_t, grid, dt), e, links)
+    form = _normalized_host if s_t.device.type == "cpu" else _normalized_torch
+    out = form(s_t, level.diag, level.links, grid, dt)
     level.cache[key] = (scale, out)
     return out
+
+
+def _normalized_torch(s_t, diag, faces, grid, dt: torch.dtype):
+    """`normalized_grid` in torch (any device): s_t, diag (1, 1, *g), faces as level.links;
+    grid the 3D view's shape."""
+    s_t = s_t.to(torch.float64)
+    e = _view(s_t * s_t * diag.to(torch.float64), grid, dt)
+    lead = (1,) * (len(grid) - (diag.ndim - 2))
+    links = []
+    for a, w in enumerate(faces):
+        ax, n = a + 2, s_t.shape[a + 2]
+        lo, hi = s_t.narrow(ax, 0, n - 1), s_t.narrow(ax, 1, n - 1)
+        links.append(_view(lo * w.to(torch.float64) * hi, lead + tuple(w.shape[2:]), dt))
+    links = [np.zeros((0, *grid[1:]), dtype=e.dtype)] * len(lead) + links  # 2D: no x-faces
+    return _view(s_t, grid, dt), e, links
+
+
+def _normalized_host(s_t, diag, faces, grid, dt: torch.dtype):
+    """`_normalized_torch` on the CPU in one parallel pass
+    (`deepcd.kernels.normalize.normalize_stencil`: the same numbers)."""
+    from deepcd.kernels.normalize import normalize_stencil
+
+    def host(t: torch.Tensor, shape) -> np.ndarray:
+        return t.detach().contiguous().numpy().reshape(shape)
+
+    lead = (1,) * (len(grid) - (diag.ndim - 2))
+    links = [host(w, lead + tuple(w.shape[2:])) for w in faces]
+    links = [np.zeros((0, *grid[1:]), dtype=links[0].dtype)] * len(lead) + links
+    np_dt = torch.empty((), dtype=dt).numpy().dtype
+    s, e = np.empty(grid, dtype=np_dt), np.empty(grid, dtype=np_dt)
+    out = [np.empty(w.shape, dtype=np_dt) for w in links]
+    normalize_stencil(host(s_t, grid), host(diag, grid), *links, s, e, *out)
+    return s, e, out
 
 
 def normalized_graph(level, scale, dt: np.dtype):

@@ -1,0 +1,68 @@
+"""The normalized grid stencils of `deepcd.kernels.normalize` (CPU) against their torch forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepcd.nn import fastpath
+from deepcd.nn import multigrid as mg
+from deepcd.problems import AIR, FLUID, SOLID, from_flags, scene
+
+
+def _level(name: str, shape, dtype) -> mg.StencilLevel:
+    """Level 0 on the grid of a scene's flags ("random": FLUID/SOLID/AIR cells at random)."""
+    if name == "random":
+        rng = np.random.default_rng(0)
+        cells = rng.choice([FLUID, SOLID, AIR], size=shape, p=[0.7, 0.2, 0.1]).astype(np.int8)
+        problem = from_flags(cells)
+    else:
+        problem = scene(name, shape, seed=1)
+    flags = torch.tensor(problem.flags)[None]
+    return mg.build_hierarchy(flags, problem.boundary, [], dtype=dtype).grid
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "name,shape",
+    [("smoke-obstacles", (17, 16, 19)), ("maze", (16, 17, 18)), ("porous", (20, 21)),
+     ("splash", (33, 31)), ("random", (9, 7, 5)), ("random", (1, 6, 5)), ("random", (7, 1))],
+)  # fmt: skip
+def test_host_forms_equal_the_torch_forms_bit_for_bit(name, shape, dtype):
+    grid = _level(name, shape, dtype)
+    dim = len(shape)
+    view = (1,) * (3 - dim) + tuple(shape)
+    for scale in (grid.inv_sqrt_diag, 0.75 * grid.inv_sqrt_diag):  # diag^-½, a local scale
+        for dt in (torch.float32, torch.float64):
+            args = (scale, grid.diag, grid.links, view, dt)
+            got, want = fastpath._normalized_host(*args), fastpath._normalized_torch(*args)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+            assert [w.shape for w in got[2]] == [w.shape for w in want[2]]
+            for g, w in zip(got[2], want[2], strict=True):
+                assert g.dtype == w.dtype
+                np.testing.assert_array_equal(g, w)
+    host, ref = mg._grid_axis_weights_host(grid), mg._grid_axis_weights_torch(grid)
+    assert len(host) == len(ref) == dim
+    for (nl, deg), (nl_ref, deg_ref) in zip(host, ref, strict=True):
+        torch.testing.assert_close(nl, nl_ref, rtol=0, atol=0)
+        torch.testing.assert_close(deg, deg_ref, rtol=0, atol=0)
+
+
+def test_variable_coefficients_bit_for_bit():
+    """Face weights that differ by 1000x (two-phase): the normalization's divisions too."""
+    from deepcd.nn.stencil import GridLaplacian
+
+    problem = scene("two-phase", (16, 17, 18), seed=0)
+    lap = GridLaplacian.from_problem(problem, "cpu", torch.float32)
+    grid = mg.StencilLevel.from_parts(lap.diag, list(lap.links()))
+    for (nl, deg), (nl_ref, deg_ref) in zip(
+        mg._grid_axis_weights_host(grid), mg._grid_axis_weights_torch(grid), strict=True
+    ):
+        torch.testing.assert_close(nl, nl_ref, rtol=0, atol=0)
+        torch.testing.assert_close(deg, deg_ref, rtol=0, atol=0)
+    args = (grid.inv_sqrt_diag, grid.diag, grid.links, (16, 17, 18), torch.float32)
+    got, want = fastpath._normalized_host(*args), fastpath._normalized_torch(*args)
+    for g, w in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]], strict=True):
+        np.testing.assert_array_equal(g, w)
