@@ -176,6 +176,17 @@ def test_grid_aggregation_equals_the_csr_one(name, shape, merge_below, strength)
         np.testing.assert_array_equal(a, b)
 
 
+def test_grid_aggregation_refuses_an_axis_its_cell_packing_cannot_hold():
+    """grid_aggregate packs a node's cell in 21 bits per axis: a longer axis is an error, not
+    a silent wrap into another cell."""
+    n = 1 << 21
+    diag = np.ones((1, 1, n))
+    faces = [np.zeros((0, 1, n)), np.zeros((1, 0, n)), np.ones((1, 1, n - 1))]
+    halved = np.array([False, False, True])
+    with pytest.raises(ValueError, match="too big"):
+        grid_aggregate(diag, *faces, halved, np.array([1, 1, n // 2]), 0.5, 0.0)
+
+
 HIERARCHY_CASES = [
     ("maze", (24, 20, 18)),
     ("two-phase", (17, 19, 16)),
