@@ -346,9 +346,12 @@ class VCycleNet(GridNet):
                 if feats is None:
                     feats = grid_face_features(h.grid.diag, link, nlink, a)
                     h.grid.cache[("face_features", a)] = feats
-                shape = feats.shape[:-1]
-                w = self.local.omega(feats.reshape(-1, feats.shape[-1]), self.transfers[i][a])
-                out.append(w.reshape(shape))
+                # ω only where a face has a link: elsewhere ŵ = 0 and ω·ŵ = 0 whatever ω is
+                on = (link > 0).reshape(-1).nonzero().squeeze(1)
+                flat = feats.reshape(-1, feats.shape[-1])
+                w = self.local.omega(flat[on], self.transfers[i][a])
+                full = torch.zeros(flat.shape[0], dtype=w.dtype, device=w.device)
+                out.append(full.index_put((on,), w).reshape(feats.shape[:-1]))
             return out
 
         return self._local_cached(h.grid.cache, "omega", make_grid)
