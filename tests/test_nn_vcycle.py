@@ -518,3 +518,27 @@ def test_coarse_inverse_is_the_pseudo_inverse_on_the_range(cholesky_fails, monke
     closed = np.r_[np.ones(7), np.zeros(5)] / np.sqrt(7)
     proj = np.eye(12) - np.outer(closed, closed)  # onto A's range
     np.testing.assert_allclose(proj @ inv @ proj, np.linalg.pinv(A.toarray()), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randint(0, 3, (1, 16, 16, 16), dtype=torch.int8),  # words of 8 flags
+        lambda: torch.randint(0, 3, (1, 5, 7, 3), dtype=torch.int8),  # 105 bytes: elementwise
+        lambda: torch.rand(2, 1, 6, 4, dtype=torch.float64),
+        lambda: torch.rand(4, 6, dtype=torch.float32)[:, :3],  # not contiguous
+    ],
+)
+def test_levels_cache_compares_every_byte(make):
+    """The hierarchy cache's check (`_same_bytes`): equal for a copy, unequal when any one
+    element differs, whatever the size, dtype or layout."""
+    from deepcd.nn.networks.vcycle import _same_bytes
+
+    a = make()
+    assert _same_bytes(a, a.clone())
+    flat = a.reshape(-1)
+    for i in (0, flat.numel() // 2, flat.numel() - 1):
+        b = a.clone()
+        b.reshape(-1)[i] = flat[i] + 1
+        assert not _same_bytes(a, b)
+    assert not _same_bytes(a, a.clone().to(torch.int16 if a.is_floating_point() else torch.float32))

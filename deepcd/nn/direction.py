@@ -54,7 +54,10 @@ class NetworkDirection:
 
             self.operator = GridLaplacian.from_problem(problem, self.device, torch.float64)
         self.grid = torch.zeros((1, 1, *problem.shape), dtype=dtype, device=self.device)
-        self._index_np = np.ascontiguousarray(self.index.cpu().numpy())
+        # the numba scatter/gather's index: int32 where it fits, half the bytes of int64 to
+        # stream on every application
+        small = problem.flags.size < 2**31
+        self._index_np = self.index.cpu().numpy().astype(np.int32 if small else np.int64)
         self.n = problem.n
         # an SPD network (vcycle) is a preconditioner: DCDM runs PCG with it as M
         self.spd = bool(getattr(model, "spd", False))

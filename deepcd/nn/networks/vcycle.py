@@ -632,9 +632,9 @@ class VCycleNet(GridNet):
             and c[0] == key
             and c[1].shape == flags.shape
             and c[1].device == flags.device
-            and torch.equal(c[1], flags)
+            and _same_bytes(c[1], flags)
             and len(c[3]) == len(stencil)
-            and all(torch.equal(a, b) for a, b in zip(c[3], stencil, strict=True))
+            and all(_same_bytes(a, b) for a, b in zip(c[3], stencil, strict=True))
         ):
             return c[2]
         plan = coarsening_plan(grid, self.coarsest)
@@ -754,6 +754,20 @@ class VCycleNet(GridNet):
         if self.fine_layout == "graph":
             return True
         return h.levels[0].n < GRAPH_FINE_BELOW * math.prod(h.shape)
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b hold the same values byte for byte (the levels' cache check, once per
+    application): compared as int64 words where they allow it — ~6x faster than
+    `torch.equal` on int8 flags (0.1 against 0.6 ms at 128³), which compares element by
+    element into a temporary. Equal bytes are equal tensors; the converse misses only −0.0
+    against 0.0, a rebuild."""
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return False
+    size = a.numel() * a.element_size()
+    if a.is_contiguous() and b.is_contiguous() and size % 8 == 0 and size > 0:
+        return torch.equal(a.reshape(-1).view(torch.int64), b.reshape(-1).view(torch.int64))
+    return torch.equal(a, b)
 
 
 def _weighted_axis(nlink: torch.Tensor, omega: torch.Tensor, a: int):
