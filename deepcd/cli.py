@@ -62,10 +62,12 @@ def cmd_bench(args) -> int:
         progress=not args.no_progress,
         params=_params(args.param),
         nprocs=args.np,
+        repeats=args.repeats,
     )
     meta = {
         "command": command,
         "rtol": args.rtol,
+        "repeats": args.repeats,
         "environment": {"loadavg_before": load_before, **environment()},
     }
     write_results(out, runs, problems, meta)
@@ -336,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="MPI processes of the PETSc peers petsc-hypre, petsc-gamg, petsc-mg, petsc-deepcd "
         "(run under mpiexec; needs ./scripts/bootstrap.sh --petsc)",
+    )
+    b.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of every solver on each problem, round by round, each a fresh one; the "
+        "tables show the run with the median total time (default 1)",
     )
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=cmd_bench)

@@ -170,3 +170,43 @@ def test_console_script_runs():
         [sys.executable, "-m", "deepcd.cli", "info"], capture_output=True, text=True, check=True
     ).stdout
     assert "smoke-obstacles" in out and "amg-sa" in out
+
+
+def test_bench_repeats_report_the_median_run_of_fresh_solves(tmp_path, monkeypatch, capsys):
+    """--repeats N: every solver N times, round by round; each DCDM run builds its levels
+    afresh (no round finds the one before's cached); the record is the median run's, with
+    every run's times; results.md lists them."""
+    import deepcd.bench.runner as runner
+
+    seen = []
+    real = runner.median_run
+    monkeypatch.setattr(runner, "median_run", lambda recs: seen.append(recs) or real(recs))
+    out = tmp_path / "bench"
+    args = ["bench", "--scene", "maze", "--shape", "16", "--solvers", "dcdm,cg"]
+    code = main([*args, "--repeats", "3", "--out", str(out), "--no-progress"])
+    assert code == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["solver"] for r in runs] == ["dcdm", "cg"]
+    for recs, run in zip(seen, runs, strict=True):
+        assert len(recs) == 3 and run["repeats"] == 3
+        assert sorted(run["total_s_all"])[1] == run["total_s"]
+        assert len(set(run["iterations_all"])) == 1
+    assert [r["settings"]["hierarchy_cached"] for r in seen[0]] == [False] * 3
+    table = (out / "results.md").read_text()
+    assert "median total time of 3" in table and "| maze | 16×16×16 | dcdm |" in table
+    capsys.readouterr()
+    assert main([*args, "--repeats", "0", "--out", str(out), "--no-progress"]) == 2
+    assert "repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_median_run_takes_the_middle_total():
+    from deepcd.bench.runner import median_run
+
+    recs = [
+        {"total_s": t, "setup_s": 0.0, "solve_s": t, "iterations": 5, "tag": i}
+        for i, t in enumerate([3.0, 1.0, 2.0, 4.0])
+    ]
+    rec = median_run(recs)
+    assert rec["tag"] == 2 and rec["repeats"] == 4  # the lower middle of 1, 2, 3, 4
+    assert rec["total_s_all"] == [3.0, 1.0, 2.0, 4.0]
+    assert median_run(recs[:1])["tag"] == 0

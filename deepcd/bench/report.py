@@ -74,6 +74,31 @@ def write_results(out: Path, runs: list[dict], problems: list[dict], meta: dict)
     return path
 
 
+def _repeats_table(runs: list[dict]) -> list[str]:
+    """With `--repeats`: every run's total seconds (and iterations where they varied) beside
+    the median run the table above shows."""
+    if not any(r.get("repeats", 1) > 1 for r in runs):
+        return []
+    n = max(r.get("repeats", 1) for r in runs)
+    lines = [
+        f"Each row above is the run with the median total time of {n}, round by round. "
+        "Every run's total seconds:",
+        "",
+        "| scene | shape | solver | total s, every run | spread (max / min) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in runs:
+        totals = r.get("total_s_all", [r["total_s"]])
+        iters = r.get("iterations_all", [r["iterations"]])
+        cell = ", ".join(f"{t:.3g}" for t in totals)
+        if len(set(iters)) > 1:
+            cell += " (iterations " + ", ".join(map(str, iters)) + ")"
+        spread = max(totals) / min(totals) if min(totals) > 0 else float("nan")
+        shape = "×".join(map(str, r["shape"]))
+        lines.append(f"| {r['scene']} | {shape} | {r['solver']} | {cell} | {spread:.2f} |")
+    return [*lines, ""]
+
+
 def write_markdown(out: Path, runs: list[dict], meta: dict, plots: list[Path]) -> Path:
     """DIR/results.md: the command, the environment, the table and the plots."""
     env = meta.get("environment", {})
@@ -91,6 +116,7 @@ def write_markdown(out: Path, runs: list[dict], meta: dict, plots: list[Path]) -
         markdown_table(runs),
         "",
     ]
+    lines += _repeats_table(runs)
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     path = out / "results.md"
     path.write_text("\n".join(lines) + "\n")

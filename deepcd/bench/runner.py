@@ -125,6 +125,25 @@ def warm_up(solvers: list[str], ndim: int) -> None:
                 run_solver(name, problem, rtol=1e-6, maxiter=None)
 
 
+def median_run(records: list[dict]) -> dict:
+    """The record with the median total time (the lower middle one of an even count), with
+    every run's setup, solve and total times and iterations added (`repeats` of them)."""
+    order = sorted(range(len(records)), key=lambda i: records[i]["total_s"])
+    rec = dict(records[order[(len(order) - 1) // 2]])
+    rec["repeats"] = len(records)
+    for key in ("setup_s", "solve_s", "total_s", "iterations"):
+        rec[f"{key}_all"] = [r[key] for r in records]
+    return rec
+
+
+def _forget_loaded_solvers() -> None:
+    """Drop deepcd's loaded solver networks (`deepcd.api`), and with them the levels they
+    built: the next DCDM solve loads its network and builds its levels afresh."""
+    from deepcd import api
+
+    api._SOLVERS.clear()
+
+
 def _jsonable(d: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
@@ -180,8 +199,16 @@ def run_benchmark(
     log=print,
     params: dict | None = None,
     nprocs: int = 1,
+    repeats: int = 1,
 ) -> tuple[list[dict], list[dict]]:
     """Run every solver on every (scene, shape). Returns (runs, problems).
+
+    repeats: rounds of every solver on each problem (round by round, so a drift of the
+    machine reaches every solver alike); each run is a fresh one — its own process with
+    `isolate`, else with deepcd's loaded solvers dropped before each round, so no round
+    finds the network's levels of the one before. A solver's record is its run with the
+    median total time, with every run's times in setup_s_all, solve_s_all, total_s_all and
+    iterations_all.
 
     params: scene parameters given to every scene (e.g. {"ratio": 1000.0} for two-phase),
     recorded in each problem and run.
@@ -193,13 +220,15 @@ def run_benchmark(
     """
     from tqdm.auto import tqdm
 
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     runs: list[dict] = []
     problems: list[dict] = []
     combos = [(s, sh) for s in scene_names for sh in shapes]
     if not isolate:
         for ndim in sorted({len(sh) for sh in shapes}):
             warm_up(solvers, ndim)
-    total = len(combos) * len(solvers)
+    total = len(combos) * len(solvers) * repeats
     with tqdm(
         total=total, desc="benchmark", unit="run", disable=not bars_enabled(progress)
     ) as outer:
@@ -231,32 +260,38 @@ def run_benchmark(
                 problem.A  # noqa: B018
                 info["csr_assembly_s"] = time.perf_counter() - t
             problems.append(info)
-            for solver in solvers:
-                outer.set_postfix_str(f"{name} {shape} {solver}")
-                if isolate:
-                    ctx = mp.get_context("spawn")
-                    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                        rec = pool.submit(
-                            _run_isolated, str(path), solver, rtol, maxiter, nprocs
-                        ).result()
-                    rec["isolated"] = True
-                else:
-                    rec = run_one(
-                        solver,
-                        problem,
-                        rtol=rtol,
-                        maxiter=maxiter,
-                        progress=progress,
-                        assembly_s=info.get("csr_assembly_s", 0.0),
-                        nprocs=nprocs,
+            done: dict[str, list[dict]] = {solver: [] for solver in solvers}
+            for round_ in range(repeats):
+                if round_ and not isolate:
+                    _forget_loaded_solvers()
+                for solver in solvers:
+                    outer.set_postfix_str(f"{name} {shape} {solver}")
+                    if isolate:
+                        ctx = mp.get_context("spawn")
+                        with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                            rec = pool.submit(
+                                _run_isolated, str(path), solver, rtol, maxiter, nprocs
+                            ).result()
+                        rec["isolated"] = True
+                    else:
+                        rec = run_one(
+                            solver,
+                            problem,
+                            rtol=rtol,
+                            maxiter=maxiter,
+                            progress=progress,
+                            assembly_s=info.get("csr_assembly_s", 0.0),
+                            nprocs=nprocs,
+                        )
+                        rec["isolated"] = False
+                    rec["params"] = dict(params or {})
+                    done[solver].append(rec)
+                    log(
+                        f"  {solver:>14}: {rec['iterations']:>6} it  setup {rec['setup_s']:7.2f} s"
+                        f"  solve {rec['solve_s']:8.2f} s  relres {rec['final_relres']:.1e}"
+                        + (f"  (round {round_ + 1}/{repeats})" if repeats > 1 else "")
+                        + ("" if rec["converged"] else f"  NOT CONVERGED ({rec['message']})")
                     )
-                    rec["isolated"] = False
-                rec["params"] = dict(params or {})
-                runs.append(rec)
-                log(
-                    f"  {solver:>14}: {rec['iterations']:>6} it  setup {rec['setup_s']:7.2f} s"
-                    f"  solve {rec['solve_s']:8.2f} s  relres {rec['final_relres']:.1e}"
-                    + ("" if rec["converged"] else f"  NOT CONVERGED ({rec['message']})")
-                )
-                outer.update(1)
+                    outer.update(1)
+            runs.extend(median_run(done[solver]) for solver in solvers)
     return runs, problems
