@@ -542,3 +542,28 @@ def test_levels_cache_compares_every_byte(make):
         b.reshape(-1)[i] = flat[i] + 1
         assert not _same_bytes(a, b)
     assert not _same_bytes(a, a.clone().to(torch.int16 if a.is_floating_point() else torch.float32))
+
+
+def test_a_prepared_direction_applies_its_own_levels(monkeypatch):
+    """After `prepare`, a direction hands the network its levels: no per-application lookup
+    (the flags and a variable-coefficient stencil compared with the cache), the same
+    directions, and still its own system's after the network built levels for another."""
+    from deepcd.nn.networks.vcycle import VCycleNet
+    from deepcd.nn.weights import default_solver, load_solver
+
+    net, _ = load_solver(default_solver(3))
+    problem = scene("two-phase", (16, 16, 16), seed=0)
+    r = np.random.default_rng(0).standard_normal(problem.n)
+    want = NetworkDirection(net, problem)(r)  # without prepare: the lookup path
+    direction = NetworkDirection(net, problem)
+    direction.prepare()
+    lookups = []
+    real = VCycleNet.hierarchy
+    monkeypatch.setattr(VCycleNet, "hierarchy", lambda *a, **k: lookups.append(1) or real(*a, **k))
+    np.testing.assert_array_equal(direction(r), want)
+    assert lookups == []
+    other = scene("maze", (16, 16, 16), seed=0)
+    NetworkDirection(net, other)(np.ones(other.n))  # the network's cache: another system
+    np.testing.assert_array_equal(direction(r), want)
+    with pytest.raises(ValueError, match="do not match"):
+        net(torch.zeros(1, 1, 8, 8, 8), torch.tensor(other.flags)[None], levels=net._cache[2])

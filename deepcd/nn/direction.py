@@ -9,13 +9,19 @@ from deepcd.problems.flags import FLUID
 from deepcd.problems.problem import Problem
 
 
-def apply_network(model, r: torch.Tensor, flags, boundary, operator=None) -> torch.Tensor:
+def apply_network(
+    model, r: torch.Tensor, flags, boundary, operator=None, levels=None
+) -> torch.Tensor:
     """model(r, flags, boundary) — the call every direction network takes — with the system's
     variable-coefficient `GridLaplacian` as `operator=` where there is one (a network that
-    builds its levels from the operator reads it; deepcd's networks all accept it)."""
-    if operator is None:
-        return model(r, flags, boundary)
-    return model(r, flags, boundary, operator=operator)
+    builds its levels from the operator reads it; deepcd's networks all accept it), and
+    `levels=` the hierarchy the network built for them, where given (the V-cycle)."""
+    kwargs = {}
+    if operator is not None:
+        kwargs["operator"] = operator
+    if levels is not None:
+        kwargs["levels"] = levels
+    return model(r, flags, boundary, **kwargs)
 
 
 class NetworkDirection:
@@ -61,6 +67,7 @@ class NetworkDirection:
         self.n = problem.n
         # an SPD network (vcycle) is a preconditioner: DCDM runs PCG with it as M
         self.spd = bool(getattr(model, "spd", False))
+        self._levels = None  # the V-cycle's hierarchy for this system (`prepare`)
 
     @torch.inference_mode()
     def prepare(self) -> bool:
@@ -77,6 +84,11 @@ class NetworkDirection:
         warm = getattr(self.model, "prepare_inference", None)
         if warm is not None and self.device.type == "cpu":
             warm(h, dtype)  # the CPU kernels' arrays: setup, not the first direction's time
+        # every direction applies the network to this one system: pass it these levels
+        # rather than have it check each time that the flags and stencil are still its cached
+        # ones (the grid is not a parameter; dtype is the one they were built in)
+        if self.dtype == dtype:
+            self._levels = h
         return before is not None and before[2] is h
 
     @property
@@ -92,7 +104,9 @@ class NetworkDirection:
             return out
         flat = self.grid.view(-1)
         flat[self.index] = torch.from_numpy(np.ascontiguousarray(r)).to(self.device, self.dtype)
-        q = apply_network(self.model, self.grid, self.flags, self.boundary, self.operator)
+        q = apply_network(
+            self.model, self.grid, self.flags, self.boundary, self.operator, self._levels
+        )
         return q.reshape(-1)[self.index].to("cpu", torch.float64).numpy()
 
     @torch.inference_mode()
@@ -107,6 +121,8 @@ class NetworkDirection:
 
         flat = self.grid.view(-1).numpy()
         scatter(np.ascontiguousarray(r, dtype=np.float64), self._index_np, flat, scale)
-        q = apply_network(self.model, self.grid, self.flags, self.boundary, self.operator)
+        q = apply_network(
+            self.model, self.grid, self.flags, self.boundary, self.operator, self._levels
+        )
         bad, nonzero = gather_checked(q.reshape(-1).contiguous().numpy(), self._index_np, out)
         return bad == 0 and nonzero > 0

@@ -703,10 +703,15 @@ class VCycleNet(GridNet):
         boundary=None,
         *,
         operator=None,
+        levels=None,
     ) -> torch.Tensor:
         """q = M r for r (B, 1, *grid): one V-cycle on the levels of `operator` (a
         `GridLaplacian`: the system's own stencil, coefficients included) or, without one, of
-        the flags' Laplacian with `boundary`."""
+        the flags' Laplacian with `boundary`. levels: the hierarchy `hierarchy` returned for
+        these flags, boundary, operator and r's batch and dtype, used as it is (a caller that
+        applies the network many times to one system, `NetworkDirection`: no per-call check
+        that the flags and the stencil are still the cached ones — ~1 ms per call for a 64³
+        variable-coefficient stencil)."""
         if operator is not None:
             flags = operator.flags if flags is None else flags
             boundary = operator.boundary if boundary is None else boundary
@@ -717,17 +722,26 @@ class VCycleNet(GridNet):
                 f"r must have shape (B, 1, *grid) with {self.dim} grid axes, got {tuple(r.shape)}"
             )
         dtype = r.dtype if r.dtype in (torch.float32, torch.float64) else torch.float32
-        bf = _flag_batch(flags, self.dim, tuple(r.shape[2:])).shape[0]
-        if r.shape[0] % bf:
-            raise ValueError(f"flags batch {bf} does not match r's {r.shape[0]}")
-        h = self.hierarchy(
-            flags,
-            tuple(r.shape[2:]),
-            SOLID if boundary is None else boundary,
-            dtype,
-            columns=r.shape[0] // bf,
-            operator=operator,
-        )
+        if levels is not None:
+            batch = levels.grid.diag.shape[0] * levels.columns
+            if tuple(levels.shape) != tuple(r.shape[2:]) or r.shape[0] != batch:
+                raise ValueError(
+                    f"levels for grid {tuple(levels.shape)} and a batch of {batch} do not "
+                    f"match r of shape {tuple(r.shape)}"
+                )
+            h = levels
+        else:
+            bf = _flag_batch(flags, self.dim, tuple(r.shape[2:])).shape[0]
+            if r.shape[0] % bf:
+                raise ValueError(f"flags batch {bf} does not match r's {r.shape[0]}")
+            h = self.hierarchy(
+                flags,
+                tuple(r.shape[2:]),
+                SOLID if boundary is None else boundary,
+                dtype,
+                columns=r.shape[0] // bf,
+                operator=operator,
+            )
         x = r.to(dtype) * h.grid.active
         if _fast(x, self.smoothers) and self.fine_on_graph(h):
             return h.from_nodes(self._cycle(h, 0, h.to_nodes(x), grid=False)).to(r.dtype)
