@@ -445,3 +445,37 @@ def test_cut_cells_around_the_bunny_blob(shape):
     res = deepcd.solve_result(problem, rtol=1e-6)
     amg = deepcd.solve_result(problem, method="amg-sa", rtol=1e-6)
     assert res.converged and res.iterations <= 2 * amg.iterations + 10
+
+
+@pytest.mark.parametrize(
+    "shape,boundary", [((9, 7, 5), SOLID), ((1, 6, 5), AIR), ((11, 8), AIR), ((7, 1), SOLID)]
+)
+def test_weighted_stencil_operator_is_the_assembled_matrix(shape, boundary):
+    """A coefficient problem's matrix-free operator (`WeightedStencilOperator`) applies the
+    CSR matrix it assembles — random faces, some closed, ghost-fluid fractions, odd and
+    one-cell-thin grids — and its matvec_dot returns x·Ax."""
+    from deepcd.operators import WeightedStencilOperator
+
+    flags = random_flags(shape, 3)
+    problem = from_flags(flags, boundary=boundary, coefficients=random_coefficients(shape, 4))
+    op = problem.stencil
+    assert isinstance(op, WeightedStencilOperator) and op.n == problem.n
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        x = rng.standard_normal(problem.n)
+        want = problem.A @ x
+        np.testing.assert_allclose(op.matvec(x), want, rtol=1e-13, atol=1e-13 * abs(want).max())
+        out = np.empty(problem.n)
+        assert op.matvec_dot(x, out) == pytest.approx(x @ want, rel=1e-12)
+        np.testing.assert_allclose(out, want, rtol=1e-13, atol=1e-13 * abs(want).max())
+    np.testing.assert_array_equal(op.diagonal(), problem.A.diagonal())
+    assert op.csr is problem.A
+
+
+@pytest.mark.parametrize("name", COEFFICIENT_SCENES)
+def test_coefficient_scenes_apply_their_matrix_matrix_free(name):
+    problem = scene(name, (16, 17, 18), seed=0)
+    x = np.random.default_rng(0).standard_normal(problem.n)
+    want = problem.A @ x
+    got = problem.stencil.matvec(x)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13 * abs(want).max())

@@ -74,6 +74,69 @@ def stencil_matvec_dot(index, diag, x, out):
     return total
 
 
+@nb.njit(inline="always")
+def _face(w, x, index, i, j, k):
+    """w·x at the neighbour (i, j, k) when it holds an unknown and the face a link (w > 0:
+    faces without one add nothing, as the CSR has no entry for them)."""
+    m = index[i, j, k]
+    if m >= 0 and w > 0.0:
+        return w * x[m]
+    return 0.0
+
+
+@nb.njit(inline="always")
+def _weighted_row(index, diag, wx, wy, wz, x, i, j, k, n):
+    nx, ny, nz = index.shape
+    s = diag[n] * x[n]
+    if i > 0:
+        s -= _face(wx[i - 1, j, k], x, index, i - 1, j, k)
+    if i < nx - 1:
+        s -= _face(wx[i, j, k], x, index, i + 1, j, k)
+    if j > 0:
+        s -= _face(wy[i, j - 1, k], x, index, i, j - 1, k)
+    if j < ny - 1:
+        s -= _face(wy[i, j, k], x, index, i, j + 1, k)
+    if k > 0:
+        s -= _face(wz[i, j, k - 1], x, index, i, j, k - 1)
+    if k < nz - 1:
+        s -= _face(wz[i, j, k], x, index, i, j, k + 1)
+    return s
+
+
+@nb.njit(parallel=True, cache=True)
+def weighted_stencil_matvec(index, diag, wx, wy, wz, x, out):
+    """out = A x for a variable-coefficient stencil: index int grid (nx, ny, nz); diag float64
+    (n,) per unknown; wx, wy, wz float64 face weights (the axis one shorter; a 2D grid's
+    (1, nx, ny) view has an empty x-face array); x, out float64 (n,)."""
+    nx, ny, nz = index.shape
+    for ij in nb.prange(nx * ny):
+        i = ij // ny
+        j = ij - i * ny
+        for k in range(nz):
+            n = index[i, j, k]
+            if n >= 0:
+                out[n] = _weighted_row(index, diag, wx, wy, wz, x, i, j, k, n)
+
+
+@nb.njit(parallel=True, cache=True)
+def weighted_stencil_matvec_dot(index, diag, wx, wy, wz, x, out):
+    """`weighted_stencil_matvec`, returning x·(A x) from the same pass."""
+    nx, ny, nz = index.shape
+    total = 0.0
+    for ij in nb.prange(nx * ny):
+        i = ij // ny
+        j = ij - i * ny
+        part = 0.0
+        for k in range(nz):
+            n = index[i, j, k]
+            if n >= 0:
+                s = _weighted_row(index, diag, wx, wy, wz, x, i, j, k, n)
+                out[n] = s
+                part += x[n] * s
+        total += part
+    return total
+
+
 def stencil_index_3d(index: np.ndarray) -> np.ndarray:
     """The 3D view the kernels take. A 2D index (nx, ny) becomes (1, nx, ny): the unit axis
     goes first so the contiguous inner loop is long (a trailing unit axis made 2D ~2× slower)."""

@@ -129,11 +129,12 @@ class Problem:
     @cached_property
     def stencil(self):
         """The matrix-free form: a `StencilOperator` applying the flag Laplacian with a numba
-        kernel; with coefficients, the CSR form (`CSROperator`)."""
-        from deepcd.operators import CSROperator, StencilOperator
+        kernel; with coefficients, a `WeightedStencilOperator` of `grid_stencil`."""
+        from deepcd.operators import StencilOperator, WeightedStencilOperator
 
         if self.has_coefficients:
-            return CSROperator(self.A)
+            diag, links = self.grid_stencil
+            return WeightedStencilOperator(self.index, diag, links, csr_factory=lambda: self.A)
         return StencilOperator(self.index, self.diagonal, csr_factory=lambda: self.A)
 
     @cached_property
