@@ -48,5 +48,5 @@ $deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --
 # 15. The profile with one thread (what the second thread buys at 64³ and 128³).
 DEEPCD_THREADS=1 .venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 128 --repeats 15 \
     --out benchmarks/cpu-profile-1thread
-# 16. The close cases (maze, splash, ghost-fluid splash at 64³ and 512²), 5 runs each, medians.
+# 16. The close cases (maze, splash, ghost-fluid splash at 64³ and 512², pool 64³), 5 runs each, medians.
 ./benchmarks/close_cases.sh
