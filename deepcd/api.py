@@ -356,6 +356,12 @@ def _grid_problem(A, op: Operator, flags, boundary) -> tuple[Problem, float, Gri
 _SOLVERS: dict = {}  # loaded solvers by (folder, weights file state, device)
 
 
+def forget_loaded_solvers() -> None:
+    """Drop the solvers `solve` has loaded, and with them the levels they built: the next DCDM
+    solve loads its network again and builds its levels afresh (`deepcd bench --repeats`)."""
+    _SOLVERS.clear()
+
+
 def _loaded_solver(model, device: str):
     """`load_solver`, once per solver folder and device while its weights file is unchanged:
     the model keeps the levels it built, so the next solve on the same grid (a projection

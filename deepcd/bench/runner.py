@@ -136,14 +136,6 @@ def median_run(records: list[dict]) -> dict:
     return rec
 
 
-def _forget_loaded_solvers() -> None:
-    """Drop deepcd's loaded solver networks (`deepcd.api`), and with them the levels they
-    built: the next DCDM solve loads its network and builds its levels afresh."""
-    from deepcd import api
-
-    api._SOLVERS.clear()
-
-
 def _jsonable(d: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
 
@@ -263,7 +255,9 @@ def run_benchmark(
             done: dict[str, list[dict]] = {solver: [] for solver in solvers}
             for round_ in range(repeats):
                 if round_ and not isolate:
-                    _forget_loaded_solvers()
+                    from deepcd.api import forget_loaded_solvers
+
+                    forget_loaded_solvers()
                 for solver in solvers:
                     outer.set_postfix_str(f"{name} {shape} {solver}")
                     if isolate:

@@ -104,23 +104,11 @@ def _weighted_row(index, diag, wx, wy, wz, x, i, j, k, n):
 
 
 @nb.njit(parallel=True, cache=True)
-def weighted_stencil_matvec(index, diag, wx, wy, wz, x, out):
-    """out = A x for a variable-coefficient stencil: index int grid (nx, ny, nz); diag float64
-    (n,) per unknown; wx, wy, wz float64 face weights (the axis one shorter; a 2D grid's
-    (1, nx, ny) view has an empty x-face array); x, out float64 (n,)."""
-    nx, ny, nz = index.shape
-    for ij in nb.prange(nx * ny):
-        i = ij // ny
-        j = ij - i * ny
-        for k in range(nz):
-            n = index[i, j, k]
-            if n >= 0:
-                out[n] = _weighted_row(index, diag, wx, wy, wz, x, i, j, k, n)
-
-
-@nb.njit(parallel=True, cache=True)
 def weighted_stencil_matvec_dot(index, diag, wx, wy, wz, x, out):
-    """`weighted_stencil_matvec`, returning x·(A x) from the same pass."""
+    """out = A x for a variable-coefficient stencil, and x·(A x) from the same pass (x_i is
+    in a register already: the dot costs no memory traffic). index int grid (nx, ny, nz);
+    diag float64 (n,) per unknown; wx, wy, wz float64 face weights (the axis one shorter; a
+    2D grid's (1, nx, ny) view has an empty x-face array); x, out float64 (n,)."""
     nx, ny, nz = index.shape
     total = 0.0
     for ij in nb.prange(nx * ny):

@@ -77,21 +77,32 @@ def _normalized_torch(s_t, diag, faces, grid, dt: torch.dtype):
     return _view(s_t, grid, dt), e, links
 
 
+def grid_views(field: torch.Tensor, faces=()) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One field's grid tensors — a cell field (1, 1, *g) and face fields faces[a] (1, 1,
+    *g with axis a one shorter) — as numpy 3D arrays in their own dtype, as the kernels take
+    them: 2D grids as (1, nx, ny), with an empty x-face array first."""
+    lead = (1,) * (5 - field.ndim)
+
+    def host(t: torch.Tensor) -> np.ndarray:
+        return t.detach().contiguous().numpy().reshape(lead + tuple(t.shape[2:]))
+
+    cells = host(field)
+    links = [host(w) for w in faces]
+    if links:
+        links = [np.zeros((0, *cells.shape[1:]), dtype=links[0].dtype)] * len(lead) + links
+    return cells, links
+
+
 def _normalized_host(s_t, diag, faces, grid, dt: torch.dtype):
     """`_normalized_torch` on the CPU in one parallel pass
     (`deepcd.kernels.normalize.normalize_stencil`: the same numbers)."""
     from deepcd.kernels.normalize import normalize_stencil
 
-    def host(t: torch.Tensor, shape) -> np.ndarray:
-        return t.detach().contiguous().numpy().reshape(shape)
-
-    lead = (1,) * (len(grid) - (diag.ndim - 2))
-    links = [host(w, lead + tuple(w.shape[2:])) for w in faces]
-    links = [np.zeros((0, *grid[1:]), dtype=links[0].dtype)] * len(lead) + links
+    d, links = grid_views(diag, faces)
     np_dt = torch.empty((), dtype=dt).numpy().dtype
     s, e = np.empty(grid, dtype=np_dt), np.empty(grid, dtype=np_dt)
     out = [np.empty(w.shape, dtype=np_dt) for w in links]
-    normalize_stencil(host(s_t, grid), host(diag, grid), *links, s, e, *out)
+    normalize_stencil(grid_views(s_t)[0], d, *links, s, e, *out)
     return s, e, out
 
 

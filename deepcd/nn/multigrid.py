@@ -280,12 +280,6 @@ class Hierarchy:
         return flat.reshape(bf, g, c).transpose(1, 2).reshape(bf * c, 1, *self.shape)
 
 
-def _view3(t: torch.Tensor, dim: int) -> np.ndarray:
-    """A (1, 1, *g) tensor as a float64 3D array (2D grids as (1, nx, ny))."""
-    a = t.detach().to("cpu", torch.float64).numpy()[0, 0]
-    return a.reshape((1,) * (3 - dim) + a.shape)
-
-
 def _host_levels(
     diag, links, plan3, scale: float, strength: float = STRENGTH, merge_below: int = MERGE_BELOW
 ) -> list[dict]:
@@ -482,11 +476,12 @@ def build_hierarchy(
     merge_below = MERGE_BELOW if merge_below is None else merge_below
 
     def host_stencil(b: int):
-        diag = _view3(lap.diag[b : b + 1], dim)
-        links = [_view3(w[b : b + 1], dim) for w in lap.links()]
-        if dim == 2:
-            links.insert(0, np.zeros((0, *diag.shape[1:])))
-        return diag, links
+        from deepcd.nn.fastpath import grid_views
+
+        def host(t: torch.Tensor) -> torch.Tensor:
+            return t[b : b + 1].detach().to("cpu", torch.float64)
+
+        return grid_views(host(lap.diag), [host(w) for w in lap.links()])
 
     merged = None
     if bf == 1 and plan3:  # one field: level 1 straight from the grid, level 0's graph lazy
@@ -607,12 +602,10 @@ def _grid_axis_weights_host(grid: StencilLevel) -> list[tuple[torch.Tensor, torc
     """`_grid_axis_weights` of one field on the CPU, in two parallel passes per axis
     (`deepcd.kernels.normalize`: the same numbers)."""
     from deepcd.kernels.normalize import axis_weights, largest_face
+    from deepcd.nn.fastpath import grid_views
 
     dim = grid.diag.ndim - 2
-    lead = (1,) * (3 - dim)
-    diag = grid.diag.detach().contiguous().numpy().reshape(lead + tuple(grid.diag.shape[2:]))
-    links = [w.detach().contiguous().numpy().reshape(lead + tuple(w.shape[2:])) for w in grid.links]
-    faces = [np.zeros((0, *diag.shape[1:]), dtype=diag.dtype)] * (3 - dim) + links
+    diag, faces = grid_views(grid.diag, grid.links)
     wmax = np.empty_like(diag)
     largest_face(*faces, wmax)
     out = []

@@ -132,17 +132,12 @@ class VCycleNet(GridNet):
     def _grid_arrays(self, level, dt: torch.dtype):
         """(s, diag, [lx, ly, lz]) of a grid level as 3D numpy arrays in dt (cached; 2D grids
         as (1, nx, ny) with an empty x-axis face array)."""
+        from deepcd.nn.fastpath import grid_views
+
         key = ("grid", dt)
         if key not in level.cache:
-            grid = (1,) * (3 - self.dim) + tuple(level.shape)
-
-            def view(t: torch.Tensor, shape) -> np.ndarray:
-                return t.to(dt).contiguous().reshape(shape).numpy()
-
-            links = [view(t, (1,) * (3 - self.dim) + tuple(t.shape[2:])) for t in level.links]
-            if self.dim == 2:  # the unused x-axis faces of a (1, nx, ny) view: empty
-                links.insert(0, np.zeros((0, *grid[1:]), dtype=links[0].dtype))
-            level.cache[key] = (view(level.inv_sqrt_diag, grid), view(level.diag, grid), links)
+            s, links = grid_views(level.inv_sqrt_diag.to(dt), [t.to(dt) for t in level.links])
+            level.cache[key] = (s, grid_views(level.diag.to(dt))[0], links)
         return level.cache[key]
 
     def _clenshaw_beta(self, logits: torch.Tensor, c: float) -> np.ndarray:
@@ -630,9 +625,7 @@ class VCycleNet(GridNet):
         if (
             c is not None
             and c[0] == key
-            and c[1].shape == flags.shape
-            and c[1].device == flags.device
-            and _same_bytes(c[1], flags)
+            and _same_bytes(c[1], flags)  # shape, dtype and device included
             and len(c[3]) == len(stencil)
             and all(_same_bytes(a, b) for a, b in zip(c[3], stencil, strict=True))
         ):
