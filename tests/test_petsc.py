@@ -283,6 +283,38 @@ def test_petsc_geometric_multigrid_peer():
 
 
 @needs_petsc
+def test_cleanup_destroys_a_released_python_pc(capfd):
+    """petsc4py queues a PC whose last Python handle goes; left queued, PetscFinalize would
+    call our python PC after the interpreter is gone (SIGSEGV at exit, seen in CI).
+    dp.cleanup() empties the queue while Python still runs."""
+    from deepcd.petsc import grid as G
+
+    PETSc = dp.require()
+    p = scene("pool", (16, 16, 16), seed=0)
+    da = G.create_dmda(p.shape, PETSc.COMM_WORLD)
+    A = dp.laplacian(da, p.flags, p.boundary)
+    ksp = PETSc.KSP().create(PETSc.COMM_WORLD)
+    ksp.setOperators(A)
+    ctx = dp.set_preconditioner(ksp, p.flags, da=da, boundary=p.boundary)
+    pc = ksp.getPC()
+    pc.setUp()
+    assert ctx.cycle is not None
+    for obj in (ksp, A, da):
+        obj.destroy()
+    del pc  # the PC's last reference: queued, not destroyed
+
+    def queued() -> str:
+        capfd.readouterr()
+        PETSc.garbage_view(PETSc.COMM_WORLD)
+        return capfd.readouterr().out
+
+    assert "PC " in queued()
+    dp.cleanup()
+    assert "PC " not in queued()
+    assert ctx.cycle is None  # our destroy() ran, inside Python
+
+
+@needs_petsc
 def test_flexible_cg_takes_the_pc_too():
     from deepcd.petsc import grid as G
 

@@ -8,6 +8,7 @@
     ksp = PETSc.KSP().create(da.comm); ksp.setOperators(A); ksp.setType("cg")
     dp.set_preconditioner(ksp, flags=flags)                # or -pc_type python
     ...                                                    #  -pc_python_type deepcd.petsc.VCycle
+    dp.cleanup()                                           # under MPI: on every rank, at the end
 
 Needs petsc4py (and mpi4py): `./scripts/bootstrap.sh --petsc`. Importing this package
 without them works; `require()` raises an ImportError that says how to install them.
@@ -15,11 +16,12 @@ without them works; `require()` raises an ImportError that says how to install t
 
 from __future__ import annotations
 
-from deepcd.petsc.env import available, require, versions
+from deepcd.petsc.env import available, cleanup, require, versions
 
 __all__ = [
     "VCycle",
     "available",
+    "cleanup",
     "create_dmda",
     "laplacian",
     "require",

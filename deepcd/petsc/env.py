@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import glob
 import os
 import sys
@@ -32,9 +34,34 @@ def _import():
     if not getattr(petsc4py, "_deepcd_init", False):
         petsc4py.init(sys.argv[:1])
         petsc4py._deepcd_init = True
+        atexit.register(_cleanup_at_exit)
     from petsc4py import PETSc
 
     return PETSc
+
+
+def cleanup(comm=None) -> None:
+    """Destroy the PETSc objects Python has let go of (petsc4py ≥ 3.18 only queues them):
+    `gc.collect()`, then `PETSc.garbage_cleanup(comm)` (default COMM_WORLD). Collective on
+    `comm`: with more than one MPI process call it on every rank before the program ends.
+
+    Why: PETSc destroys what is still queued inside PetscFinalize, which petsc4py runs after
+    the interpreter has shut down; a queued PC of type python (the deepcd V-cycle) then calls
+    back into Python and the process dies with SIGSEGV at exit. On one process deepcd does
+    this itself at exit."""
+    PETSc = _import()
+    gc.collect()
+    PETSc.garbage_cleanup(PETSc.COMM_WORLD if comm is None else comm)
+
+
+def _cleanup_at_exit() -> None:
+    # one process only: with several, a collective at exit could wait forever on a rank
+    # that is leaving with an error (those programs call cleanup() themselves)
+    from petsc4py import PETSc
+
+    if PETSc.Sys.isInitialized() and not PETSc.Sys.isFinalized():
+        if PETSc.COMM_WORLD.getSize() == 1:
+            cleanup()
 
 
 def available() -> bool:

@@ -264,6 +264,7 @@ def main(argv=None) -> int:
         if args.x_out:
             np.save(args.x_out, x.reshape(shape), allow_pickle=False)
     da.destroy()
+    dp.cleanup()
     return 0
 
 

@@ -8,8 +8,8 @@ two-phase variable-coefficient operator); (2) solves a 32³ scene with
 CG + the PC on all ranks and, on rank 0 alone (PETSc.COMM_SELF), the same system with one
 process; (3) feeds bad input — flags that do not match the DMDA on one rank only, a 2D model,
 a model with local weights, a DMDA whose blocks straddle the V-cycle's — and records the error
-each rank raised. Rank 0 writes OUT.json. Objects are destroyed before exit (petsc4py can crash
-at interpreter exit otherwise).
+each rank raised. Rank 0 writes OUT.json. Objects are destroyed, and `deepcd.petsc.cleanup`
+runs on every rank, before exit (a PC left for PetscFinalize crashes the process at exit).
 """
 
 from __future__ import annotations
@@ -204,6 +204,7 @@ def main() -> int:
         report["ranks"] = gathered
         with open(sys.argv[1], "w") as f:
             json.dump(report, f, indent=1)
+    dp.cleanup()  # every rank: nothing of ours left for PetscFinalize
     return 0
 
 
