@@ -207,3 +207,26 @@ def test_fused_transfers_give_the_same_vcycle(dim, shape):
     fused = direction(r)
     net.fused_transfers = False
     np.testing.assert_allclose(fused, direction(r), rtol=0, atol=2e-6 * np.abs(fused).max())
+
+
+@pytest.mark.parametrize("dim,shape,name", [(3, (24, 20, 18), "splash"), (2, (70, 60), "maze")])
+def test_serial_grid_kernels_give_the_same_vcycle(dim, shape, name, monkeypatch):
+    """Grid levels below GRID_SERIAL_BELOW cells run the grid kernels' serial copies (the
+    wavefront on one chunk): the same V-cycle, bit for bit, as the parallel kernels."""
+    import deepcd.nn.fastpath as fp
+    from deepcd.kernels.smoother import clenshaw_wavefront
+    from deepcd.nn.direction import NetworkDirection
+    from deepcd.nn.weights import load_solver
+
+    assert fp.grid_kernel(clenshaw_wavefront, fp.GRID_SERIAL_BELOW) is clenshaw_wavefront
+    serial = fp.grid_kernel(clenshaw_wavefront, fp.GRID_SERIAL_BELOW - 1)
+    assert serial is not clenshaw_wavefront and serial.py_func.__name__.endswith("_serial")
+    assert fp.grid_threads(fp.GRID_SERIAL_BELOW - 1) == 1
+    problem = scene(name, shape, seed=0)
+    net, _ = load_solver(f"vcycle-{dim}d")
+    direction = NetworkDirection(net, problem)
+    direction.prepare()
+    r = np.random.default_rng(2).standard_normal(problem.n)
+    small = direction(r)
+    monkeypatch.setattr(fp, "GRID_SERIAL_BELOW", 1)  # every grid level parallel
+    np.testing.assert_array_equal(direction(r), small)

@@ -717,9 +717,10 @@ SERIAL_BELOW = 1 << 17
 _serial = {}
 
 
-def small(kernel, n: int):
-    """`kernel`, or its serial copy when the level has fewer than SERIAL_BELOW unknowns."""
-    if n >= SERIAL_BELOW:
+def small(kernel, n: int, below: int = SERIAL_BELOW):
+    """`kernel`, or its serial copy when the level has fewer than `below` unknowns (grid
+    kernels pass their own threshold, `deepcd.nn.fastpath.GRID_SERIAL_BELOW`, in cells)."""
+    if n >= below:
         return kernel
     if kernel not in _serial:
         _serial[kernel] = nb.njit(cache=True)(serial_twin(kernel.py_func))

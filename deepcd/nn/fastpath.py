@@ -14,6 +14,7 @@ smoothings as one pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +24,12 @@ from numpy.polynomial import chebyshev as C
 # smooth_grid: the wavefront runs when each thread's x-chunk holds at least this many planes
 # per Clenshaw step (a chunk recomputes up to m − 1 planes of its neighbours per stage)
 WAVEFRONT_PLANES = 2
+# Grid levels with fewer cells run the grid kernels' serial copies: a parallel launch wakes
+# sleeping threads (OMP_WAIT_POLICY=PASSIVE, `deepcd.threads`), which costs more than a small
+# level's work. The graph kernels' bound (`deepcd.kernels.aggregate.SERIAL_BELOW`) measured
+# best for grids too (`benchmarks/grid_serial_below.py`: one V-cycle 2.1x faster at 16³,
+# 1.3x at 32³, 1.6x at 128², the same at 64³ and up)
+GRID_SERIAL_BELOW = 1 << 17
 
 
 def _q(lam: np.ndarray, weights: np.ndarray, c: float) -> np.ndarray:
@@ -160,14 +167,28 @@ def _sweep_shape(grid: tuple[int, ...]) -> tuple[int, int, int]:
     return (grid[1], 1, grid[2]) if grid[0] == 1 else tuple(grid)
 
 
+def grid_kernel(kernel, cells: int):
+    """A grid kernel for a level of `cells` cells: its serial copy below GRID_SERIAL_BELOW
+    (`deepcd.kernels.aggregate.small`)."""
+    from deepcd.kernels.aggregate import small
+
+    return small(kernel, cells, GRID_SERIAL_BELOW)
+
+
+def grid_threads(cells: int) -> int:
+    """The threads (x-chunks) a grid kernel runs on a level of `cells` cells."""
+    import numba
+
+    return 1 if cells < GRID_SERIAL_BELOW else numba.get_num_threads()
+
+
 def wavefront_work(cache: dict, grid: tuple[int, ...], dtype, m: int) -> np.ndarray | None:
     """The wavefront's scratch (nchunks, m − 1, 3, ny, nz) for a degree-m smoother on a grid
     level of shape `grid` (3D; 2D as (1, nx, ny)), kept in `cache`; None when the grid has too
     few x-planes for it (then `smooth_grid` runs one pass per step)."""
-    import numba
-
     shape = _sweep_shape(grid)
-    nchunks = min(numba.get_num_threads(), shape[0] // (WAVEFRONT_PLANES * max(m - 1, 1)))
+    threads = grid_threads(math.prod(grid))
+    nchunks = min(threads, shape[0] // (WAVEFRONT_PLANES * max(m - 1, 1)))
     if m < 2 or nchunks < 1:
         return None
     key = ("wavefront", shape, np.dtype(dtype).str, m, nchunks)
@@ -186,9 +207,11 @@ def smooth_grid(
     dict that keeps the wavefront's scratch between calls (`wavefront_work`)."""
     from deepcd.kernels.smoother import clenshaw_step, clenshaw_wavefront
 
+    cells = y.size
     work = wavefront_work({} if work_cache is None else work_cache, y.shape, y.dtype, len(beta))
     if work is None:
-        return smooth(clenshaw_step, y.shape, (s * y).astype(y.dtype), beta, s, (e, *links))
+        step = grid_kernel(clenshaw_step, cells)
+        return smooth(step, y.shape, (s * y).astype(y.dtype), beta, s, (e, *links))
     shape = _sweep_shape(y.shape)
     if shape != y.shape:  # 2D: its y-faces become the sweep's x-faces, and it has no y-faces
         nx, ny = shape[0], shape[2]
@@ -202,7 +225,7 @@ def smooth_grid(
     y3, s3, e3 = (a.reshape(shape) for a in (y, s, e))
     out = np.empty(shape, dtype=y.dtype)
     beta = np.asarray(beta, dtype=np.float64)
-    clenshaw_wavefront(y3, s3, e3, *faces, beta, work.shape[0], work, out)
+    grid_kernel(clenshaw_wavefront, cells)(y3, s3, e3, *faces, beta, work.shape[0], work, out)
     return out.reshape(y.shape)
 
 
@@ -211,8 +234,6 @@ def transfer_smooth(v: np.ndarray, axes: list[int], pairs: list, omegas: list[fl
     pass (`deepcd.kernels.aggregate.grid_transfer_smooth`): axes (3D numbering) increasing
     (a restriction) or decreasing (a prolongation); pairs[a] = (ŵ_a, degree_a) and omegas[a]
     per 3D axis a."""
-    import numba
-
     from deepcd.kernels.aggregate import grid_transfer_smooth
 
     if sorted(axes) != list(axes) and sorted(axes, reverse=True) != list(axes):
@@ -239,7 +260,8 @@ def transfer_smooth(v: np.ndarray, axes: list[int], pairs: list, omegas: list[fl
         w[b], g[b] = (np.ascontiguousarray(view(t)) for t in pairs[a])
         om[b], use[b] = float(omegas[a]), True
     reverse = len(axes) > 1 and axes[0] > axes[-1]
-    nchunks = max(1, min(numba.get_num_threads(), v3.shape[0]))
+    nchunks = max(1, min(grid_threads(v3.size), v3.shape[0]))
     out = np.empty_like(v3)
-    grid_transfer_smooth(v3, w[0], g[0], w[1], g[1], w[2], g[2], *om, use, reverse, nchunks, out)
+    kernel = grid_kernel(grid_transfer_smooth, v3.size)
+    kernel(v3, w[0], g[0], w[1], g[1], w[2], g[2], *om, use, reverse, nchunks, out)
     return out.reshape(v.shape)

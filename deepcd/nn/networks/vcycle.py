@@ -213,12 +213,14 @@ class VCycleNet(GridNet):
             and level.diag.shape[0] == 1
         ):
             from deepcd.kernels.smoother import stencil_residual
+            from deepcd.nn.fastpath import grid_kernel
 
             _, diag, links = self._grid_arrays(level, x.dtype)
             grid = diag.shape
             out = np.empty(grid, dtype=diag.dtype)
             rv = r.to(x.dtype).contiguous().numpy().reshape(grid)
-            stencil_residual(rv, x.contiguous().numpy().reshape(grid), diag, *links, out)
+            residual = grid_kernel(stencil_residual, diag.size)
+            residual(rv, x.contiguous().numpy().reshape(grid), diag, *links, out)
             return torch.from_numpy(out).reshape(x.shape)
         if isinstance(level, GraphLevel) and _fast(x, self.smoothers):
             from deepcd.kernels import ell
@@ -531,10 +533,13 @@ class VCycleNet(GridNet):
                 out = transfer_smooth(v, [a + lead for a in axes], pairs, oms)
                 return torch.from_numpy(out).reshape(x.shape)
             bufs = _pass_buffers(v, len(axes))
+            from deepcd.nn.fastpath import grid_kernel
+
+            axis_smooth = grid_kernel(grid_axis_smooth, v.size)
             for a, out in zip(axes, bufs, strict=True):
                 nlink, deg = weights[a]
                 omega = 1.0 if local else float(omegas[a])
-                grid_axis_smooth(v, nlink, deg, a + 3 - self.dim, omega, out)
+                axis_smooth(v, nlink, deg, a + 3 - self.dim, omega, out)
                 v = out
             return torch.from_numpy(v.copy() if not axes else v).reshape(x.shape)
         for a in axes:
@@ -551,10 +556,12 @@ class VCycleNet(GridNet):
         r = self._grid_smooth(h, r, axes)
         if _fast(r, self.transfers):
             from deepcd.kernels.aggregate import restrict_sum
+            from deepcd.nn.fastpath import grid_kernel
 
             mstart, members, _ = h.grid_members()
             out = np.empty(h.levels[1].n, dtype=_np_dtype(r.dtype))
-            restrict_sum(r.contiguous().numpy().reshape(-1), mstart, members, out)
+            rv = r.contiguous().numpy().reshape(-1)
+            grid_kernel(restrict_sum, rv.size)(rv, mstart, members, out)
             return torch.from_numpy(out)[:, None]
         return h.restrict_grid(r)
 
@@ -563,10 +570,11 @@ class VCycleNet(GridNet):
         axes = [a for a, on in enumerate(h.levels[0].halved) if on]
         if _fast(xc, self.transfers) and h.grid.diag.shape[0] == 1:
             from deepcd.kernels.aggregate import prolong_copy
+            from deepcd.nn.fastpath import grid_kernel
 
             agg = h.grid_members()[2]
             out = np.empty(agg.shape[0], dtype=_np_dtype(xc.dtype))
-            prolong_copy(xc.contiguous().numpy().reshape(-1), agg, out)
+            grid_kernel(prolong_copy, out.size)(xc.contiguous().numpy().reshape(-1), agg, out)
             x = torch.from_numpy(out).reshape(1, 1, *h.shape)
         else:
             x = h.prolong_grid(xc)
