@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deepcd.kernels.aggregate import small as serial_below
+from deepcd.kernels.vector import gather_checked, scatter
 from deepcd.problems.flags import FLUID
 from deepcd.problems.problem import Problem
 
@@ -65,6 +67,10 @@ class NetworkDirection:
         small = problem.flags.size < 2**31
         self._index_np = self.index.cpu().numpy().astype(np.int32 if small else np.int64)
         self.n = problem.n
+        # their serial copies below SERIAL_BELOW unknowns: a parallel launch costs more than
+        # the copy there (`benchmarks/smoother-bound`)
+        self._scatter = serial_below(scatter, self.n)
+        self._gather = serial_below(gather_checked, self.n)
         # an SPD network (vcycle) is a preconditioner: DCDM runs PCG with it as M
         self.spd = bool(getattr(model, "spd", False))
         self._levels = None  # the V-cycle's hierarchy for this system (`prepare`)
@@ -117,17 +123,11 @@ class NetworkDirection:
         if not self._host:
             out[:] = self(r * scale)
             return bool(np.all(np.isfinite(out)) and np.any(out))
-        from deepcd.kernels.aggregate import small
-        from deepcd.kernels.vector import gather_checked, scatter
-
-        # serial copies below SERIAL_BELOW unknowns: each parallel launch costs ~70 µs here,
-        # more than the copy (scatter + gather of 15,000 unknowns: 25 µs serial, 153 parallel)
         flat = self.grid.view(-1).numpy()
-        values = np.ascontiguousarray(r, dtype=np.float64)
-        small(scatter, self.n)(values, self._index_np, flat, scale)
+        self._scatter(np.ascontiguousarray(r, dtype=np.float64), self._index_np, flat, scale)
         q = apply_network(
             self.model, self.grid, self.flags, self.boundary, self.operator, self._levels
         )
         grid = q.reshape(-1).contiguous().numpy()
-        bad, nonzero = small(gather_checked, self.n)(grid, self._index_np, out)
+        bad, nonzero = self._gather(grid, self._index_np, out)
         return bad == 0 and nonzero > 0

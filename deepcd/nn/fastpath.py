@@ -28,7 +28,7 @@ WAVEFRONT_PLANES = 2
 # sleeping threads (OMP_WAIT_POLICY=PASSIVE, `deepcd.threads`), which costs more than a small
 # level's work. The graph kernels' bound (`deepcd.kernels.aggregate.SERIAL_BELOW`) measured
 # best for grids too (`benchmarks/grid_serial_below.py`: one V-cycle 2.1x faster at 16³,
-# 1.3x at 32³, 1.6x at 128², the same at 64³ and up)
+# 1.3x at 32³, 1.55x at 128², the same at 64³ and up)
 GRID_SERIAL_BELOW = 1 << 17
 
 

@@ -520,6 +520,7 @@ class VCycleNet(GridNet):
         local = self.local is not None
         if _fast(x, self.transfers):
             from deepcd.kernels.aggregate import grid_axis_smooth
+            from deepcd.nn.fastpath import grid_kernel
 
             grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
             weights = self._grid_axis_arrays(h, x.dtype, omegas)
@@ -533,8 +534,6 @@ class VCycleNet(GridNet):
                 out = transfer_smooth(v, [a + lead for a in axes], pairs, oms)
                 return torch.from_numpy(out).reshape(x.shape)
             bufs = _pass_buffers(v, len(axes))
-            from deepcd.nn.fastpath import grid_kernel
-
             axis_smooth = grid_kernel(grid_axis_smooth, v.size)
             for a, out in zip(axes, bufs, strict=True):
                 nlink, deg = weights[a]

@@ -1,0 +1,155 @@
+"""What bounds the CPU V-cycle's kernels here: the wavefront smoother alone, and the scatter /
+gather around the network, serial against parallel.
+
+Run:  .venv/bin/python benchmarks/smoother_bound.py [--out benchmarks/smoother-bound]
+Writes OUT/results.json and OUT/results.md. Run it alone on a quiet machine.
+
+(1) `clenshaw_wavefront` (degree 7) on random float32 grids of 64³ and 128³, on 1 and 2
+threads: median ms with warm caches and right after streaming a 32 MB array (the caches
+evicted), as GB/s of the 7 arrays it reads and writes once; and the same kernel compiled with
+`fastmath={"contract"}` (multiply-adds fused), warm. If the kernel were bound by memory, the
+evicted runs would be slower and the GB/s near STREAM's; if by its arithmetic, contraction
+would pay. (2) `scatter` + `gather_checked` (NetworkDirection.into's two copies) of n
+unknowns, the serial copy (`deepcd.kernels.aggregate.small`) against the parallel kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import numba as nb
+import numpy as np
+
+from deepcd import threads
+from deepcd.bench.runner import environment
+from deepcd.kernels.aggregate import serial_twin, small
+from deepcd.kernels.smoother import clenshaw_wavefront
+from deepcd.kernels.vector import gather_checked, scatter
+
+DEGREE = 7
+
+
+def _median_ms(fn, repeats: int, before=None) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        if before is not None:
+            before()
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
+
+
+def smoother_rows() -> list[dict]:
+    contracted = nb.njit(parallel=True, fastmath={"contract"})(
+        serial_twin(clenshaw_wavefront.py_func)  # a copy under its own name: no cache clash
+    )
+    big = np.ones(8 << 20, dtype=np.float32)  # 32 MB
+
+    def evict():
+        np.add(big, 1.0, out=big)
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for n in (64, 128):
+        y, s = (rng.random((n,) * 3, dtype=np.float32) for _ in range(2))
+        e = 0.1 * rng.random((n,) * 3, dtype=np.float32)
+        faces = [
+            0.1 * rng.random(tuple(n - (a == b) for b in range(3)), dtype=np.float32)
+            for a in range(3)
+        ]
+        beta = rng.random(DEGREE)
+        for t in (1, 2):
+            nb.set_num_threads(t)
+            work = np.empty((t, DEGREE - 1, 3, n, n), dtype=np.float32)
+            out = np.empty_like(y)
+
+            args = (y, s, e, *faces, beta, t, work, out)
+            reps = 30 if n == 64 else 10
+            warm = _median_ms(partial(clenshaw_wavefront, *args), reps)
+            cold = _median_ms(partial(clenshaw_wavefront, *args), reps, evict)
+            fused = _median_ms(partial(contracted, *args), reps)
+            gb = 7 * y.nbytes / 1e9
+            rows.append(
+                dict(grid=n, threads=t, warm_ms=warm, evicted_ms=cold, contract_ms=fused,
+                     warm_gbs=gb / warm * 1e3, evicted_gbs=gb / cold * 1e3)
+            )  # fmt: skip
+    nb.set_num_threads(threads.decide())
+    return rows
+
+
+def _copy_pair(sc, ga, r, index, grid, out) -> None:
+    sc(r, index, grid, 1.0)
+    ga(grid, index, out)
+
+
+def copy_rows() -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(1)
+    for n, cells in ((2_000, 4_096), (15_000, 32_768), (60_000, 262_144), (120_000, 262_144),
+                     (250_000, 262_144), (1_000_000, 2_097_152)):  # fmt: skip
+        index = np.sort(rng.choice(cells, n, replace=False)).astype(np.int32)
+        r, grid, out = rng.standard_normal(n), np.zeros(cells, dtype=np.float32), np.empty(n)
+        ms = {}
+        for tag, sc, ga in (
+            ("parallel", scatter, gather_checked),
+            ("serial", small(scatter, 0), small(gather_checked, 0)),
+        ):
+            ms[tag] = _median_ms(partial(_copy_pair, sc, ga, r, index, grid, out), 200)
+        rows.append(
+            dict(unknowns=n, parallel_us=ms["parallel"] * 1e3, serial_us=ms["serial"] * 1e3)
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="benchmarks/smoother-bound")
+    args = ap.parse_args()
+    threads.ensure()
+    smooth, copies = smoother_rows(), copy_rows()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"smoother": smooth, "copies": copies, "environment": environment()}
+    (out / "results.json").write_text(json.dumps(record, indent=1, default=str))
+    lines = [
+        "# What bounds the CPU V-cycle's kernels",
+        "",
+        "`python benchmarks/smoother_bound.py --out benchmarks/smoother-bound` — medians, one "
+        "process.",
+        "",
+        f"Wavefront smoother (degree {DEGREE}, float32), GB/s of the 7 arrays it streams once:",
+        "",
+        "| grid | threads | warm ms | evicted ms | warm GB/s | evicted GB/s "
+        "| fused multiply-add ms | warm / fused |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in smooth:
+        lines.append(
+            f"| {r['grid']}³ | {r['threads']} | {r['warm_ms']:.2f} | {r['evicted_ms']:.2f} | "
+            f"{r['warm_gbs']:.1f} | {r['evicted_gbs']:.1f} | {r['contract_ms']:.2f} | "
+            f"{r['warm_ms'] / r['contract_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        "Scatter + checked gather (NetworkDirection.into), µs per pair:",
+        "",
+        "| unknowns | parallel | serial | parallel / serial |",
+        "|---|---|---|---|",
+    ]
+    for r in copies:
+        lines.append(
+            f"| {r['unknowns']:,} | {r['parallel_us']:.0f} | {r['serial_us']:.0f} | "
+            f"{r['parallel_us'] / r['serial_us']:.2f} |"
+        )
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
