@@ -479,3 +479,67 @@ def test_coefficient_scenes_apply_their_matrix_matrix_free(name):
     want = problem.A @ x
     got = problem.stencil.matvec(x)
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13 * abs(want).max())
+
+
+@pytest.mark.parametrize(
+    "dim,name,shape",
+    [(2, "splash", (70, 61)), (2, "two-phase", (33, 40)), (3, "ghost-splash", (18, 17, 19))],
+)
+def test_fused_local_weight_kernels_equal_the_torch_networks(dim, name, shape):
+    """CPU inference computes a float32 network's local weights with `deepcd.kernels.local`
+    (features and both networks in one pass, a rational tanh): g per unknown on the grid and
+    on every graph level, ω per grid face and per graph link, to float32 rounding of the
+    torch form that training differentiates."""
+    from deepcd.nn.direction import NetworkDirection
+    from deepcd.nn.local import grid_face_features
+
+    problem = scene(name, shape, seed=0)
+    torch.manual_seed(3)
+    net = deepcd.nn.build_network("vcycle", dim, local=8)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    NetworkDirection(net, problem).prepare()
+    h = net._cache[2]
+    tol = dict(rtol=2e-6, atol=2e-6)
+    with torch.no_grad():
+        want = net.local.damping(net._grid_node_features(h))
+        torch.testing.assert_close(net._host_damping(h, 0, True), want, **tol)
+        for depth in range(1, len(h.levels)):
+            level, i = h.levels[depth], min(depth, net._J - 1)
+            node, edge = net._features(level)
+            g, omega = net._graph_local(level, i)
+            torch.testing.assert_close(torch.from_numpy(g), net.local.damping(node), **tol)
+            theta = net.transfers[i][torch.from_numpy(level.host["axis"].astype(np.int64))]
+            want = net.local.omega(edge, theta)
+            torch.testing.assert_close(torch.from_numpy(omega), want, **tol)
+        for a, link in enumerate(h.grid.links):
+            if link.shape[a + 2] == 0:
+                continue
+            feats = grid_face_features(h.grid.diag, link, h.grid_axis[a][0], a)
+            want = net.local.omega(feats.reshape(-1, 3), net.transfers[0][a]).reshape(link.shape)
+            want = torch.where(link > 0, want, torch.zeros_like(want))
+            torch.testing.assert_close(net._host_face_omega(h, a, 0), want, **tol)
+        assert float(want.abs().max()) > 0
+
+
+def test_rational_tanh_of_the_local_kernels():
+    """`deepcd.kernels.local._tanh` (Eigen's float32 rational form) stays within 3e-7 of
+    tanh everywhere, odd, and saturates below 1."""
+    import numba as nb
+
+    from deepcd.kernels.local import _tanh
+
+    @nb.njit
+    def run(x, out):
+        for i in range(x.shape[0]):
+            out[i] = _tanh(x[i])
+
+    x = np.linspace(-40.0, 40.0, 400_001)
+    out = np.empty_like(x)
+    run(x, out)
+    assert np.abs(out - np.tanh(x)).max() < 3e-7
+    neg = np.empty_like(x)
+    run(-x, neg)
+    np.testing.assert_array_equal(neg, -out)
+    assert np.abs(out).max() < 1.0

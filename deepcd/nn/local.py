@@ -55,6 +55,22 @@ class LocalWeights(nn.Module):
         out = self.edge(features.to(self.edge[0].weight.dtype))[:, 0]
         return 0.5 * torch.sigmoid(theta + out)
 
+    def host(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """The node and edge networks as numpy float32 (w1 (H, 3), b1 (H,), w2 (H,), b2 (1,)),
+        as `deepcd.kernels.local` takes them (cached per parameter state)."""
+        key = self.version()
+        cached = self.__dict__.get("_host")
+        if cached is None or cached[0] != key:
+
+            def arrays(net: nn.Sequential) -> tuple[np.ndarray, ...]:
+                first, last = net[0], net[2]
+                out = (first.weight, first.bias, last.weight[0], last.bias)
+                return tuple(t.detach().to("cpu", torch.float32).contiguous().numpy() for t in out)
+
+            cached = (key, (arrays(self.node), arrays(self.edge)))
+            self.__dict__["_host"] = cached
+        return cached[1]
+
     def version(self) -> tuple[int, ...]:
         """Changes whenever a parameter is modified in place or replaced (caches of derived
         weights). Read from the layers' own dicts: `parameters()` walks the module tree,

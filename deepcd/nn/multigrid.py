@@ -154,7 +154,20 @@ class GraphLevel:
         return self.cache["torch"]
 
     diag = property(lambda self: self._torch()["diag"])
-    inv_sqrt_diag = property(lambda self: self._torch()["inv_sqrt_diag"])
+
+    @property
+    def inv_sqrt_diag(self) -> torch.Tensor:
+        """diag^-½ (N, 1), 0 off the unknowns — without the link tensors `_torch` builds
+        (CPU inference asks for this one alone, to scale its local weights)."""
+        if "torch" in self.cache:
+            return self.cache["torch"]["inv_sqrt_diag"]
+        if "inv_sqrt_diag" not in self.cache:
+            s = np.ascontiguousarray(self.host["s"])
+            self.cache["inv_sqrt_diag"] = torch.as_tensor(s, device=self.device, dtype=self.dtype)[
+                :, None
+            ]
+        return self.cache["inv_sqrt_diag"]
+
     rows = property(lambda self: self._torch()["rows"])
     cols = property(lambda self: self._torch()["cols"])
     weight = property(lambda self: self._torch()["weight"])

@@ -305,8 +305,10 @@ class VCycleNet(GridNet):
         on_grid = depth == 0 and grid
 
         def make():
-            node = self._grid_node_features(h) if on_grid else None
-            g = self.local.damping(self._features(graph)[0] if node is None else node)
+            g = self._host_damping(h, depth, on_grid)
+            if g is None:
+                node = self._grid_node_features(h) if on_grid else None
+                g = self.local.damping(self._features(graph)[0] if node is None else node)
             g = g.to(dtype)
             if not on_grid:
                 return graph.inv_sqrt_diag.to(dtype) / g.sqrt()[:, None]
@@ -327,6 +329,8 @@ class VCycleNet(GridNet):
             axis = torch.as_tensor(level.host["axis"].astype(np.int64), device=level.device)
 
             def make():
+                if _host_local(self.local, level.device):
+                    return torch.from_numpy(self._graph_local(level, i)[1])
                 theta = self.transfers[i][axis] if axis.numel() else self.transfers[i][:0]
                 return self.local.omega(self._features(level)[1], theta)
 
@@ -338,6 +342,9 @@ class VCycleNet(GridNet):
             for a, (link, (nlink, _)) in enumerate(zip(h.grid.links, h.grid_axis, strict=True)):
                 if link.shape[a + 2] == 0:
                     out.append(link)
+                    continue
+                if _host_local(self.local, link.device) and link.shape[0] == 1:
+                    out.append(self._host_face_omega(h, a, i))
                     continue
                 feats = h.grid.cache.get(("face_features", a))
                 if feats is None:
@@ -352,6 +359,65 @@ class VCycleNet(GridNet):
             return out
 
         return self._local_cached(h.grid.cache, "omega", make_grid)
+
+    def _host_damping(self, h, depth: int, on_grid: bool) -> torch.Tensor | None:
+        """g of level `depth` from the fused CPU kernels (`deepcd.kernels.local`), or None
+        where the torch form runs (training, another device, a stack of fields)."""
+        level = h.levels[depth]
+        if not _host_local(self.local, level.device):
+            return None
+        if not on_grid:
+            return torch.from_numpy(self._graph_local(level, min(depth, self._J - 1))[0])
+        if h.host_stencil is None:
+            return None
+        from deepcd.kernels.local import grid_node_damping, log_floor
+
+        diag, links = h.host_stencil()
+        logdiag = np.empty(diag.size)
+        log_floor(diag.reshape(-1), logdiag)
+        out = np.empty(level.n, dtype=np.float32)
+        args = (diag, logdiag.reshape(diag.shape), *links, h.index_host())
+        grid_node_damping(*args, *self.local.host()[0], out)
+        return torch.from_numpy(out)
+
+    def _graph_local(self, level, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(g (n,), ω (nnz,)) float32 of a graph level from `deepcd.kernels.local.graph_local`
+        with transfer i's θ (cached on the level per parameter state)."""
+        from deepcd.kernels.local import graph_local, log_floor
+
+        key = ("local_host", i, self.local.version(), self.transfers[i]._version)
+        cached = level.cache.get("local_host")
+        if cached is None or cached[0] != key:
+            hf = level.host_full()
+            g = np.empty(level.n, dtype=np.float32)
+            omega = np.empty(len(hf["weight"]), dtype=np.float32)
+            theta = self.transfers[i].detach().to(torch.float64).numpy()
+            axis = hf["axis"].astype(np.int64)
+            node, edge = self.local.host()
+            logd = np.empty(level.n)
+            log_floor(hf["diag"], logd)
+            args = (hf["diag"], logd, hf["weight"], hf["nweight"], hf["indptr"], hf["indices"])
+            args += (axis,)
+            graph_local(*args, theta, *node, *edge, g, omega)
+            cached = level.cache["local_host"] = (key, (g, omega))
+        return cached[1]
+
+    def _host_face_omega(self, h, a: int, i: int) -> torch.Tensor:
+        """ω of level 0's faces along grid axis a, (1, 1, *g_a) float32, from
+        `deepcd.kernels.local.grid_face_omega` with transfer i's θ."""
+        from deepcd.kernels.local import grid_face_omega
+
+        lead = (1,) * (3 - self.dim)
+        link, nlink = h.grid.links[a], h.grid_axis[a][0]
+
+        def view(t: torch.Tensor) -> np.ndarray:
+            return t.detach().contiguous().numpy().reshape(lead + tuple(t.shape[2:]))
+
+        out = np.empty(lead + tuple(link.shape[2:]), dtype=np.float32)
+        theta = float(self.transfers[i][a])
+        args = (view(h.grid.diag), view(link), view(nlink), a + 3 - self.dim, theta)
+        grid_face_omega(*args, *self.local.host()[1], out)
+        return torch.from_numpy(out).reshape(link.shape)
 
     def _axis_split(self, level, dtype: torch.dtype, omegas) -> list:
         """Per axis, a graph level's links along it with their ŵ in dtype (ω folded in with
@@ -768,6 +834,18 @@ class VCycleNet(GridNet):
         if self.fine_layout == "graph":
             return True
         return h.levels[0].n < GRAPH_FINE_BELOW * math.prod(h.shape)
+
+
+def _host_local(local, device: torch.device) -> bool:
+    """Whether local weights come from the fused CPU kernels (`deepcd.kernels.local`):
+    inference (no autograd) on the CPU with float32 local networks, which the kernels match
+    to float32 rounding; training keeps the torch form, whose gradients it needs, and a
+    float64 network keeps its float64 numbers."""
+    return (
+        device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and local.node[0].weight.dtype == torch.float32
+    )
 
 
 def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
