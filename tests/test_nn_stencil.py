@@ -129,3 +129,35 @@ def test_bad_input():
     assert two.boundary.tolist() == [[SOLID] * 4, [AIR] * 4, [AIR] * 4]
     with pytest.raises(ValueError, match="one grid shape"):
         GridLaplacian.stack([p, random_problem((5, 6), SOLID, 0)])
+
+
+@pytest.mark.parametrize(
+    "shape,boundary",
+    [
+        ((3, 9, 11), AIR),
+        ((2, 7, 1, 5), (SOLID, AIR, AIR, SOLID, SOLID, AIR)),
+        ((2, 1, 6), [(AIR, SOLID, SOLID, AIR), (SOLID, SOLID, AIR, AIR)]),
+        ((1, 5, 6, 4), SOLID),
+        ((4, 8, 2), (AIR, AIR, SOLID, SOLID)),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_masks_in_one_numba_pass_equal_the_torch_masks(shape, boundary, dtype):
+    """On the CPU `GridLaplacian` builds its FLUID mask, diagonal and face masks with
+    `deepcd.kernels.masks` instead of ~30 torch passes: the same numbers, batched, on odd
+    shapes, axes of length 1 and per-sample boundaries included."""
+    from deepcd.nn.stencil import _boundary_table, _masks_host, _masks_torch
+
+    dim = len(shape) - 1
+    f = torch.from_numpy(
+        np.random.default_rng(sum(shape)).choice([FLUID, SOLID, AIR], size=shape).astype(np.int8)
+    )
+    bc = torch.as_tensor(_boundary_table(boundary, shape[0], dim))
+    fluid_t, diag_t, links_t = _masks_torch(f, bc, dim, dtype)
+    fluid_h, diag_h, links_h = _masks_host(f, bc, dim, dtype)
+    torch.testing.assert_close(fluid_h, fluid_t.to(dtype), rtol=0, atol=0)
+    torch.testing.assert_close(diag_h, diag_t, rtol=0, atol=0)
+    assert len(links_h) == dim
+    for a, b in zip(links_h, links_t, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert float(diag_h.max()) > 0

@@ -87,6 +87,52 @@ def _boundary_table(boundary, batch: int, dim: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.int8).reshape(batch, faces)
 
 
+def _masks_torch(f: torch.Tensor, bc: torch.Tensor, dim: int, dtype: torch.dtype):
+    """(FLUID mask (bool), diag, face masks per axis) of flags f (B, *grid) with boundary
+    table bc (B, 2·dim), in torch (any device and float type)."""
+    fluid = f == FLUID
+    diag = torch.zeros(f.shape, dtype=torch.int8, device=f.device)
+    for axis in range(dim):
+        for side, step in ((0, -1), (1, +1)):
+            nb = _neighbour(f, axis + 1, step, bc[:, 2 * axis + side])
+            diag += (nb != SOLID).to(torch.int8)
+    diag = torch.where(fluid, diag, torch.zeros_like(diag)).to(dtype)
+    links = []
+    for axis in range(dim):
+        n = f.shape[axis + 1]
+        links.append(
+            (fluid.narrow(axis + 1, 0, n - 1) & fluid.narrow(axis + 1, 1, n - 1)).to(dtype)
+        )
+    return fluid, diag, links
+
+
+def _masks_host(f: torch.Tensor, bc: torch.Tensor, dim: int, dtype: torch.dtype):
+    """`_masks_torch` on the CPU in one numba pass (`deepcd.kernels.masks`), the FLUID mask
+    as a float field: the same numbers (small integers, exact)."""
+    from deepcd.kernels.masks import laplacian_masks
+
+    batch, grid = f.shape[0], tuple(f.shape[1:])
+    lead = (1,) * (3 - dim)
+    f3 = f.contiguous().numpy().reshape(batch, *lead, *grid)
+    bc6 = np.zeros((batch, 6), dtype=np.int8)
+    bc6[:, 2 * (3 - dim) :] = bc.numpy()
+    dt = np.float32 if dtype == torch.float32 else np.float64
+    fluid, diag = np.empty(f3.shape, dtype=dt), np.empty(f3.shape, dtype=dt)
+    faces = []
+    for a in range(3):
+        shape = list(f3.shape)
+        shape[a + 1] = max(shape[a + 1] - 1, 0)
+        faces.append(np.empty(shape, dtype=dt))
+    laplacian_masks(f3, bc6, 3 - dim, fluid, diag, *faces)
+    links = []
+    for a in range(dim):
+        shape = list(f.shape)
+        shape[a + 1] -= 1
+        links.append(torch.from_numpy(faces[a + 3 - dim].reshape(shape)))
+    as_grid = (batch, *grid)
+    return torch.from_numpy(fluid.reshape(as_grid)), torch.from_numpy(diag.reshape(as_grid)), links
+
+
 def _neighbour(f: torch.Tensor, axis: int, step: int, fill: torch.Tensor) -> torch.Tensor:
     """out[c] = f[c + step·e_axis]; the slab outside the grid takes `fill` (one value per
     sample, shape (B,)). f is (B, *grid)."""
@@ -163,26 +209,19 @@ class GridLaplacian(nn.Module):
         self.dim = dim
         self.grid_shape = tuple(int(s) for s in f.shape[1:])
 
-        fluid = f == FLUID
-        diag = torch.zeros(f.shape, dtype=torch.int8, device=f.device)
-        for axis in range(dim):
-            for side, step in ((0, -1), (1, +1)):
-                nb = _neighbour(f, axis + 1, step, bc[:, 2 * axis + side])
-                diag += (nb != SOLID).to(torch.int8)
-        diag = torch.where(fluid, diag, torch.zeros_like(diag)).to(dtype)
-        links = []
-        for axis in range(dim):
-            n = f.shape[axis + 1]
-            links.append(
-                (fluid.narrow(axis + 1, 0, n - 1) & fluid.narrow(axis + 1, 1, n - 1)).to(dtype)
-            )
+        if f.device.type == "cpu" and dtype in (torch.float32, torch.float64):
+            fluid_mask, diag, links = _masks_host(f, bc, dim, dtype)
+            fluid = fluid_mask > 0
+        else:
+            fluid, diag, links = _masks_torch(f, bc, dim, dtype)
+            fluid_mask = fluid.to(dtype)
         self.weighted = stencil is not None
         if stencil is not None:
             diag, links = _stencil_tensors(stencil, fluid, links, dtype)
 
         self.register_buffer("flags", f.unsqueeze(1).contiguous(), persistent=False)
         self.register_buffer("boundary", bc, persistent=False)
-        self.register_buffer("fluid", fluid.unsqueeze(1).to(dtype), persistent=False)
+        self.register_buffer("fluid", fluid_mask.unsqueeze(1), persistent=False)
         self.register_buffer("diag", diag.unsqueeze(1), persistent=False)
         for axis, link in enumerate(links):
             self.register_buffer(f"link_{_AXIS_NAMES[axis]}", link.unsqueeze(1), persistent=False)
