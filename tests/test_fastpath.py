@@ -140,14 +140,15 @@ def test_wavefront_smoother_equals_one_pass_per_step(shape, dtype, degree):
 def test_wavefront_chunks_give_the_same_sweep(nchunks):
     """The x-chunks recompute their neighbours' planes: any chunk count, the same result."""
     from deepcd.kernels.smoother import clenshaw_wavefront
+    from deepcd.nn.fastpath import padded_z_faces
 
     s, e, (fx, fy, fz) = _normalized_level((31, 6, 7), np.float64, seed=4)
     y = np.random.default_rng(5).standard_normal(s.shape)
     beta = clenshaw_coefficients(np.random.default_rng(6).dirichlet(np.ones(6)), 1 - 2.0**-8)
     want = smooth(clenshaw_step, s.shape, s * y, beta, s, (e, fx, fy, fz))
     out = np.empty_like(y)
-    work = np.full((nchunks, 5, 3, 6, 7), np.nan)  # stale scratch must never be read
-    clenshaw_wavefront(y, s, e, fx, fy, fz, beta, nchunks, work, out)
+    work = np.full((nchunks, 5, 3, 6, 7 + 2), np.nan)  # stale scratch must never be read
+    clenshaw_wavefront(y, s, e, fx, fy, padded_z_faces({}, fz), beta, nchunks, work, out)
     np.testing.assert_allclose(out, want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
 
 

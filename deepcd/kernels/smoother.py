@@ -169,51 +169,65 @@ def _plane_or(a, i, n, zero):
 @nb.njit(inline="always")
 def _stage_row(
     j, bc, bxm, bxp, wxm, wxp, bym, wym, jm, byp, wyp, jp, jw, wz, e, y, s, b2, bk, two, one,
-    last, o,
+    last, at, o,
 ):  # fmt: skip
     """Row j along z of a wavefront stage, on the planes (ny, nz) themselves: the y-neighbours
-    are rows jm of bym/wym and jp of byp (jw of wyp), zero planes past the edges. The loop
-    between the z ends has no branch and vectorizes; the ends follow in the same function.
-    (Row views and a helper per end cell cost ~200 ns per row in reference counting, 5x the
-    row's arithmetic at nz = 64.)"""
-    nz = bc.shape[1]
-    for k in range(1, nz - 1):
-        acc = (one - e[j, k]) * bc[j, k] + wxm[j, k] * bxm[j, k] + wxp[j, k] * bxp[j, k]
-        acc += wym[jm, k] * bym[jm, k]
-        acc += wyp[jw, k] * byp[jp, k] + wz[j, k - 1] * bc[j, k - 1] + wz[j, k] * bc[j, k + 1]
-        value = bk * (s[j, k] * y[j, k]) + two * acc - b2[j, k]
-        o[j, k] = value * s[j, k] if last else value
-    for k in (0, nz - 1) if nz > 1 else (0, 0):  # nz = 1: cell 0 twice, the same value
-        acc = (one - e[j, k]) * bc[j, k] + wxm[j, k] * bxm[j, k] + wxp[j, k] * bxp[j, k]
-        acc += wym[jm, k] * bym[jm, k]
-        acc += wyp[jw, k] * byp[jp, k]
-        if k > 0:
-            acc += wz[j, k - 1] * bc[j, k - 1]
-        if k < nz - 1:
-            acc += wz[j, k] * bc[j, k + 1]
-        value = bk * (s[j, k] * y[j, k]) + two * acc - b2[j, k]
-        o[j, k] = value * s[j, k] if last else value
+    are rows jm of bym/wym and jp of byp (jw of wyp), zero planes past the edges. The ring
+    planes (bc, bxm, bxp, bym, byp, b2) carry a zero cell at each end of a row and wz is the
+    padded z-face array (`pad_z_faces`), so both z ends are cells like any other: one loop
+    over the whole row, no branch and no scalar end cells (at 64³ the two end cells and the
+    vector loop's remainder cost a third of the sweep). The result goes to o[j, k + at]
+    (at = 1 in a ring plane, 0 in the output). Rows are read by index, not as row views:
+    a view costs ~200 ns per row in reference counting."""
+    nz = e.shape[1]
+    for k in range(nz):
+        acc = (one - e[j, k]) * bc[j, k + 1] + wxm[j, k] * bxm[j, k + 1]
+        acc += wxp[j, k] * bxp[j, k + 1]
+        acc += wym[jm, k] * bym[jm, k + 1]
+        acc += wyp[jw, k] * byp[jp, k + 1] + wz[j, k] * bc[j, k] + wz[j, k + 1] * bc[j, k + 2]
+        value = bk * (s[j, k] * y[j, k]) + two * acc - b2[j, k + 1]
+        o[j, k + at] = value * s[j, k] if last else value
 
 
 @nb.njit(parallel=True, cache=True)
-def clenshaw_wavefront(y, s, e, nx_, ny_, nz_, beta, nchunks, work, out):
+def pad_z_faces(nz_, out):
+    """out (nx, ny, nz + 1) = the z-faces nz_ (nx, ny, nz − 1) with a zero face before the
+    first cell and after the last of every row: `clenshaw_wavefront`'s z-face layout."""
+    nx, ny, nzp = out.shape
+    for i in nb.prange(nx):
+        for j in range(ny):
+            out[i, j, 0] = 0.0
+            for k in range(1, nzp - 1):
+                out[i, j, k] = nz_[i, j, k - 1]
+            out[i, j, nzp - 1] = 0.0
+
+
+@nb.njit(parallel=True, cache=True)
+def clenshaw_wavefront(y, s, e, nx_, ny_, nzp, beta, nchunks, work, out):
     """out = s · Σ_k β_k T_k(I − Â)(s·y), Clenshaw's recurrence run as a wavefront over
     x-planes: the result of `fastpath.smooth` with `clenshaw_step` (the same arithmetic per
-    cell) in one read of y, s, e and the faces.
+    cell, up to the order of two additions at the row ends) in one read of y, s, e and the
+    faces.
 
-    Grid arrays (nx, ny, nz) (2D: (nx, 1, ny) with an empty y-face array); beta (m,) float64
-    with m >= 2; work (nchunks, m − 1, 3, ny, nz) scratch in y's dtype; nchunks x-chunks run
-    in parallel (at most nx)."""
+    Grid arrays (nx, ny, nz) (2D: (nx, 1, ny) with an empty y-face array), the z-faces padded
+    to (nx, ny, nz + 1) by `pad_z_faces`; beta (m,) float64 with m >= 2; work (nchunks,
+    m − 1, 3, ny, nz + 2) scratch in y's dtype (each row with a zero cell at both ends, set
+    here); nchunks x-chunks run in parallel (at most nx)."""
     nx, ny, nz = y.shape
     L = beta.shape[0] - 1  # stages 1..L are the Clenshaw steps; stage 0 is β_{m-1}·h
     coef = np.empty(L + 3, dtype=y.dtype)  # β, then the constants 1 and 2
     coef[: L + 1] = beta
     coef[L + 1], coef[L + 2] = 1.0, 2.0
     one = coef[L + 1]
-    zero = np.zeros((ny, nz), dtype=y.dtype)
+    zero = np.zeros((ny, nz + 2), dtype=y.dtype)
     for c in nb.prange(nchunks):
         a, bnd = c * nx // nchunks, (c + 1) * nx // nchunks
         ring = work[c]
+        for t in range(L):  # the rows' end cells: zero, never written below
+            for q in range(3):
+                for j in range(ny):
+                    ring[t, q, j, 0] = 0.0
+                    ring[t, q, j, nz + 1] = 0.0
         for p in range(a - L, bnd + L):
             for t in range(L + 1):
                 i = p - t
@@ -225,7 +239,7 @@ def clenshaw_wavefront(y, s, e, nx_, ny_, nz_, beta, nchunks, work, out):
                     b0 = coef[L]
                     for j in range(ny):
                         for k in range(nz):
-                            dst[j, k] = b0 * si[j, k] * yi[j, k]
+                            dst[j, k + 1] = b0 * si[j, k] * yi[j, k]
                     continue
                 cur = ring[t - 1]
                 bc = cur[i % 3]
@@ -234,7 +248,7 @@ def clenshaw_wavefront(y, s, e, nx_, ny_, nz_, beta, nchunks, work, out):
                 wx_m = _plane_or(nx_, i - 1, nx - 1, zero)
                 wx_p = _plane_or(nx_, i, nx - 1, zero)
                 b2 = ring[t - 2, i % 3] if t >= 2 else zero
-                ei, wyi, wzi = e[i], ny_[i], nz_[i]
+                ei, wyi, wzi = e[i], ny_[i], nzp[i]
                 bk = coef[L - t]  # in the arrays' dtype: float32 stays float32
                 two = coef[L + 1] if t == L else coef[L + 2]
                 o = out[i] if t == L else ring[t, i % 3]
@@ -245,5 +259,5 @@ def clenshaw_wavefront(y, s, e, nx_, ny_, nz_, beta, nchunks, work, out):
                         bc if up else zero, wyi if up else zero, j - 1 if up else 0,
                         bc if down else zero, wyi if down else zero, j + 1 if down else 0,
                         j if down else 0,
-                        wzi, ei, yi, si, b2, bk, two, one, t == L, o,
+                        wzi, ei, yi, si, b2, bk, two, one, t == L, 0 if t == L else 1, o,
                     )  # fmt: skip

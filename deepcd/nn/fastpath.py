@@ -183,7 +183,7 @@ def grid_threads(cells: int) -> int:
 
 
 def wavefront_work(cache: dict, grid: tuple[int, ...], dtype, m: int) -> np.ndarray | None:
-    """The wavefront's scratch (nchunks, m − 1, 3, ny, nz) for a degree-m smoother on a grid
+    """The wavefront's scratch (nchunks, m − 1, 3, ny, nz + 2) for a degree-m smoother on a grid
     level of shape `grid` (3D; 2D as (1, nx, ny)), kept in `cache`; None when the grid has too
     few x-planes for it (then `smooth_grid` runs one pass per step)."""
     shape = _sweep_shape(grid)
@@ -193,8 +193,25 @@ def wavefront_work(cache: dict, grid: tuple[int, ...], dtype, m: int) -> np.ndar
         return None
     key = ("wavefront", shape, np.dtype(dtype).str, m, nchunks)
     if key not in cache:
-        cache[key] = np.empty((nchunks, m - 1, 3, *shape[1:]), dtype=dtype)
+        cache[key] = np.empty((nchunks, m - 1, 3, shape[1], shape[2] + 2), dtype=dtype)
     return cache[key]
+
+
+def padded_z_faces(cache: dict, faces: np.ndarray) -> np.ndarray:
+    """The z-faces (nx, ny, nz − 1) of a grid level with a zero face at both ends of every
+    row, (nx, ny, nz + 1), as `clenshaw_wavefront` reads them; kept in `cache` while `faces`
+    is the same array (held there, so its address stays its own)."""
+    from deepcd.kernels.smoother import pad_z_faces
+
+    owner = faces if faces.base is None else faces.base
+    key = ("z_faces_padded", faces.shape, faces.__array_interface__["data"][0])
+    cached = cache.get(key)
+    if cached is None or cached[0] is not owner:
+        nx, ny, nzf = faces.shape
+        out = np.empty((nx, ny, nzf + 2), dtype=faces.dtype)
+        pad_z_faces(faces, out)
+        cache[key] = cached = (owner, out)
+    return cached[1]
 
 
 def smooth_grid(
@@ -213,20 +230,28 @@ def smooth_grid(
         step = grid_kernel(clenshaw_step, cells)
         return smooth(step, y.shape, (s * y).astype(y.dtype), beta, s, (e, *links))
     shape = _sweep_shape(y.shape)
-    if shape != y.shape:  # 2D: its y-faces become the sweep's x-faces, and it has no y-faces
-        nx, ny = shape[0], shape[2]
-        faces = (
-            links[1].reshape(nx - 1, 1, ny),
-            np.zeros((nx, 0, ny), dtype=e.dtype),
-            links[2].reshape(nx, 1, ny - 1),
-        )
-    else:
-        faces = tuple(links)
+    faces = sweep_faces({} if work_cache is None else work_cache, y.shape, links)
     y3, s3, e3 = (a.reshape(shape) for a in (y, s, e))
     out = np.empty(shape, dtype=y.dtype)
     beta = np.asarray(beta, dtype=np.float64)
-    grid_kernel(clenshaw_wavefront, cells)(y3, s3, e3, *faces, beta, work.shape[0], work, out)
+    kernel = grid_kernel(clenshaw_wavefront, cells)
+    kernel(y3, s3, e3, *faces, beta, work.shape[0], work, out)
     return out.reshape(y.shape)
+
+
+def sweep_faces(cache: dict, grid: tuple[int, ...], links) -> tuple[np.ndarray, ...]:
+    """A grid level's faces (`normalized_grid`'s links) as the wavefront sweeps them: (x, y,
+    padded z) of its (planes, ny, nz) view (`_sweep_shape`; a 2D level's y-faces become the
+    sweep's x-faces, and it has no y-faces), the padded z-faces kept in `cache`."""
+    shape = _sweep_shape(tuple(grid))
+    if shape != tuple(grid):
+        nx, ny = shape[0], shape[2]
+        fx = links[1].reshape(nx - 1, 1, ny)
+        fy = np.zeros((nx, 0, ny), dtype=links[1].dtype)
+        fz = links[2].reshape(nx, 1, ny - 1)
+    else:
+        fx, fy, fz = links
+    return fx, fy, padded_z_faces(cache, fz)
 
 
 def transfer_smooth(v: np.ndarray, axes: list[int], pairs: list, omegas: list[float]) -> np.ndarray:

@@ -500,12 +500,13 @@ class VCycleNet(GridNet):
     def _prepare_grid(self, h, dtype: torch.dtype) -> None:
         """`prepare_inference` for h's grid level: its stencil arrays, the wavefront's
         scratch and, below it, the transfer weights and maps."""
-        from deepcd.nn.fastpath import normalized_grid, wavefront_work
+        from deepcd.nn.fastpath import normalized_grid, sweep_faces, wavefront_work
 
         self._grid_arrays(h.grid, dtype)
-        normalized_grid(h.grid, self._local_scale(h, 0, dtype), self.dim, dtype)
+        links = normalized_grid(h.grid, self._local_scale(h, 0, dtype), self.dim, dtype)[2]
         grid = (1,) * (3 - self.dim) + tuple(h.shape)
-        wavefront_work(h.grid.cache, grid, _np_dtype(dtype), self.config["degree"])
+        if wavefront_work(h.grid.cache, grid, _np_dtype(dtype), self.config["degree"]) is not None:
+            sweep_faces(h.grid.cache, grid, links)
         if len(h.levels) > 1:
             self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
             h.grid_members()
