@@ -9,8 +9,11 @@ threads: median ms with warm caches and right after streaming a 32 MB array (the
 evicted), as GB/s of the 7 arrays it reads and writes once; and the same kernel compiled with
 `fastmath={"contract"}` (multiply-adds fused), warm. If the kernel were bound by memory, the
 evicted runs would be slower and the GB/s near STREAM's; if by its arithmetic, contraction
-would pay. (2) `scatter` + `gather_checked` (NetworkDirection.into's two copies) of n
-unknowns, the serial copy (`deepcd.kernels.aggregate.small`) against the parallel kernel.
+would pay. (2) The same kernel on one thread on grids of 2^18 cells whose rows (the z axis,
+the loop that vectorizes) are 16 to 256 cells long: time per cell and Clenshaw stage, and what
+a row costs beyond its cells. (3) `scatter` + `gather_checked` (NetworkDirection.into's two
+copies) of n unknowns, the serial copy (`deepcd.kernels.aggregate.small`) against the
+parallel kernel.
 """
 
 from __future__ import annotations
@@ -85,6 +88,32 @@ def smoother_rows() -> list[dict]:
     return rows
 
 
+def row_length_rows() -> list[dict]:
+    """(2): one thread, 2^18 cells, rows of 16-256 cells."""
+    rows = []
+    rng = np.random.default_rng(2)
+    nb.set_num_threads(1)
+    for shape in ((64, 256, 16), (64, 128, 32), (64, 64, 64), (64, 32, 128), (64, 16, 256)):
+        y, s = (rng.random(shape, dtype=np.float32) for _ in range(2))
+        e = 0.1 * rng.random(shape, dtype=np.float32)
+        faces = [
+            0.1 * rng.random(tuple(n - (a == b) for b, n in enumerate(shape)), dtype=np.float32)
+            for a in range(3)
+        ]
+        nzp = padded_z_faces({}, faces[2])
+        work = np.empty((1, DEGREE - 1, 3, shape[1], shape[2] + 2), dtype=np.float32)
+        out = np.empty_like(y)
+        args = (y, s, e, faces[0], faces[1], nzp, rng.random(DEGREE), 1, work, out)
+        ms = _median_ms(partial(clenshaw_wavefront, *args), 30)
+        stages = DEGREE - 1
+        rows.append(
+            dict(row=shape[2], ms=ms, ns_per_cell_stage=ms * 1e6 / (y.size * stages),
+                 rows=shape[0] * shape[1])
+        )  # fmt: skip
+    nb.set_num_threads(threads.decide())
+    return rows
+
+
 def _copy_pair(sc, ga, r, index, grid, out) -> None:
     sc(r, index, grid, 1.0)
     ga(grid, index, out)
@@ -114,10 +143,15 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/smoother-bound")
     args = ap.parse_args()
     threads.ensure()
-    smooth, copies = smoother_rows(), copy_rows()
+    smooth, lengths, copies = smoother_rows(), row_length_rows(), copy_rows()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"smoother": smooth, "copies": copies, "environment": environment()}
+    record = {
+        "smoother": smooth,
+        "row_lengths": lengths,
+        "copies": copies,
+        "environment": environment(),
+    }
     (out / "results.json").write_text(json.dumps(record, indent=1, default=str))
     lines = [
         "# What bounds the CPU V-cycle's kernels",
@@ -137,6 +171,19 @@ def main() -> None:
             f"{r['warm_gbs']:.1f} | {r['evicted_gbs']:.1f} | {r['contract_ms']:.2f} | "
             f"{r['warm_ms'] / r['contract_ms']:.2f} |"
         )
+    longest = lengths[-1]["ns_per_cell_stage"]
+    lines += [
+        "",
+        f"The same kernel, one thread, {lengths[0]['rows'] * lengths[0]['row']:,} cells in "
+        "rows of different lengths (a row: the vectorized loop along z); the last column is "
+        "what each row and stage costs beyond the longest rows' time per cell:",
+        "",
+        "| row length | ms | ns per cell and stage | ns per row and stage beyond the cells |",
+        "|---|---|---|---|",
+    ]
+    for r in lengths:
+        extra = (r["ns_per_cell_stage"] - longest) * r["row"]
+        lines.append(f"| {r['row']} | {r['ms']:.2f} | {r['ns_per_cell_stage']:.2f} | {extra:.0f} |")
     lines += [
         "",
         "Scatter + checked gather (NetworkDirection.into), µs per pair:",
