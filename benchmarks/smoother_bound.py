@@ -11,9 +11,11 @@ evicted), as GB/s of the 7 arrays it reads and writes once; and the same kernel 
 evicted runs would be slower and the GB/s near STREAM's; if by its arithmetic, contraction
 would pay. (2) The same kernel on one thread on grids of 2^18 cells whose rows (the z axis,
 the loop that vectorizes) are 16 to 256 cells long: time per cell and Clenshaw stage, and what
-a row costs beyond its cells. (3) `scatter` + `gather_checked` (NetworkDirection.into's two
-copies) of n unknowns, the serial copy (`deepcd.kernels.aggregate.small`) against the
-parallel kernel.
+a row costs beyond its cells. (3) The shipped degree (6) at 96³, 128³ and 256³, untiled
+against `clenshaw_wavefront_tiled` with tiles of 16, 32 and 64 rows, and what
+`deepcd.nn.fastpath.wavefront_tile` picks. (4) `scatter` + `gather_checked`
+(NetworkDirection.into's two copies) of n unknowns, the serial copy
+(`deepcd.kernels.aggregate.small`) against the parallel kernel.
 """
 
 from __future__ import annotations
@@ -114,6 +116,44 @@ def row_length_rows() -> list[dict]:
     return rows
 
 
+def tile_rows() -> list[dict]:
+    """(3): degree 6, 2 threads (1 thread at 96³ and 128³ too)."""
+    from deepcd.kernels.smoother import clenshaw_wavefront_tiled
+    from deepcd.nn.fastpath import wavefront_tile
+
+    rows = []
+    rng = np.random.default_rng(3)
+    m = 6
+    for n, thread_counts in ((96, (1, 2)), (128, (1, 2)), (256, (2,))):
+        shape = (n, n, n)
+        y, s = (rng.random(shape, dtype=np.float32) for _ in range(2))
+        e = 0.1 * rng.random(shape, dtype=np.float32)
+        faces = [
+            0.1 * rng.random(tuple(k - (a == b) for b, k in enumerate(shape)), dtype=np.float32)
+            for a in range(3)
+        ]
+        nzp = padded_z_faces({}, faces[2])
+        beta = rng.random(m)
+        out = np.empty_like(y)
+        for t in thread_counts:
+            nb.set_num_threads(t)
+            reps = 3 if n == 256 else 10
+            work = np.empty((t, m - 1, 3, n, n + 2), dtype=np.float32)
+            args = (y, s, e, faces[0], faces[1], nzp, beta, t, work, out)
+            row = dict(
+                grid=n, threads=t, untiled_ms=_median_ms(partial(clenshaw_wavefront, *args), reps)
+            )
+            for tile in (16, 32, 64):
+                work = np.empty((t, m - 1, 3, tile + 2 * (m - 1), n + 2), dtype=np.float32)
+                args = (y, s, e, faces[0], faces[1], nzp, beta, t, tile, work, out)
+                row[f"tile{tile}_ms"] = _median_ms(partial(clenshaw_wavefront_tiled, *args), reps)
+            row["picked"] = wavefront_tile(shape, m, 4)
+            rows.append(row)
+        del y, s, e, faces, nzp, out
+    nb.set_num_threads(threads.decide())
+    return rows
+
+
 def _copy_pair(sc, ga, r, index, grid, out) -> None:
     sc(r, index, grid, 1.0)
     ga(grid, index, out)
@@ -143,12 +183,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/smoother-bound")
     args = ap.parse_args()
     threads.ensure()
-    smooth, lengths, copies = smoother_rows(), row_length_rows(), copy_rows()
+    smooth, lengths, tiles = smoother_rows(), row_length_rows(), tile_rows()
+    copies = copy_rows()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "smoother": smooth,
         "row_lengths": lengths,
+        "tiles": tiles,
         "copies": copies,
         "environment": environment(),
     }
@@ -184,6 +226,20 @@ def main() -> None:
     for r in lengths:
         extra = (r["ns_per_cell_stage"] - longest) * r["row"]
         lines.append(f"| {r['row']} | {r['ms']:.2f} | {r['ns_per_cell_stage']:.2f} | {extra:.0f} |")
+    lines += [
+        "",
+        "The shipped degree (6), ms per sweep: untiled against tiles of rows "
+        "(`clenshaw_wavefront_tiled`), and the tile `wavefront_tile` picks (the grid's ny: "
+        "untiled):",
+        "",
+        "| grid | threads | untiled | tiles of 16 | tiles of 32 | tiles of 64 | picked |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in tiles:
+        lines.append(
+            f"| {r['grid']}³ | {r['threads']} | {r['untiled_ms']:.2f} | {r['tile16_ms']:.2f} | "
+            f"{r['tile32_ms']:.2f} | {r['tile64_ms']:.2f} | {r['picked']} |"
+        )
     lines += [
         "",
         "Scatter + checked gather (NetworkDirection.into), µs per pair:",

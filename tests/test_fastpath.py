@@ -231,3 +231,50 @@ def test_serial_grid_kernels_give_the_same_vcycle(dim, shape, name, monkeypatch)
     small = direction(r)
     monkeypatch.setattr(fp, "GRID_SERIAL_BELOW", 1)  # every grid level parallel
     np.testing.assert_array_equal(direction(r), small)
+
+
+@pytest.mark.parametrize("shape", [(31, 17, 7), (20, 9, 1), (24, 40, 5), (15, 3, 12)])
+@pytest.mark.parametrize("tile", [1, 4, 5, 16])
+@pytest.mark.parametrize("nchunks", [1, 2])
+def test_tiled_wavefront_equals_the_untiled_sweep(shape, tile, nchunks):
+    """`clenshaw_wavefront_tiled` (the x-planes' rows swept `tile` at a time, each stage
+    widened by what the next reads) gives `clenshaw_wavefront` bit for bit: tiles that do not
+    divide ny, wider than ny, of one row; any chunk count; stale scratch never read."""
+    from deepcd.kernels.smoother import clenshaw_wavefront, clenshaw_wavefront_tiled
+    from deepcd.nn.fastpath import padded_z_faces
+
+    s, e, (fx, fy, fz) = _normalized_level(shape, np.float32, seed=7)
+    y = np.random.default_rng(8).standard_normal(shape).astype(np.float32)
+    beta = clenshaw_coefficients(np.random.default_rng(9).dirichlet(np.ones(6)), 1 - 2.0**-8)
+    nzp = padded_z_faces({}, fz)
+    want = np.empty_like(y)
+    work = np.empty((nchunks, 5, 3, shape[1], shape[2] + 2), dtype=np.float32)
+    clenshaw_wavefront(y, s, e, fx, fy, nzp, beta, nchunks, work, want)
+    got = np.empty_like(y)
+    work = np.full((nchunks, 5, 3, tile + 10, shape[2] + 2), np.nan, dtype=np.float32)
+    clenshaw_wavefront_tiled(y, s, e, fx, fy, nzp, beta, nchunks, tile, work, got)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_smooth_grid_tiles_large_planes(monkeypatch):
+    """`smooth_grid` sweeps tiles of rows where the ring outgrows RING_UNTILED_MAX
+    (`wavefront_tile`), with the same result; the tile sizes the rule picks here."""
+    import deepcd.nn.fastpath as fp
+
+    assert fp.wavefront_tile((64, 64, 64), 7, 4) == 64  # 0.3 MB: untiled
+    assert fp.wavefront_tile((128, 128, 128), 7, 4) == 32
+    assert fp.wavefront_tile((128, 128, 128), 6, 4) == 32  # the shipped degree 6: 1.0 MB
+    assert fp.wavefront_tile((96, 96, 96), 6, 4) == 96  # 0.56 MB: untiled
+    assert fp.wavefront_tile((256, 256, 256), 7, 4) == 16
+    assert fp.wavefront_tile((1024, 1, 1024), 7, 4) == 1  # 2D sweeps: one row per plane
+    s, e, links = _normalized_level((26, 21, 9), np.float32, seed=3)
+    y = np.random.default_rng(4).standard_normal(s.shape).astype(np.float32)
+    beta = clenshaw_coefficients(np.random.default_rng(5).dirichlet(np.ones(6)), 1 - 2.0**-8)
+    want = fp.smooth_grid(y, beta, s, e, links, {})
+    monkeypatch.setattr(fp, "RING_UNTILED_MAX", 1)
+    monkeypatch.setattr(fp, "WAVEFRONT_TILES", (4,))
+    cache: dict = {}
+    got = fp.smooth_grid(y, beta, s, e, links, cache)
+    (work,) = [v for k, v in cache.items() if k[0] == "wavefront"]
+    assert work.shape[3] == 4 + 2 * 5  # tiles of 4 rows, widened by 5 stages each side
+    np.testing.assert_array_equal(got, want)

@@ -24,6 +24,12 @@ from numpy.polynomial import chebyshev as C
 # smooth_grid: the wavefront runs when each thread's x-chunk holds at least this many planes
 # per Clenshaw step (a chunk recomputes up to m − 1 planes of its neighbours per stage)
 WAVEFRONT_PLANES = 2
+# The wavefront's ring of intermediate planes should stay in a core's L2 (2 MB here, shared
+# with the planes it streams): above RING_UNTILED_MAX bytes it sweeps tiles of rows whose
+# widened ring fits in RING_TILE_MAX (`python benchmarks/smoother_bound.py`, tile table).
+RING_UNTILED_MAX = 768 << 10
+RING_TILE_MAX = 560 << 10
+WAVEFRONT_TILES = (64, 32, 16)
 # Grid levels with fewer cells run the grid kernels' serial copies: a parallel launch wakes
 # sleeping threads (OMP_WAIT_POLICY=PASSIVE, `deepcd.threads`), which costs more than a small
 # level's work. The graph kernels' bound (`deepcd.kernels.aggregate.SERIAL_BELOW`) measured
@@ -182,10 +188,29 @@ def grid_threads(cells: int) -> int:
     return 1 if cells < GRID_SERIAL_BELOW else numba.get_num_threads()
 
 
+def wavefront_tile(shape: tuple[int, int, int], m: int, itemsize: int) -> int:
+    """Rows of an x-plane the wavefront sweeps at a time for a degree-m smoother on the
+    (planes, ny, nz) view `shape`: all ny while its ring of m − 1 stages × 3 planes fits in
+    RING_UNTILED_MAX bytes, else the largest of WAVEFRONT_TILES whose widened ring fits in
+    RING_TILE_MAX (`benchmarks/smoother-bound`: 128³ tiles of 32, 256³ of 16)."""
+    stages, ny, nz = m - 1, shape[1], shape[2]
+
+    def ring(rows: int) -> int:
+        return stages * 3 * rows * (nz + 2) * itemsize
+
+    if ring(ny) <= RING_UNTILED_MAX:
+        return ny
+    for tile in WAVEFRONT_TILES:
+        if tile < ny and ring(tile + 2 * stages) <= RING_TILE_MAX:
+            return tile
+    return WAVEFRONT_TILES[-1]
+
+
 def wavefront_work(cache: dict, grid: tuple[int, ...], dtype, m: int) -> np.ndarray | None:
-    """The wavefront's scratch (nchunks, m − 1, 3, ny, nz + 2) for a degree-m smoother on a grid
-    level of shape `grid` (3D; 2D as (1, nx, ny)), kept in `cache`; None when the grid has too
-    few x-planes for it (then `smooth_grid` runs one pass per step)."""
+    """The wavefront's scratch (nchunks, m − 1, 3, rows, nz + 2) for a degree-m smoother on a
+    grid level of shape `grid` (3D; 2D as (1, nx, ny)), kept in `cache`: rows = ny, or a tile
+    widened by m − 1 rows on each side where `wavefront_tile` tiles the planes; None when the
+    grid has too few x-planes for it (then `smooth_grid` runs one pass per step)."""
     shape = _sweep_shape(grid)
     threads = grid_threads(math.prod(grid))
     nchunks = min(threads, shape[0] // (WAVEFRONT_PLANES * max(m - 1, 1)))
@@ -193,7 +218,9 @@ def wavefront_work(cache: dict, grid: tuple[int, ...], dtype, m: int) -> np.ndar
         return None
     key = ("wavefront", shape, np.dtype(dtype).str, m, nchunks)
     if key not in cache:
-        cache[key] = np.empty((nchunks, m - 1, 3, shape[1], shape[2] + 2), dtype=dtype)
+        tile = wavefront_tile(shape, m, np.dtype(dtype).itemsize)
+        rows = shape[1] if tile == shape[1] else tile + 2 * (m - 1)
+        cache[key] = np.empty((nchunks, m - 1, 3, rows, shape[2] + 2), dtype=dtype)
     return cache[key]
 
 
@@ -222,7 +249,7 @@ def smooth_grid(
     (`deepcd.kernels.smoother.clenshaw_wavefront`) when every thread gets at least
     WAVEFRONT_PLANES planes per step, else one `clenshaw_step` pass per step. work_cache: a
     dict that keeps the wavefront's scratch between calls (`wavefront_work`)."""
-    from deepcd.kernels.smoother import clenshaw_step, clenshaw_wavefront
+    from deepcd.kernels.smoother import clenshaw_step, clenshaw_wavefront, clenshaw_wavefront_tiled
 
     cells = y.size
     work = wavefront_work({} if work_cache is None else work_cache, y.shape, y.dtype, len(beta))
@@ -234,8 +261,13 @@ def smooth_grid(
     y3, s3, e3 = (a.reshape(shape) for a in (y, s, e))
     out = np.empty(shape, dtype=y.dtype)
     beta = np.asarray(beta, dtype=np.float64)
-    kernel = grid_kernel(clenshaw_wavefront, cells)
-    kernel(y3, s3, e3, *faces, beta, work.shape[0], work, out)
+    if work.shape[3] == shape[1]:
+        kernel = grid_kernel(clenshaw_wavefront, cells)
+        kernel(y3, s3, e3, *faces, beta, work.shape[0], work, out)
+    else:  # a large plane: tiles of rows (`wavefront_tile`)
+        tile = work.shape[3] - 2 * (len(beta) - 1)
+        kernel = grid_kernel(clenshaw_wavefront_tiled, cells)
+        kernel(y3, s3, e3, *faces, beta, work.shape[0], tile, work, out)
     return out.reshape(y.shape)
 
 
