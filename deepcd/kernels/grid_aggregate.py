@@ -280,6 +280,30 @@ def grid_aggregate(diag, lx, ly, lz, halved, coarse_shape, scale, strength, merg
     return node, index, agg, int(links), level
 
 
+@nb.njit(inline="always")
+def node_link_sums(diag, logdiag, lx, ly, lz, x, y, z):
+    """(Σ w_ij, Σ log d_j, max w_ij, min w_ij, count) over the links of cell (x, y, z) of a
+    grid level to cells with d > 0, in the CSR's order (x−, x+, y−, y+, z−, z+); logdiag the
+    level's log(max(d, 1e-300)) per cell."""
+    nx, ny, nz = diag.shape
+    sumw, logs, wmax, wmin, cnt = 0.0, 0.0, 0.0, 1.0, 0
+    for q in range(6):
+        a, step = q // 2, 2 * (q % 2) - 1
+        u, v, t = x + step * (a == 0), y + step * (a == 1), z + step * (a == 2)
+        if u < 0 or u >= nx or v < 0 or v >= ny or t < 0 or t >= nz or diag[u, v, t] <= 0:
+            continue
+        lo_x, lo_y, lo_z = min(x, u), min(y, v), min(z, t)
+        w = lx[lo_x, y, z] if a == 0 else (ly[x, lo_y, z] if a == 1 else lz[x, y, lo_z])
+        if not w > 0.0:
+            continue
+        sumw += w
+        logs += logdiag[u, v, t]
+        wmax = w if cnt == 0 else max(wmax, w)
+        wmin = w if cnt == 0 else min(wmin, w)
+        cnt += 1
+    return sumw, logs, wmax, wmin, cnt
+
+
 @nb.njit(parallel=True, cache=True)
 def grid_node_features(diag, lx, ly, lz, index, out):
     """`deepcd.nn.local.graph_features`' node features of level 0 from its stencil on the
@@ -287,25 +311,12 @@ def grid_node_features(diag, lx, ly, lz, index, out):
     CSR: out (n, 3) float64 — the Dirichlet share 1 − Σ_j w_ij / d_i,
     tanh(¼ log(max_j w_ij / min_j w_ij)) and tanh(¼ (log d_i − mean_j log d_j)) over the
     links to cells with d > 0, summed in the CSR's order."""
-    nx, ny, nz = diag.shape
+    ny, nz = diag.shape[1], diag.shape[2]
+    logdiag = np.log(np.maximum(diag, 1e-300))
     for i in nb.prange(index.shape[0]):
         x, y, z = _flat_cell(index, i, ny, nz)
         d = diag[x, y, z]
-        sumw, logs, wmax, wmin, cnt = 0.0, 0.0, 0.0, 1.0, 0
-        for q in range(6):
-            a, step = q // 2, 2 * (q % 2) - 1
-            u, v, t = x + step * (a == 0), y + step * (a == 1), z + step * (a == 2)
-            if u < 0 or u >= nx or v < 0 or v >= ny or t < 0 or t >= nz or diag[u, v, t] <= 0:
-                continue
-            lo_x, lo_y, lo_z = min(x, u), min(y, v), min(z, t)
-            w = lx[lo_x, y, z] if a == 0 else (ly[x, lo_y, z] if a == 1 else lz[x, y, lo_z])
-            if not w > 0.0:
-                continue
-            sumw += w
-            logs += np.log(max(diag[u, v, t], 1e-300))
-            wmax = w if cnt == 0 else max(wmax, w)
-            wmin = w if cnt == 0 else min(wmin, w)
-            cnt += 1
+        sumw, logs, wmax, wmin, cnt = node_link_sums(diag, logdiag, lx, ly, lz, x, y, z)
         out[i, 0] = min(max(1.0 - sumw / max(d, 1e-300), 0.0), 1.0)
         out[i, 1], out[i, 2] = 0.0, 0.0
         if cnt > 0:

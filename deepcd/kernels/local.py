@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from deepcd.kernels.grid_aggregate import _flat_cell
+from deepcd.kernels.grid_aggregate import _flat_cell, node_link_sums
 
 TINY = np.finfo(np.float64).tiny
 G_OFFSET = -6.0  # deepcd.nn.local.G_OFFSET
@@ -127,7 +127,7 @@ def grid_node_damping(diag, logdiag, lx, ly, lz, index, w1, b1, w2, b2, out):
     on the grid (diag (nx, ny, nz), its `log_floor` logdiag, faces lx, ly, lz; 2D as
     (1, nx, ny)) — the features of `deepcd.kernels.grid_aggregate.grid_node_features`
     through the node network."""
-    nx, ny, nz = diag.shape
+    ny, nz = diag.shape[1], diag.shape[2]
     n = index.shape[0]
     for blk in nb.prange((n + _BLOCK - 1) // _BLOCK):
         start = blk * _BLOCK
@@ -136,23 +136,8 @@ def grid_node_damping(diag, logdiag, lx, ly, lz, index, w1, b1, w2, b2, out):
         o = np.empty(_BLOCK)
         for e in range(m):
             x, y, z = _flat_cell(index, start + e, ny, nz)
-            sumw, logs, wmax, wmin, cnt = 0.0, 0.0, 0.0, 1.0, 0
-            for q in range(6):
-                a, step = q // 2, 2 * (q % 2) - 1
-                u, v, t = x + step * (a == 0), y + step * (a == 1), z + step * (a == 2)
-                if u < 0 or u >= nx or v < 0 or v >= ny or t < 0 or t >= nz:
-                    continue
-                if diag[u, v, t] <= 0:
-                    continue
-                lo_x, lo_y, lo_z = min(x, u), min(y, v), min(z, t)
-                w = lx[lo_x, y, z] if a == 0 else (ly[x, lo_y, z] if a == 1 else lz[x, y, lo_z])
-                if not w > 0.0:
-                    continue
-                sumw += w
-                logs += logdiag[u, v, t]
-                wmax = w if cnt == 0 else max(wmax, w)
-                wmin = w if cnt == 0 else min(wmin, w)
-                cnt += 1
+            sums = node_link_sums(diag, logdiag, lx, ly, lz, x, y, z)
+            sumw, logs, wmax, wmin, cnt = sums
             d = diag[x, y, z]
             f0, f1, f2 = _node_features(d, logdiag[x, y, z], sumw, wmax, wmin, logs, cnt)
             _put(f, e, f0, f1, f2)

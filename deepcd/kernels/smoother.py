@@ -202,6 +202,26 @@ def pad_z_faces(nz_, out):
             out[i, j, nzp - 1] = 0.0
 
 
+@nb.njit(inline="always")
+def _stage_planes(ring, t, i, L, nx_, ny_, nzp, e, coef, zero, out):
+    """What stage t ≥ 1 of the wavefront reads and writes at x-plane i: the ring planes of
+    stage t − 1 at i and its x-neighbours (zero planes past the grid), the x-faces beside i,
+    stage t − 2 at i (zero for t = 1), the plane's diagonal, y- and padded z-faces, the
+    step's coefficients, and where it writes (the output on the last stage)."""
+    nx = e.shape[0]
+    cur = ring[t - 1]
+    bc = cur[i % 3]
+    bxm = cur[(i - 1) % 3] if i > 0 else zero
+    bxp = cur[(i + 1) % 3] if i < nx - 1 else zero
+    wx_m = _plane_or(nx_, i - 1, nx - 1, zero)
+    wx_p = _plane_or(nx_, i, nx - 1, zero)
+    b2 = ring[t - 2, i % 3] if t >= 2 else zero
+    bk = coef[L - t]  # in the arrays' dtype: float32 stays float32
+    two = coef[L + 1] if t == L else coef[L + 2]
+    o = out[i] if t == L else ring[t, i % 3]
+    return bc, bxm, bxp, wx_m, wx_p, b2, e[i], ny_[i], nzp[i], bk, two, o
+
+
 @nb.njit(parallel=True, cache=True)
 def clenshaw_wavefront(y, s, e, nx_, ny_, nzp, beta, nchunks, work, out):
     """out = s · Σ_k β_k T_k(I − Â)(s·y), Clenshaw's recurrence run as a wavefront over
@@ -241,17 +261,8 @@ def clenshaw_wavefront(y, s, e, nx_, ny_, nzp, beta, nchunks, work, out):
                         for k in range(nz):
                             dst[j, k + 1] = b0 * si[j, k] * yi[j, k]
                     continue
-                cur = ring[t - 1]
-                bc = cur[i % 3]
-                bxm = cur[(i - 1) % 3] if i > 0 else zero
-                bxp = cur[(i + 1) % 3] if i < nx - 1 else zero
-                wx_m = _plane_or(nx_, i - 1, nx - 1, zero)
-                wx_p = _plane_or(nx_, i, nx - 1, zero)
-                b2 = ring[t - 2, i % 3] if t >= 2 else zero
-                ei, wyi, wzi = e[i], ny_[i], nzp[i]
-                bk = coef[L - t]  # in the arrays' dtype: float32 stays float32
-                two = coef[L + 1] if t == L else coef[L + 2]
-                o = out[i] if t == L else ring[t, i % 3]
+                planes = _stage_planes(ring, t, i, L, nx_, ny_, nzp, e, coef, zero, out)
+                bc, bxm, bxp, wx_m, wx_p, b2, ei, wyi, wzi, bk, two, o = planes
                 for j in range(ny):
                     up, down = j > 0, j < ny - 1
                     _stage_row(
@@ -324,17 +335,8 @@ def clenshaw_wavefront_tiled(y, s, e, nx_, ny_, nzp, beta, nchunks, tile, work, 
                             for k in range(nz):
                                 dst[jr, k + 1] = b0 * si[j, k] * yi[j, k]
                         continue
-                    cur = ring[t - 1]
-                    bc = cur[i % 3]
-                    bxm = cur[(i - 1) % 3] if i > 0 else zero
-                    bxp = cur[(i + 1) % 3] if i < nx - 1 else zero
-                    wx_m = _plane_or(nx_, i - 1, nx - 1, zero)
-                    wx_p = _plane_or(nx_, i, nx - 1, zero)
-                    b2 = ring[t - 2, i % 3] if t >= 2 else zero
-                    ei, wyi, wzi = e[i], ny_[i], nzp[i]
-                    bk = coef[L - t]
-                    two = coef[L + 1] if t == L else coef[L + 2]
-                    o = out[i] if t == L else ring[t, i % 3]
+                    planes = _stage_planes(ring, t, i, L, nx_, ny_, nzp, e, coef, zero, out)
+                    bc, bxm, bxp, wx_m, wx_p, b2, ei, wyi, wzi, bk, two, o = planes
                     for j in range(lo, hi):
                         jr = j - base
                         up, down = j > 0, j < ny - 1
