@@ -52,6 +52,17 @@ def _median_ms(fn, repeats: int, before=None) -> float:
     return statistics.median(ts) * 1e3
 
 
+def _random_level(rng, shape: tuple[int, int, int]):
+    """A random float32 grid level of `shape`: (y, s, e, [x-, y-, z-faces])."""
+    y, s = (rng.random(shape, dtype=np.float32) for _ in range(2))
+    e = 0.1 * rng.random(shape, dtype=np.float32)
+    faces = [
+        0.1 * rng.random(tuple(k - (a == b) for b, k in enumerate(shape)), dtype=np.float32)
+        for a in range(3)
+    ]
+    return y, s, e, faces
+
+
 def smoother_rows() -> list[dict]:
     contracted = nb.njit(parallel=True, fastmath={"contract"})(
         serial_twin(clenshaw_wavefront.py_func)  # a copy under its own name: no cache clash
@@ -64,12 +75,7 @@ def smoother_rows() -> list[dict]:
     rows = []
     rng = np.random.default_rng(0)
     for n in (64, 128):
-        y, s = (rng.random((n,) * 3, dtype=np.float32) for _ in range(2))
-        e = 0.1 * rng.random((n,) * 3, dtype=np.float32)
-        faces = [
-            0.1 * rng.random(tuple(n - (a == b) for b in range(3)), dtype=np.float32)
-            for a in range(3)
-        ]
+        y, s, e, faces = _random_level(rng, (n,) * 3)
         beta = rng.random(DEGREE)
         for t in (1, 2):
             nb.set_num_threads(t)
@@ -96,12 +102,7 @@ def row_length_rows() -> list[dict]:
     rng = np.random.default_rng(2)
     nb.set_num_threads(1)
     for shape in ((64, 256, 16), (64, 128, 32), (64, 64, 64), (64, 32, 128), (64, 16, 256)):
-        y, s = (rng.random(shape, dtype=np.float32) for _ in range(2))
-        e = 0.1 * rng.random(shape, dtype=np.float32)
-        faces = [
-            0.1 * rng.random(tuple(n - (a == b) for b, n in enumerate(shape)), dtype=np.float32)
-            for a in range(3)
-        ]
+        y, s, e, faces = _random_level(rng, shape)
         nzp = padded_z_faces({}, faces[2])
         work = np.empty((1, DEGREE - 1, 3, shape[1], shape[2] + 2), dtype=np.float32)
         out = np.empty_like(y)
@@ -126,12 +127,7 @@ def tile_rows() -> list[dict]:
     m = 6
     for n, thread_counts in ((96, (1, 2)), (128, (1, 2)), (256, (2,))):
         shape = (n, n, n)
-        y, s = (rng.random(shape, dtype=np.float32) for _ in range(2))
-        e = 0.1 * rng.random(shape, dtype=np.float32)
-        faces = [
-            0.1 * rng.random(tuple(k - (a == b) for b, k in enumerate(shape)), dtype=np.float32)
-            for a in range(3)
-        ]
+        y, s, e, faces = _random_level(rng, shape)
         nzp = padded_z_faces({}, faces[2])
         beta = rng.random(m)
         out = np.empty_like(y)

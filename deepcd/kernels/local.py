@@ -25,13 +25,13 @@ import numpy as np
 from deepcd.kernels.grid_aggregate import _flat_cell, node_link_sums
 
 TINY = np.finfo(np.float64).tiny
-G_OFFSET = -6.0  # deepcd.nn.local.G_OFFSET
+G_OFFSET = -6.0  # g = 1 + softplus(out + G_OFFSET): ≈ 1.0025 while out = 0 (`deepcd.nn.local`)
 
 
 # tanh(x) ≈ x·P(x²)/Q(x²) on |x| ≤ 7.905, ±tanh(7.905) beyond: the coefficients of Eigen's
-# float32 tanh (Eigen/src/Core/MathFunctionsImpl.h, generic_fast_tanh_float), within 2.7e-7
-# of tanh everywhere (measured on 2·10⁶ points of [−12, 12]), float32's own rounding. Only
-# mul/add/div: ~6x faster here than numba's libm tanh, which has no vector form without SVML.
+# float32 tanh (Eigen/src/Core/MathFunctionsImpl.h, generic_fast_tanh_float), within 3e-7 of
+# tanh everywhere (tests/test_coefficients.py), float32's own rounding. Only mul/add/div, so
+# the loop vectorizes: numba's libm tanh has no vector form here without SVML.
 _CLAMP = 7.90531110763549805
 _P = (
     4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,

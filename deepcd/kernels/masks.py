@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numba as nb
 
-FLUID, SOLID = 0, 1  # deepcd.problems.flags
+from deepcd.problems.flags import FLUID, SOLID
 
 
 @nb.njit(inline="always")

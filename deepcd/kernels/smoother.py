@@ -168,25 +168,47 @@ def _plane_or(a, i, n, zero):
 
 @nb.njit(inline="always")
 def _stage_row(
-    j, bc, bxm, bxp, wxm, wxp, bym, wym, jm, byp, wyp, jp, jw, wz, e, y, s, b2, bk, two, one,
-    last, at, o,
+    jr, jg, bc, bxm, bxp, wxm, wxp, bym, jmr, wym, jmf, byp, jpr, wyp, jpf, wz, e, y, s, b2, bk,
+    two, one, last, o, jo, at,
 ):  # fmt: skip
-    """Row j along z of a wavefront stage, on the planes (ny, nz) themselves: the y-neighbours
-    are rows jm of bym/wym and jp of byp (jw of wyp), zero planes past the edges. The ring
-    planes (bc, bxm, bxp, bym, byp, b2) carry a zero cell at each end of a row and wz is the
-    padded z-face array (`pad_z_faces`), so both z ends are cells like any other: one loop
-    over the whole row, no branch and no scalar end cells (at 64³ the two end cells and the
-    vector loop's remainder cost a third of the sweep). The result goes to o[j, k + at]
-    (at = 1 in a ring plane, 0 in the output). Rows are read by index, not as row views:
-    a view costs ~200 ns per row in reference counting."""
+    """Row jg along z of a wavefront stage, on the planes themselves: ring planes (bc, bxm,
+    bxp, b2; the y-neighbours bym, byp) at ring row jr (jmr, jpr), grid arrays and y-faces
+    (wym, wyp) at grid row jg (jmf, jpf); zero planes past the edges. The ring planes carry
+    a zero cell at each end of a row and wz is the padded z-face array (`pad_z_faces`), so
+    both z ends are cells like any other: one loop over the whole row, no branch and no
+    scalar end cells (at 64³ the two end cells and the vector loop's remainder cost a third
+    of the sweep, `benchmarks/smoother-bound`). The result goes to o[jo, k + at] (at = 1 in
+    a ring plane, 0 in the output). Rows are read by index, not as row views, whose
+    reference counting costs more than a 64-cell row's arithmetic."""
     nz = e.shape[1]
     for k in range(nz):
-        acc = (one - e[j, k]) * bc[j, k + 1] + wxm[j, k] * bxm[j, k + 1]
-        acc += wxp[j, k] * bxp[j, k + 1]
-        acc += wym[jm, k] * bym[jm, k + 1]
-        acc += wyp[jw, k] * byp[jp, k + 1] + wz[j, k] * bc[j, k] + wz[j, k + 1] * bc[j, k + 2]
-        value = bk * (s[j, k] * y[j, k]) + two * acc - b2[j, k + 1]
-        o[j, k + at] = value * s[j, k] if last else value
+        acc = (one - e[jg, k]) * bc[jr, k + 1] + wxm[jg, k] * bxm[jr, k + 1]
+        acc += wxp[jg, k] * bxp[jr, k + 1]
+        acc += wym[jmf, k] * bym[jmr, k + 1]
+        acc += wyp[jpf, k] * byp[jpr, k + 1] + wz[jg, k] * bc[jr, k] + wz[jg, k + 1] * bc[jr, k + 2]
+        value = bk * (s[jg, k] * y[jg, k]) + two * acc - b2[jr, k + 1]
+        o[jo, k + at] = value * s[jg, k] if last else value
+
+
+@nb.njit(inline="always")
+def _wavefront_coefficients(beta, dtype):
+    """β (m,) then the constants 1 and 2, in the arrays' dtype (float32 stays float32)."""
+    L = beta.shape[0] - 1
+    coef = np.empty(L + 3, dtype=dtype)
+    coef[: L + 1] = beta
+    coef[L + 1], coef[L + 2] = 1.0, 2.0
+    return coef
+
+
+@nb.njit(inline="always")
+def _zero_row_ends(ring):
+    """The zero cell at both ends of every row of a chunk's ring (never written after)."""
+    stages, planes, rows, width = ring.shape
+    for t in range(stages):
+        for q in range(planes):
+            for j in range(rows):
+                ring[t, q, j, 0] = 0.0
+                ring[t, q, j, width - 1] = 0.0
 
 
 @nb.njit(parallel=True, cache=True)
@@ -235,19 +257,13 @@ def clenshaw_wavefront(y, s, e, nx_, ny_, nzp, beta, nchunks, work, out):
     here); nchunks x-chunks run in parallel (at most nx)."""
     nx, ny, nz = y.shape
     L = beta.shape[0] - 1  # stages 1..L are the Clenshaw steps; stage 0 is β_{m-1}·h
-    coef = np.empty(L + 3, dtype=y.dtype)  # β, then the constants 1 and 2
-    coef[: L + 1] = beta
-    coef[L + 1], coef[L + 2] = 1.0, 2.0
+    coef = _wavefront_coefficients(beta, y.dtype)
     one = coef[L + 1]
     zero = np.zeros((ny, nz + 2), dtype=y.dtype)
     for c in nb.prange(nchunks):
         a, bnd = c * nx // nchunks, (c + 1) * nx // nchunks
         ring = work[c]
-        for t in range(L):  # the rows' end cells: zero, never written below
-            for q in range(3):
-                for j in range(ny):
-                    ring[t, q, j, 0] = 0.0
-                    ring[t, q, j, nz + 1] = 0.0
+        _zero_row_ends(ring)
         for p in range(a - L, bnd + L):
             for t in range(L + 1):
                 i = p - t
@@ -266,55 +282,34 @@ def clenshaw_wavefront(y, s, e, nx_, ny_, nzp, beta, nchunks, work, out):
                 for j in range(ny):
                     up, down = j > 0, j < ny - 1
                     _stage_row(
-                        j, bc, bxm, bxp, wx_m, wx_p,
-                        bc if up else zero, wyi if up else zero, j - 1 if up else 0,
-                        bc if down else zero, wyi if down else zero, j + 1 if down else 0,
-                        j if down else 0,
-                        wzi, ei, yi, si, b2, bk, two, one, t == L, 0 if t == L else 1, o,
+                        j, j, bc, bxm, bxp, wx_m, wx_p,
+                        bc if up else zero, j - 1 if up else 0,
+                        wyi if up else zero, j - 1 if up else 0,
+                        bc if down else zero, j + 1 if down else 0,
+                        wyi if down else zero, j if down else 0,
+                        wzi, ei, yi, si, b2, bk, two, one, t == L,
+                        o, j, 0 if t == L else 1,
                     )  # fmt: skip
-
-
-@nb.njit(inline="always")
-def _stage_row_tiled(
-    jr, jg, bc, bxm, bxp, wxm, wxp, bym, jmr, wym, jmf, byp, jpr, wyp, jpf, wz, e, y, s, b2, bk,
-    two, one, last, o, jo, at,
-):  # fmt: skip
-    """`_stage_row` for `clenshaw_wavefront_tiled`: ring rows (jr, its y-neighbours jmr, jpr)
-    and grid rows (jg, the y-faces jmf, jpf) counted apart; the result goes to o[jo, k + at]."""
-    nz = e.shape[1]
-    for k in range(nz):
-        acc = (one - e[jg, k]) * bc[jr, k + 1] + wxm[jg, k] * bxm[jr, k + 1]
-        acc += wxp[jg, k] * bxp[jr, k + 1]
-        acc += wym[jmf, k] * bym[jmr, k + 1]
-        acc += wyp[jpf, k] * byp[jpr, k + 1] + wz[jg, k] * bc[jr, k] + wz[jg, k + 1] * bc[jr, k + 2]
-        value = bk * (s[jg, k] * y[jg, k]) + two * acc - b2[jr, k + 1]
-        o[jo, k + at] = value * s[jg, k] if last else value
 
 
 @nb.njit(parallel=True, cache=True)
 def clenshaw_wavefront_tiled(y, s, e, nx_, ny_, nzp, beta, nchunks, tile, work, out):
     """`clenshaw_wavefront` sweeping `tile` rows of the x-planes at a time (the same numbers,
     bit for bit): on a large plane the ring of intermediate planes — m − 1 stages × 3 planes
-    × ny rows — outgrows the core's L2 (1.2 MB per thread at 128³), and the sweep then runs at
+    × ny rows — outgrows the core's L2 (about 1 MB per thread at 128³), and the sweep then runs at
     half its speed. Stage t of a tile computes its rows widened by L − t on each side (what
     the next stages read), so tiles never wait on each other; the x-chunks as before. work
     (nchunks, m − 1, 3, tile + 2(m − 1), nz + 2)."""
     nx, ny, nz = y.shape
-    L = beta.shape[0] - 1
-    coef = np.empty(L + 3, dtype=y.dtype)
-    coef[: L + 1] = beta
-    coef[L + 1], coef[L + 2] = 1.0, 2.0
+    L = beta.shape[0] - 1  # stages 1..L are the Clenshaw steps; stage 0 is β_{m-1}·h
+    coef = _wavefront_coefficients(beta, y.dtype)
     one = coef[L + 1]
     zero = np.zeros((max(ny, tile + 2 * L), nz + 2), dtype=y.dtype)
     ntiles = (ny + tile - 1) // tile
     for c in nb.prange(nchunks):
         a, bnd = c * nx // nchunks, (c + 1) * nx // nchunks
         ring = work[c]
-        for t in range(L):
-            for q in range(3):
-                for jj in range(ring.shape[2]):
-                    ring[t, q, jj, 0] = 0.0
-                    ring[t, q, jj, nz + 1] = 0.0
+        _zero_row_ends(ring)
         for tl in range(ntiles):
             j0 = tl * tile
             j1 = min(j0 + tile, ny)
@@ -340,7 +335,7 @@ def clenshaw_wavefront_tiled(y, s, e, nx_, ny_, nzp, beta, nchunks, tile, work, 
                     for j in range(lo, hi):
                         jr = j - base
                         up, down = j > 0, j < ny - 1
-                        _stage_row_tiled(
+                        _stage_row(
                             jr, j, bc, bxm, bxp, wx_m, wx_p,
                             bc if up else zero, jr - 1 if up else 0,
                             wyi if up else zero, j - 1 if up else 0,

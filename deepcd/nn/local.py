@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepcd.kernels.local import G_OFFSET  # one offset for the torch form and the kernels
+
 NODE_FEATURES = 3
 EDGE_FEATURES = 3
-G_OFFSET = -6.0  # g = 1 + softplus(out + G_OFFSET): ≈ 1.0025 while out = 0
 
 
 def _mlp(inputs: int, width: int) -> nn.Sequential:
