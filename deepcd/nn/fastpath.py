@@ -273,17 +273,52 @@ def smooth_grid(
 
 def sweep_faces(cache: dict, grid: tuple[int, ...], links) -> tuple[np.ndarray, ...]:
     """A grid level's faces (`normalized_grid`'s links) as the wavefront sweeps them: (x, y,
-    padded z) of its (planes, ny, nz) view (`_sweep_shape`; a 2D level's y-faces become the
-    sweep's x-faces, and it has no y-faces), the padded z-faces kept in `cache`."""
+    padded z) of `sweep_links`, the padded z-faces kept in `cache`."""
+    fx, fy, fz = sweep_links(grid, links)
+    return fx, fy, padded_z_faces(cache, fz)
+
+
+def sweep_links(grid: tuple[int, ...], links) -> tuple[np.ndarray, ...]:
+    """A grid level's faces (3D arrays; 2D as `grid_views` gives them) as (x, y, z) faces of
+    its (planes, ny, nz) view (`_sweep_shape`): a 2D level's y-faces become the sweep's
+    x-faces, and it has no y-faces."""
     shape = _sweep_shape(tuple(grid))
     if shape != tuple(grid):
         nx, ny = shape[0], shape[2]
         fx = links[1].reshape(nx - 1, 1, ny)
         fy = np.zeros((nx, 0, ny), dtype=links[1].dtype)
         fz = links[2].reshape(nx, 1, ny - 1)
+        return fx, fy, fz
+    return tuple(links)
+
+
+def transfer_args(grid: tuple[int, ...], axes: list[int], pairs: list, omegas: list[float]):
+    """(view, args) for the grid transfer kernels: view(t) a grid array (3D; 2D as (1, nx,
+    ny)) as the kernels sweep it, args (w0, g0, w1, g1, w2, g2, om0, om1, om2, use) their
+    per-axis weights, ω and flags for the S_a with a in `axes` (3D numbering); pairs[a] =
+    (ŵ_a, degree_a) and omegas[a] per 3D axis a."""
+    if grid[0] == 1 and 0 not in axes:  # 2D as (1, nx, ny): sweep its x as planes
+
+        def view(t: np.ndarray) -> np.ndarray:
+            return t.reshape(t.shape[1], 1, t.shape[2])
+
+        place = {1: 0, 2: 2}
+        planes = grid[1]
     else:
-        fx, fy, fz = links
-    return fx, fy, padded_z_faces(cache, fz)
+
+        def view(t: np.ndarray) -> np.ndarray:
+            return t
+
+        place = {0: 0, 1: 1, 2: 2}
+        planes = grid[0]
+    dummy = np.zeros((planes, 1, 1), dtype=pairs[axes[0]][0].dtype)
+    w, g, om = [dummy] * 3, [dummy] * 3, [0.0] * 3
+    use = np.zeros(3, dtype=np.bool_)
+    for a in axes:
+        b = place[a]
+        w[b], g[b] = (np.ascontiguousarray(view(t)) for t in pairs[a])
+        om[b], use[b] = float(omegas[a]), True
+    return view, (w[0], g[0], w[1], g[1], w[2], g[2], *om, use)
 
 
 def transfer_smooth(v: np.ndarray, axes: list[int], pairs: list, omegas: list[float]) -> np.ndarray:
@@ -295,30 +330,75 @@ def transfer_smooth(v: np.ndarray, axes: list[int], pairs: list, omegas: list[fl
 
     if sorted(axes) != list(axes) and sorted(axes, reverse=True) != list(axes):
         raise ValueError(f"axes must be increasing or decreasing, got {axes}")
-    if v.shape[0] == 1 and 0 not in axes:  # 2D as (1, nx, ny): sweep its x as planes
-
-        def view(t: np.ndarray) -> np.ndarray:
-            return t.reshape(t.shape[1], 1, t.shape[2])
-
-        place = {1: 0, 2: 2}
-        v3 = view(v)
-    else:
-
-        def view(t: np.ndarray) -> np.ndarray:
-            return t
-
-        place = {0: 0, 1: 1, 2: 2}
-        v3 = v
-    dummy = np.zeros((v3.shape[0], 1, 1), dtype=pairs[axes[0]][0].dtype)
-    w, g, om = [dummy] * 3, [dummy] * 3, [0.0] * 3
-    use = np.zeros(3, dtype=np.bool_)
-    for a in axes:
-        b = place[a]
-        w[b], g[b] = (np.ascontiguousarray(view(t)) for t in pairs[a])
-        om[b], use[b] = float(omegas[a]), True
+    view, args = transfer_args(v.shape, axes, pairs, omegas)
+    v3 = view(v)
     reverse = len(axes) > 1 and axes[0] > axes[-1]
     nchunks = max(1, min(grid_threads(v3.size), v3.shape[0]))
     out = np.empty_like(v3)
     kernel = grid_kernel(grid_transfer_smooth, v3.size)
-    kernel(v3, w[0], g[0], w[1], g[1], w[2], g[2], *om, use, reverse, nchunks, out)
+    kernel(v3, *args, reverse, nchunks, out)
     return out.reshape(v.shape)
+
+
+def residual_restrict(
+    r: np.ndarray, x: np.ndarray, diag: np.ndarray, links, transfer, agg: np.ndarray, m: int, cache
+) -> np.ndarray:
+    """Pᵀ(r − A x) (m,) on a grid level in one pass (`deepcd.kernels.cycle.residual_restrict`):
+    r, x, diag 3D arrays (2D as (1, nx, ny)) with the stencil's `links` as `grid_views` gives
+    them; transfer = `transfer_args`' args for the restriction; agg (cells,) int32
+    each cell's coarse node of m (−1: none); cache keeps the threads' plane splits."""
+    from deepcd.kernels.cycle import plane_splits
+    from deepcd.kernels.cycle import residual_restrict as kernel
+
+    shape = _sweep_shape(x.shape)
+    agg3 = agg.reshape(shape)
+    threads = min(grid_threads(x.size), shape[0])
+    key = ("plane_splits", threads)
+    cached = cache.get(key)
+    if cached is None or cached[0] is not agg:
+        cache[key] = cached = (agg, plane_splits(agg3, m, threads))
+    out = np.zeros(m, dtype=x.dtype)
+    fx, fy, fz = sweep_links(x.shape, links)
+    rv, xv, dv = (a.reshape(shape) for a in (r, x, diag))
+    grid_kernel(kernel, x.size)(
+        rv, xv, dv, fx, fy, fz, *_faces_only(transfer), agg3, cached[1], out
+    )
+    return out
+
+
+def _faces_only(transfer: tuple) -> tuple:
+    """`transfer_args`' args without the degrees g_a, which the fused kernels derive."""
+    w0, _, w1, _, w2, _, *rest = transfer
+    return (w0, w1, w2, *rest)
+
+
+def prolong_correct(
+    xc: np.ndarray, agg: np.ndarray, transfer, c: float, x: np.ndarray, r: np.ndarray,
+    diag: np.ndarray, links,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(x + c·P xc, r − A(x + c·P xc)) on a grid level in one pass
+    (`deepcd.kernels.cycle.prolong_correct`): xc (m,) the coarse correction, transfer the
+    prolongation's `transfer_args` args, the rest as `residual_restrict`."""
+    from deepcd.kernels.cycle import prolong_correct as kernel
+
+    shape = _sweep_shape(x.shape)
+    x_out, res = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=x.dtype)
+    fx, fy, fz = sweep_links(x.shape, links)
+    rv, xv, dv = (a.reshape(shape) for a in (r, x, diag))
+    nchunks = max(1, min(grid_threads(x.size), shape[0]))
+    grid_kernel(kernel, x.size)(
+        xc,
+        agg.reshape(shape),
+        *_faces_only(transfer),
+        c,
+        xv,
+        rv,
+        dv,
+        fx,
+        fy,
+        fz,
+        nchunks,
+        x_out,
+        res,
+    )
+    return x_out.reshape(x.shape), res.reshape(x.shape)

@@ -92,6 +92,9 @@ class VCycleNet(GridNet):
         # CPU inference: a grid level's transfer smoothing in one pass for all axes
         # (`fastpath.transfer_smooth`); False: one pass per axis
         self.fused_transfers = True
+        # CPU inference: level 0's residual, restriction, prolongation and correction on the
+        # grid in two passes (`_correct_fused`); False: one pass each
+        self.fused_cycle = True
 
     # -- the smoother ---------------------------------------------------------------------------
     def _smoother(self, level, y: torch.Tensor, logits: torch.Tensor, scale=None) -> torch.Tensor:
@@ -646,6 +649,56 @@ class VCycleNet(GridNet):
             x = h.prolong_grid(xc)
         return self._grid_smooth(h, x, axes[::-1])
 
+    def _fused_grid(self, h, x: torch.Tensor) -> bool:
+        """Whether CPU inference runs level 0's transfers and corrections on the grid as
+        `_correct_fused`'s two passes (`fused_cycle`; one field, one column)."""
+        return (
+            self.fused_cycle
+            and _fast(x, self.transfers)
+            and _fast(x, self.corrections)
+            and h.grid.diag.shape[0] == 1
+            and len(h.levels) > 1
+            and any(h.levels[0].halved)
+        )
+
+    def _correct_fused(self, h, level, r: torch.Tensor, x: torch.Tensor, c: float):
+        """(x + c·P e, r − A(x + c·P e)) on level 0 on the grid, e the coarse V-cycle of Pᵀ(r −
+        A x): the restriction (residual, transfer smoothing, sum) and the prolongation (copy,
+        transfer smoothing, correction, residual) one pass each (`fastpath.residual_restrict`,
+        `fastpath.prolong_correct`); the same sums as the unfused passes in another order."""
+        from deepcd.nn.fastpath import prolong_correct, residual_restrict
+
+        grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
+        _, diag, links = self._grid_arrays(level, x.dtype)
+        down, up = self._fused_transfer_args(h, x.dtype, grid)
+        _, _, agg = h.grid_members()
+        rv = r.to(x.dtype).contiguous().numpy().reshape(grid)
+        xv = x.contiguous().numpy().reshape(grid)
+        rc = residual_restrict(rv, xv, diag, links, down, agg, h.levels[1].n, h.grid.cache)
+        e = self._cycle(h, 1, torch.from_numpy(rc)[:, None])
+        ev = e.to(x.dtype).contiguous().numpy().reshape(-1)
+        x_new, res = prolong_correct(ev, agg, up, c, xv, rv, diag, links)
+        return torch.from_numpy(x_new).reshape(x.shape), torch.from_numpy(res).reshape(x.shape)
+
+    def _fused_transfer_args(self, h, dtype: torch.dtype, grid: tuple[int, ...]):
+        """`fastpath.transfer_args`' args of level 0's restriction and prolongation, cached
+        on the grid while its transfer weights and ω are the same."""
+        from deepcd.nn.fastpath import transfer_args
+
+        omegas = self._level_omegas(h, 0)
+        weights = self._grid_axis_arrays(h, dtype, omegas)
+        lead = 3 - self.dim
+        oms = (1.0,) * 3 if self.local is not None else (0.0,) * lead + tuple(map(float, omegas))
+        key = ("fused_transfer", _np_dtype(dtype).str)
+        cached = h.grid.cache.get(key)
+        if cached is None or cached[0] is not weights or cached[1] != oms:
+            axes = [a + lead for a, on in enumerate(h.levels[0].halved) if on]
+            pairs = [None] * lead + list(weights)
+            down = transfer_args(grid, axes, pairs, oms)[1]
+            up = transfer_args(grid, axes[::-1], pairs, oms)[1]
+            h.grid.cache[key] = cached = (weights, oms, down, up)
+        return cached[2], cached[3]
+
     @property
     def _J(self) -> int:
         return self.corrections.shape[0]
@@ -745,6 +798,13 @@ class VCycleNet(GridNet):
         x = self._smoother(level, r, weights, scale)
         for _ in range(self.smooth - 1):
             x = x + self._smoother(level, self._residual(level, r, x), weights, scale)
+        c = F.softplus(self.corrections[i]).to(r.dtype)
+        if on_grid and self._fused_grid(h, x):  # two passes between the smoothings
+            x, res = self._correct_fused(h, level, r, x, float(c))
+            x.add_(self._smoother(level, res, weights, scale))
+            for _ in range(self.smooth - 1):
+                x.add_(self._smoother(level, self._residual(level, r, x), weights, scale))
+            return x
         res = self._residual(level, r, x)
         if on_grid:  # level 0's transfers in grid form
             rc = self._restrict_grid(h, res)
@@ -752,7 +812,6 @@ class VCycleNet(GridNet):
         else:
             rc = self._restrict(h, depth, res)
             corr = self._prolong(h, depth, self._cycle(h, depth + 1, rc))
-        c = F.softplus(self.corrections[i]).to(r.dtype)
         if _fast(x, self.corrections):  # x is this call's own array: update it in place
             x.add_(corr.reshape(x.shape), alpha=float(c))
             for _ in range(self.smooth):

@@ -1,0 +1,155 @@
+"""Level 0's fused restriction and prolongation (`deepcd.kernels.cycle`, issue 12) against the
+unfused passes they replace: odd shapes, every set of halved axes, any number of threads,
+coarse nodes that reach past their block; and the V-cycle with and without them."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from deepcd.kernels.aggregate import grid_transfer_smooth, members_of, prolong_copy, restrict_sum
+from deepcd.kernels.cycle import _crossings, plane_splits, prolong_correct, residual_restrict
+from deepcd.kernels.smoother import stencil_residual
+from deepcd.problems import scene
+
+SHAPES = [(9, 5, 7), (8, 4, 6), (1, 3, 5), (3, 1, 9), (7, 6, 1)]
+USES = [(1, 1, 1), (0, 1, 1), (1, 0, 1), (1, 1, 0), (1, 0, 0), (0, 0, 0)]
+
+
+def random_level(shape, dtype, seed=0):
+    """Stencil, transfer weights and a coarse map on `shape`: 2×2×2 blocks, a tenth of the
+    cells without a coarse node, and some cells in the block after theirs along x (as merged
+    components reach past their block)."""
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = shape
+
+    def field(*s):
+        return rng.random(s).astype(dtype)
+
+    r, x, d = field(*shape), field(*shape), field(*shape) + 6
+    faces = field(nx - 1, ny, nz), field(nx, ny - 1, nz), field(nx, ny, nz - 1)
+    transfer = [field(*f.shape) for f in faces]
+    i, j, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    block = (i // 2 * ((ny + 1) // 2) + j // 2) * ((nz + 1) // 2) + k // 2
+    move = (i % 2 == 1) & (i < nx - 1) & (rng.random(shape) < 0.2)
+    block = np.where(move, block + ((ny + 1) // 2) * ((nz + 1) // 2), block)
+    block[rng.random(shape) < 0.1] = -1
+    nodes, inverse = np.unique(block[block >= 0], return_inverse=True)
+    agg = np.full(shape, -1, dtype=np.int32)
+    agg[block >= 0] = inverse
+    return r, x, d, faces, transfer, agg, len(nodes)
+
+
+def transfer_args(transfer, use, dtype):
+    """`grid_transfer_smooth`'s weights, ω and flags (g_a the sum of a cell's two ŵ_a)."""
+    om = (0.2, 0.35, 0.25)
+    args = []
+    for a, (w, on) in enumerate(zip(transfer, use, strict=True)):
+        g = np.zeros((*w.shape[:a], w.shape[a] + 1, *w.shape[a + 1 :]), dtype)
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[a], hi[a] = slice(0, -1), slice(1, None)
+        g[tuple(lo)] += w
+        g[tuple(hi)] += w
+        args += [w, g] if on else [np.zeros((1, 1, 1), dtype)] * 2
+    return (*args, *om, np.array(use, dtype=np.bool_))
+
+
+def faces_only(args):
+    w0, _, w1, _, w2, _, *rest = args
+    return (w0, w1, w2, *rest)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("use", USES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_residual_restrict_equals_the_unfused_passes(shape, use, dtype):
+    r, x, d, faces, transfer, agg, m = random_level(shape, dtype)
+    args = transfer_args(transfer, use, dtype)
+    res, smoothed = np.empty_like(x), np.empty_like(x)
+    stencil_residual(r, x, d, *faces, res)
+    grid_transfer_smooth(res, *args, False, 1, smoothed)
+    mstart, members = members_of(agg.reshape(-1).astype(np.int64), m)
+    want = np.empty(m, dtype=dtype)
+    restrict_sum(smoothed.reshape(-1), mstart, members, want)
+    tol = (1e-5 if dtype == np.float32 else 1e-12) * np.abs(want).max()
+    for threads in (1, 2, 3, 5):
+        splits = plane_splits(agg, m, threads)
+        got = np.zeros(m, dtype=dtype)
+        residual_restrict(r, x, d, *faces, *faces_only(args), agg, splits, got)
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("use", USES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prolong_correct_equals_the_unfused_passes(shape, use, dtype):
+    r, x, d, faces, transfer, agg, m = random_level(shape, dtype, seed=1)
+    args = transfer_args(transfer, use, dtype)
+    xc = np.random.default_rng(2).standard_normal(m).astype(dtype)
+    copied, smoothed = np.empty(x.size, dtype=dtype), np.empty_like(x)
+    prolong_copy(xc, agg.reshape(-1), copied)
+    grid_transfer_smooth(copied.reshape(shape), *args, True, 1, smoothed)
+    want_x = x + dtype(0.8) * smoothed
+    want_res = np.empty_like(x)
+    stencil_residual(r, want_x, d, *faces, want_res)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for nchunks in sorted({1, 2, 3, shape[0]} & set(range(1, shape[0] + 1))):
+        got_x, got_res = np.empty_like(x), np.empty_like(x)
+        prolong_correct(xc, agg, *faces_only(args), 0.8, x, r, d, *faces, nchunks, got_x, got_res)
+        np.testing.assert_allclose(got_x, want_x, rtol=0, atol=tol * np.abs(want_x).max())
+        np.testing.assert_allclose(got_res, want_res, rtol=0, atol=tol * np.abs(want_res).max())
+
+
+def test_plane_splits_never_cut_a_coarse_node():
+    _, _, _, _, _, agg, m = random_level((24, 6, 6), np.float32, seed=3)
+    crossing = _crossings(agg, m)
+    assert crossing.any()  # the moved cells reach past their block
+    for threads in range(1, 9):
+        splits = plane_splits(agg, m, threads)
+        assert splits[0] == 0 and splits[-1] == 24 and np.all(np.diff(splits) > 0)
+        assert len(splits) <= threads + 1
+        assert not crossing[splits].any()
+        for lo, hi in itertools.pairwise(splits):  # every node in one chunk
+            inside = np.unique(agg[lo:hi][agg[lo:hi] >= 0])
+            outside = np.unique(np.concatenate([agg[:lo].ravel(), agg[hi:].ravel()]))
+            assert not np.intersect1d(inside, outside).size
+
+
+@pytest.mark.parametrize(
+    "dim,shape,name,model",
+    [
+        (3, (21, 18, 17), "smoke-obstacles", None),
+        (3, (24, 20, 18), "splash", "vcycle-3d"),
+        (3, (20, 20, 20), "porous", "vcycle-3d"),
+        (3, (20, 18, 16), "two-phase", "vcycle-3d"),
+        (2, (70, 60), "maze", "vcycle-2d"),
+        (2, (45, 38), "splash", "vcycle-2d"),
+    ],
+)
+def test_fused_cycle_gives_the_same_vcycle(dim, shape, name, model):
+    """The V-cycle with level 0's transfers fused (`VCycleNet.fused_cycle`) against the
+    unfused passes: trained networks (the 2D one with local weights) and random weights."""
+    from deepcd.nn import build_network
+    from deepcd.nn.direction import NetworkDirection
+    from deepcd.nn.weights import load_solver
+
+    problem = scene(name, shape, seed=0)
+    if model is None:
+        net = build_network("vcycle", dim, smooth=2, degree=4)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.3 * torch.randn_like(p, generator=torch.Generator().manual_seed(0)))
+    else:
+        net, _ = load_solver(model)
+    net.fine_layout = "grid"
+    direction = NetworkDirection(net, problem)
+    r = np.random.default_rng(1).standard_normal(problem.n)
+    fused = direction(r)
+    net.fused_cycle = False
+    unfused = direction(r)
+    # float32 sums in another order; a maze's V-cycle magnifies them most (1e-6 relative)
+    np.testing.assert_allclose(fused, unfused, rtol=0, atol=1e-5 * np.abs(unfused).max())
