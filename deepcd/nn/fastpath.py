@@ -347,23 +347,31 @@ def residual_restrict(
     r, x, diag 3D arrays (2D as (1, nx, ny)) with the stencil's `links` as `grid_views` gives
     them; transfer = `transfer_args`' args for the restriction; agg (cells,) int32
     each cell's coarse node of m (−1: none); cache keeps the threads' plane splits."""
-    from deepcd.kernels.cycle import plane_splits
     from deepcd.kernels.cycle import residual_restrict as kernel
 
     shape = _sweep_shape(x.shape)
-    agg3 = agg.reshape(shape)
-    threads = min(grid_threads(x.size), shape[0])
-    key = ("plane_splits", threads)
-    cached = cache.get(key)
-    if cached is None or cached[0] is not agg:
-        cache[key] = cached = (agg, plane_splits(agg3, m, threads))
+    splits = restrict_splits(cache, x.shape, agg, m)
     out = np.zeros(m, dtype=x.dtype)
     fx, fy, fz = sweep_links(x.shape, links)
     rv, xv, dv = (a.reshape(shape) for a in (r, x, diag))
-    grid_kernel(kernel, x.size)(
-        rv, xv, dv, fx, fy, fz, *_faces_only(transfer), agg3, cached[1], out
-    )
+    args = (*_faces_only(transfer), agg.reshape(shape), splits, out)
+    grid_kernel(kernel, x.size)(rv, xv, dv, fx, fy, fz, *args)
     return out
+
+
+def restrict_splits(cache: dict, grid: tuple[int, ...], agg: np.ndarray, m: int) -> np.ndarray:
+    """The plane splits of `residual_restrict`'s threads on a grid level (`grid` its 3D shape)
+    with coarse map agg (cells,) of m nodes (`deepcd.kernels.cycle.plane_splits`), kept in
+    `cache` while agg is the same array."""
+    from deepcd.kernels.cycle import plane_splits
+
+    shape = _sweep_shape(tuple(grid))
+    threads = min(grid_threads(math.prod(shape)), shape[0])
+    key = ("plane_splits", threads)
+    cached = cache.get(key)
+    if cached is None or cached[0] is not agg:
+        cache[key] = cached = (agg, plane_splits(agg.reshape(shape), m, threads))
+    return cached[1]
 
 
 def _faces_only(transfer: tuple) -> tuple:

@@ -512,7 +512,12 @@ class VCycleNet(GridNet):
             sweep_faces(h.grid.cache, grid, links)
         if len(h.levels) > 1:
             self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
-            h.grid_members()
+            _, _, agg = h.grid_members()
+            if self.fused_cycle and any(h.levels[0].halved):
+                from deepcd.nn.fastpath import restrict_splits
+
+                self._fused_transfer_args(h, dtype, grid)
+                restrict_splits(h.grid.cache, grid, agg, h.levels[1].n)
 
     def _smooth_axes(self, level, x: torch.Tensor, omegas, axes) -> torch.Tensor:
         """Apply S_a for the axes in `axes`, in that order, to a node vector (N, C); omegas:
