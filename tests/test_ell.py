@@ -82,6 +82,23 @@ def test_axis_layout_smoothing_equals_the_csr_one(dtype, n, most):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("n,most", [(0, 0), (1, 0), (40, 2), (300, 5)])
+def test_axis_layout_is_the_layout_of_the_per_axis_csrs(n, most):
+    """`ell.axis_layout` (one pass over the links) holds exactly `layout` and `weights` of
+    `aggregate.axis_csr`'s per-axis CSRs."""
+    from deepcd.kernels.aggregate import axis_csr
+
+    indptr, indices, weight = random_graph(n, most, seed=n + 3)
+    axis = np.random.default_rng(n + 1).integers(0, 3, len(indices)).astype(np.int8)
+    fixed = ell.axis_layout(indptr, indices, weight.astype(np.float32), axis, 3)
+    for a, (ip, ix, wa) in enumerate(axis_csr(indptr, indices, weight, axis, 3)):
+        idx, rest_ptr, rest_idx = ell.layout(ip, ix, ell.AXIS_WIDTH)
+        w, rest_w = ell.weights(ip, wa.astype(np.float32), rest_ptr, ell.AXIS_WIDTH)
+        for got, want in zip(fixed[a], (idx, w, rest_ptr, rest_idx, rest_w), strict=True):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+
+
 _CALL_RESIDUAL = """
 import sys, numpy as np
 from deepcd.kernels import ell

@@ -20,7 +20,9 @@ space) gets no coarse node. Grids are 3D arrays; 2D grids use a (1, nx, ny) view
 
 from __future__ import annotations
 
+import contextlib
 import types
+from collections.abc import Iterator
 
 import numba as nb
 import numpy as np
@@ -725,6 +727,22 @@ def small(kernel, n: int, below: int = SERIAL_BELOW):
     if kernel not in _serial:
         _serial[kernel] = nb.njit(cache=True)(serial_twin(kernel.py_func))
     return _serial[kernel]
+
+
+@contextlib.contextmanager
+def serial_if_small(n: int, below: int = SERIAL_BELOW) -> Iterator[None]:
+    """Run a block's numba kernels on one thread when it works on fewer than `below` unknowns:
+    `small` for a kernel that calls other parallel kernels (`aggregate`), whose serial copy
+    would need a serial copy of each. numba's thread count is per calling thread; restored."""
+    if n >= below:
+        yield
+        return
+    before = nb.get_num_threads()
+    nb.set_num_threads(1)
+    try:
+        yield
+    finally:
+        nb.set_num_threads(before)
 
 
 def serial_twin(fn):

@@ -145,13 +145,59 @@ AXIS_WIDTH = 2  # `axis_layout`: slots per node along one axis (a grid cell has 
 
 
 def axis_layout(indptr, indices, weight, axis, naxes: int) -> list[tuple]:
-    """Per axis a < naxes, the links with axis == a in the fixed layout of width AXIS_WIDTH:
-    (idx, w, rest_ptr, rest_idx, rest_w), the arguments `axis_smooth` takes after x."""
-    from deepcd.kernels.aggregate import axis_csr
+    """Per axis a < naxes, the links with axis == a (in CSR order) in the fixed layout of
+    width AXIS_WIDTH: (idx, w, rest_ptr, rest_idx, rest_w), the arguments `axis_smooth` takes
+    after x — `layout` and `weights` of `deepcd.kernels.aggregate.axis_csr`'s per-axis CSRs,
+    in two passes over the links without building those CSRs."""
+    n = len(indptr) - 1
+    if n >= 2**32:
+        raise ValueError(f"the layout indexes nodes as uint32: {n} nodes are too many")
+    counts = _axis_counts(indptr, axis, naxes)
+    rest_ptr = np.zeros((naxes, n + 1), dtype=np.int64)
+    np.cumsum(np.maximum(counts - AXIS_WIDTH, 0), axis=1, out=rest_ptr[:, 1:])
+    idx = np.empty((naxes, n, AXIS_WIDTH), dtype=np.uint32)
+    w = np.empty((naxes, n, AXIS_WIDTH), dtype=weight.dtype)
+    spill = int(rest_ptr[:, -1].max()) if n else 0
+    rest_idx = np.empty((naxes, spill), dtype=np.uint32)
+    rest_w = np.empty((naxes, spill), dtype=weight.dtype)
+    _fill_axis_layout(indptr, indices, weight, axis, rest_ptr, idx, w, rest_idx, rest_w)
+    return [
+        (idx[a], w[a], rest_ptr[a], rest_idx[a, : rest_ptr[a, -1]], rest_w[a, : rest_ptr[a, -1]])
+        for a in range(naxes)
+    ]
 
-    out = []
-    for ip, ix, wa in axis_csr(indptr, indices, weight, axis, naxes):
-        idx, rest_ptr, rest_idx = layout(ip, ix, AXIS_WIDTH)
-        w, rest_w = weights(ip, wa, rest_ptr, AXIS_WIDTH)
-        out.append((idx, w, rest_ptr, rest_idx, rest_w))
-    return out
+
+@nb.njit(cache=True)
+def _axis_counts(indptr, axis, naxes):
+    """(naxes, n) the links of each node along each axis."""
+    n = indptr.shape[0] - 1
+    counts = np.zeros((naxes, n), dtype=np.int64)
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            counts[axis[p], i] += 1
+    return counts
+
+
+@nb.njit(cache=True)
+def _fill_axis_layout(indptr, indices, weight, axis, rest_ptr, idx, w, rest_idx, rest_w):
+    """`axis_layout`'s slots: a node's first AXIS_WIDTH links along each axis, the rest
+    spilled; unused slots hold the node itself with weight 0."""
+    naxes, n, width = idx.shape
+    seen = np.zeros(naxes, dtype=np.int64)
+    for i in range(n):
+        seen[:] = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            a = axis[p]
+            k = seen[a]
+            if k < width:
+                idx[a, i, k] = indices[p]
+                w[a, i, k] = weight[p]
+            else:
+                q = rest_ptr[a, i] + k - width
+                rest_idx[a, q] = indices[p]
+                rest_w[a, q] = weight[p]
+            seen[a] = k + 1
+        for a in range(naxes):
+            for k in range(seen[a], width):
+                idx[a, i, k] = i
+                w[a, i, k] = 0.0

@@ -212,6 +212,7 @@ class Hierarchy:
     # `deepcd.kernels.aggregate.grid_graph` takes), made on each call; None for a stack
     host_stencil: Callable[[], tuple] | None = field(default=None, repr=False)
     _members: tuple | None = field(default=None, repr=False)  # `grid_members`, on first use
+    _agg32: np.ndarray | None = field(default=None, repr=False)  # `grid_map`, on first use
     _index_np: np.ndarray | None = field(default=None, repr=False)  # `index_host`
     _forms: dict = field(default_factory=dict, repr=False)  # `grid_form`, per depth
 
@@ -253,8 +254,15 @@ class Hierarchy:
         """(mstart, members, agg) over the flattened grid cells for the CPU kernels."""
         if self._members is None:
             agg = self.grid_agg.cpu().numpy()
-            self._members = (*K.members_of(agg, self.levels[1].n), agg.astype(np.int32))
+            self._members = (*K.members_of(agg, self.levels[1].n), self.grid_map())
         return self._members
+
+    def grid_map(self) -> np.ndarray:
+        """`grid_agg` as the CPU kernels read it: (cells,) int32 numpy, cached (the fused
+        restriction scatters through it and needs no members)."""
+        if self._agg32 is None:
+            self._agg32 = self.grid_agg.cpu().numpy().astype(np.int32)
+        return self._agg32
 
     def index_host(self) -> np.ndarray:
         """`index` as a numpy array (cached): what the CPU conversions gather through."""
@@ -336,20 +344,22 @@ def coarsen(
         lv = levels[-1]
         h = np.array(halved, dtype=np.bool_)
         shape = np.where(h, (shape + 1) // 2, shape)
-        agg, coords, d, indptr, indices, weight, axis = K.aggregate(
-            lv["coords"],
-            lv["d"],
-            lv["indptr"],
-            lv["indices"],
-            lv["w"],
-            lv["axis"],
-            h,
-            shape,
-            scale,
-            pairwise,
-            strength,
-            0 if pairwise else merge_below,
-        )
+        with K.serial_if_small(len(lv["d"])):
+            coarse = K.aggregate(
+                lv["coords"],
+                lv["d"],
+                lv["indptr"],
+                lv["indices"],
+                lv["w"],
+                lv["axis"],
+                h,
+                shape,
+                scale,
+                pairwise,
+                strength,
+                0 if pairwise else merge_below,
+            )
+        agg, coords, d, indptr, indices, weight, axis = coarse
         if not pairwise and len(d):
             factor = level_scale(len(lv["d"]), len(d), len(lv["indices"]), scale) / scale
             if factor != 1.0:
@@ -551,13 +561,15 @@ def _levels_from_grid(
     whose arrays are built on first use. None when level 1 would be empty (every region
     closed inside a block): `_host_levels` then handles the single level."""
     from deepcd.kernels.grid_aggregate import grid_aggregate
+    from deepcd.nn.fastpath import GRID_SERIAL_BELOW
 
     diag, links = host_stencil(0)
     h = np.array(plan3[0], dtype=np.bool_)
     shape = np.where(h, (np.array(diag.shape) + 1) // 2, diag.shape).astype(np.int64)
-    node, index, agg, nlinks, lv1 = grid_aggregate(
-        diag, *links, h, shape, scale, strength, merge_below
-    )
+    with K.serial_if_small(diag.size, GRID_SERIAL_BELOW):
+        node, index, agg, nlinks, lv1 = grid_aggregate(
+            diag, *links, h, shape, scale, strength, merge_below
+        )
     n0 = len(index)
     del diag, links, node
     if len(lv1["d"]) == 0:

@@ -464,6 +464,7 @@ class VCycleNet(GridNet):
         """Derive, once per hierarchy, everything the CPU inference kernels read (normalized
         stencils, per-axis link CSRs, float32 copies, transfer maps, smoother coefficients),
         so a solve's setup holds it and its first application does not."""
+        from deepcd.kernels.aggregate import serial_if_small
         from deepcd.nn.fastpath import normalized_graph
         from deepcd.nn.multigrid import host_arrays
 
@@ -492,12 +493,13 @@ class VCycleNet(GridNet):
                 h, depth, last = sub, 1, len(sub.levels) - 1
                 continue
             level = h.levels[depth]
-            scale = self._local_scale(h, depth, dtype, grid=False)
-            nweight = normalized_graph(level, scale, dt)[2]
-            self._ell_weights(level, "normalized", nweight)
-            self._ell_weights(level, "weight", host_arrays(level, dt)["weight"])
-            if depth < last:
-                self._axis_split(level, dtype, self._level_omegas(h, depth, grid=False))
+            with serial_if_small(level.n):
+                scale = self._local_scale(h, depth, dtype, grid=False)
+                nweight = normalized_graph(level, scale, dt)[2]
+                self._ell_weights(level, "normalized", nweight)
+                self._ell_weights(level, "weight", host_arrays(level, dt)["weight"])
+                if depth < last:
+                    self._axis_split(level, dtype, self._level_omegas(h, depth, grid=False))
             depth += 1
 
     def _prepare_grid(self, h, dtype: torch.dtype) -> None:
@@ -512,12 +514,13 @@ class VCycleNet(GridNet):
             sweep_faces(h.grid.cache, grid, links)
         if len(h.levels) > 1:
             self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
-            _, _, agg = h.grid_members()
             if self.fused_cycle and any(h.levels[0].halved):
                 from deepcd.nn.fastpath import restrict_splits
 
                 self._fused_transfer_args(h, dtype, grid)
-                restrict_splits(h.grid.cache, grid, agg, h.levels[1].n)
+                restrict_splits(h.grid.cache, grid, h.grid_map(), h.levels[1].n)
+            else:
+                h.grid_members()
 
     def _smooth_axes(self, level, x: torch.Tensor, omegas, axes) -> torch.Tensor:
         """Apply S_a for the axes in `axes`, in that order, to a node vector (N, C); omegas:
@@ -676,7 +679,7 @@ class VCycleNet(GridNet):
         grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
         _, diag, links = self._grid_arrays(level, x.dtype)
         down, up = self._fused_transfer_args(h, x.dtype, grid)
-        _, _, agg = h.grid_members()
+        agg = h.grid_map()
         rv = r.to(x.dtype).contiguous().numpy().reshape(grid)
         xv = x.contiguous().numpy().reshape(grid)
         rc = residual_restrict(rv, xv, diag, links, down, agg, h.levels[1].n, h.grid.cache)
