@@ -45,11 +45,12 @@ def level_zero(side: int):
     s = (1.0 / np.sqrt(d)).astype(np.float32)
     rows = np.repeat(np.arange(n), np.diff(indptr))
     nweight = (s[rows] * weight * s[indices]).astype(np.float32)
-    idx, rest_ptr, rest_idx = ell.layout(indptr, indices)
-    nw, rest_nw = ell.weights(indptr, nweight, rest_ptr, idx.shape[1])
+    laid_out = ell.layout(indptr, indices)
+    nw, rest_nw = ell.weights(indptr, nweight, laid_out)
     x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
     e = np.ones(n, dtype=np.float32)
-    step = (x, x, x, e, idx, nw, rest_ptr, rest_idx, rest_nw, 0.5, 2.0, True, s, True)
+    idx, spill, rest_ptr, rest_idx = laid_out
+    step = (x, x, x, e, idx, nw, spill, rest_ptr, rest_idx, rest_nw, 0.5, 2.0, True, s, True)
     axis_args = ell.axis_layout(indptr, indices, nweight, axis, 3)[0]
     return n, step, (x, *axis_args, 0.25)
 

@@ -22,27 +22,29 @@ def random_graph(n: int, most: int, seed: int):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("width", [None, 1, 2, 6])
-@pytest.mark.parametrize("n,most", [(1, 0), (37, 3), (500, 6), (1000, 11)])
+@pytest.mark.parametrize("n,most", [(1, 0), (37, 3), (500, 6), (1000, 11), (5000, 4)])
 def test_layout_kernels_equal_the_csr_kernels(dtype, width, n, most):
     """Bit for bit at any width: the same links in the same order, padding adding 0 · x_i."""
     indptr, indices, weight = random_graph(n, most, seed=n)
     weight = weight.astype(dtype)
     rng = np.random.default_rng(1)
     b1, b2, h, e, s, d, r = (rng.standard_normal(n).astype(dtype) for _ in range(7))
-    idx, rest_ptr, rest_idx = ell.layout(indptr, indices, width)
+    laid_out = ell.layout(indptr, indices, width)
+    idx, spill, rest_ptr, rest_idx = laid_out
     used = ell.width_for(indptr) if width is None else width
-    w, rest_w = ell.weights(indptr, weight, rest_ptr, idx.shape[1])
-    assert idx.shape == (n, used) and idx.dtype == rest_idx.dtype == np.uint32
+    w, rest_w = ell.weights(indptr, weight, laid_out)
+    assert idx.shape == w.shape == (used, n) and idx.dtype == rest_idx.dtype == np.uint32
     assert rest_ptr[-1] == np.maximum(np.diff(indptr) - used, 0).sum()
+    np.testing.assert_array_equal(spill, np.flatnonzero(np.diff(indptr) > used))
     for use_b2, use_s in [(False, False), (True, False), (True, True)]:
         want, got = np.empty(n, dtype), np.empty(n, dtype)
         graph_clenshaw_step(b1, b2, h, e, indptr, indices, weight, 0.3, 2.0, use_b2, s, use_s, want)
-        args = (e, idx, w, rest_ptr, rest_idx, rest_w, 0.3, 2.0, use_b2, s, use_s, got)
+        args = (e, idx, w, spill, rest_ptr, rest_idx, rest_w, 0.3, 2.0, use_b2, s, use_s, got)
         ell.clenshaw_step(b1, b2, h, *args)
         np.testing.assert_array_equal(got, want)
     ax, got = np.empty(n, dtype), np.empty(n, dtype)
     graph_matvec(b1, d, indptr, indices, weight, ax)
-    ell.residual(r, b1, d, idx, w, rest_ptr, rest_idx, rest_w, got)
+    ell.residual(r, b1, d, idx, w, spill, rest_ptr, rest_idx, rest_w, got)
     np.testing.assert_array_equal(got, r - ax)
 
 
@@ -92,9 +94,11 @@ def test_axis_layout_is_the_layout_of_the_per_axis_csrs(n, most):
     axis = np.random.default_rng(n + 1).integers(0, 3, len(indices)).astype(np.int8)
     fixed = ell.axis_layout(indptr, indices, weight.astype(np.float32), axis, 3)
     for a, (ip, ix, wa) in enumerate(axis_csr(indptr, indices, weight, axis, 3)):
-        idx, rest_ptr, rest_idx = ell.layout(ip, ix, ell.AXIS_WIDTH)
-        w, rest_w = ell.weights(ip, wa.astype(np.float32), rest_ptr, ell.AXIS_WIDTH)
-        for got, want in zip(fixed[a], (idx, w, rest_ptr, rest_idx, rest_w), strict=True):
+        laid_out = ell.layout(ip, ix, ell.AXIS_WIDTH)
+        w, rest_w = ell.weights(ip, wa.astype(np.float32), laid_out)
+        idx, spill, rest_ptr, rest_idx = laid_out
+        want_all = (idx, w, spill, rest_ptr, rest_idx, rest_w)
+        for got, want in zip(fixed[a], want_all, strict=True):
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
 
@@ -104,10 +108,11 @@ import sys, numpy as np
 from deepcd.kernels import ell
 from deepcd.kernels.aggregate import small
 x = np.ones(3, np.float32)
-idx, w = np.zeros((3, 2), np.uint32), np.ones((3, 2), np.float32)
-ptr, ri, rw = np.zeros(4, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.float32)
+idx, w = np.zeros((2, 3), np.uint32), np.ones((2, 3), np.float32)
+spill, ptr = np.zeros(0, np.int64), np.zeros(1, np.int64)
+ri, rw = np.zeros(0, np.uint32), np.zeros(0, np.float32)
 kernel = small(ell.residual, int(sys.argv[1]))
-kernel(x, x, x, idx, w, ptr, ri, rw, np.empty(3, np.float32))
+kernel(x, x, x, idx, w, spill, ptr, ri, rw, np.empty(3, np.float32))
 print(kernel.stats.cache_hits.most_common(1))
 """
 

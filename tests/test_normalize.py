@@ -66,3 +66,29 @@ def test_variable_coefficients_bit_for_bit():
     got, want = fastpath._normalized_host(*args), fastpath._normalized_torch(*args)
     for g, w in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]], strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("n,most", [(0, 0), (1, 0), (50, 3), (400, 7)])
+def test_graph_link_kernels_equal_their_numpy_forms(n, most):
+    """`scaled_links` and `largest_normalized_links` give the numpy expressions they replace,
+    bit for bit (nodes without links included)."""
+    from deepcd.kernels.normalize import largest_normalized_links, scaled_links
+
+    rng = np.random.default_rng(n)
+    deg = rng.integers(0, most + 1, n)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(deg, out=indptr[1:])
+    indices = rng.integers(0, max(n, 1), indptr[-1]).astype(np.int32)
+    w = rng.uniform(0.0, 3.0, indptr[-1])
+    s = rng.uniform(0.1, 2.0, n)
+    rows = np.repeat(np.arange(n), deg)
+    for dtype in (np.float32, np.float64):
+        got = np.empty(len(w), dtype=dtype)
+        scaled_links(indptr, indices, w, s, got)
+        np.testing.assert_array_equal(got, (s[rows] * w * s[indices]).astype(dtype))
+    wmax = np.zeros(n)
+    wmax[deg > 0] = np.maximum.reduceat(w, indptr[:-1][deg > 0]) if w.size else 0.0
+    want = w / np.maximum(np.maximum(wmax[rows], wmax[indices]), 1e-300)
+    got = np.empty(len(w))
+    largest_normalized_links(indptr, indices, w, got)
+    np.testing.assert_array_equal(got, want)

@@ -91,3 +91,34 @@ def axis_weights(w, wmax, axis, nlink, deg):
                     v = lo / max(max(wmax[i - di, j - dj, k - dk], wmax[i, j, k]), tiny)
                     total = total + (v if lo > 0 else zero)
                 deg[i, j, k] = total
+
+
+# -- a graph level's links (CSR), the same numbers as the numpy forms they replace -------------
+
+
+@nb.njit(parallel=True, cache=True)
+def scaled_links(indptr, indices, weight, s, out):
+    """out[p] = s_i·w_p·s_j for each link p = (i, j) of a CSR (float64 products, rounded once
+    to out's dtype): `deepcd.nn.fastpath.normalized_graph`'s n_ij."""
+    for i in nb.prange(indptr.shape[0] - 1):
+        si = s[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            out[p] = si * weight[p] * s[indices[p]]
+
+
+@nb.njit(parallel=True, cache=True)
+def largest_normalized_links(indptr, indices, weight, out):
+    """out[p] = w_p / max(w_max,i, w_max,j, 1e-300) for each link p = (i, j) of a CSR, w_max,i
+    node i's largest link weight (0 without links): `deepcd.nn.multigrid._normalized`."""
+    n = indptr.shape[0] - 1
+    wmax = np.zeros(n)
+    for i in nb.prange(n):
+        lo, hi = indptr[i], indptr[i + 1]
+        if hi > lo:
+            top = weight[lo]
+            for p in range(lo + 1, hi):
+                top = max(top, weight[p])
+            wmax[i] = top
+    for i in nb.prange(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            out[p] = weight[p] / max(max(wmax[i], wmax[indices[p]]), 1e-300)

@@ -126,11 +126,13 @@ def normalized_graph(level, scale, dt: np.dtype):
     cached = level.cache.get(key)
     if cached is not None and cached[0] is scale:
         return cached[1]
+    from deepcd.kernels.normalize import scaled_links
+
     h = level.host
     s = h["s"] if scale is None else scale.to(torch.float64).numpy().reshape(-1)
-    rows = np.repeat(np.arange(level.n), np.diff(h["indptr"]))
-    nweight = s[rows] * h["weight"] * s[h["indices"]]
-    out = (s.astype(dt), (s * s * h["diag"]).astype(dt), nweight.astype(dt))
+    nweight = np.empty(len(h["weight"]), dtype=dt)
+    scaled_links(h["indptr"], h["indices"], h["weight"], np.ascontiguousarray(s), nweight)
+    out = (s.astype(dt), (s * s * h["diag"]).astype(dt), nweight)
     level.cache[key] = (scale, out)
     return out
 

@@ -44,8 +44,10 @@ import torch
 from deepcd.kernels import aggregate as K
 from deepcd.kernels.vector import gather, scatter
 from deepcd.nn.stencil import GridLaplacian, stencil_apply
+from deepcd.threads import limited
 
 DENSE_MAX = 2048  # the coarsest level is solved exactly (dense) up to this many unknowns
+COARSE_SERIAL_BELOW = 1800  # `_coarse_inverse`: one thread for smaller coarsest levels
 MERGE_BELOW = 2  # block components with fewer nodes join a neighbour's (0: never)
 STRENGTH = 0.02  # a link joins a coarse unknown when w_ij ≥ STRENGTH·max(w_max,i, w_max,j)
 CORRIDOR_BELOW = 0.45  # `level_scale`: levels whose aggregates are > 2.2 cells across
@@ -204,7 +206,6 @@ class Hierarchy:
     columns: int
     coarse_inverse: torch.Tensor | None
     grid_agg: torch.Tensor | None = None  # (Bf·G,): level-1 unknown of each cell, or -1
-    grid_axis: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per axis (ŵ, degree)
     # the depth of `grid` in the hierarchy this one is part of (`grid_form`: a graph level
     # run on its grid), which the network's per-level parameters are indexed by
     offset: int = 0
@@ -212,6 +213,7 @@ class Hierarchy:
     # `deepcd.kernels.aggregate.grid_graph` takes), made on each call; None for a stack
     host_stencil: Callable[[], tuple] | None = field(default=None, repr=False)
     _members: tuple | None = field(default=None, repr=False)  # `grid_members`, on first use
+    _grid_axis: list | None = field(default=None, repr=False)  # `grid_axis`, on first use
     _agg32: np.ndarray | None = field(default=None, repr=False)  # `grid_map`, on first use
     _index_np: np.ndarray | None = field(default=None, repr=False)  # `index_host`
     _forms: dict = field(default_factory=dict, repr=False)  # `grid_form`, per depth
@@ -219,6 +221,14 @@ class Hierarchy:
     @property
     def shape(self) -> tuple[int, ...]:
         return self.grid.shape
+
+    @property
+    def grid_axis(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per axis (ŵ, degree) of level 0 on the grid (`_grid_axis_weights`), made on first
+        use: a hierarchy whose level 0 runs on its graph never reads them."""
+        if self._grid_axis is None:
+            self._grid_axis = _grid_axis_weights(self.grid)
+        return self._grid_axis
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         """Grid field (B, 1, *g) → (Bf·G, C): cells sample-major, columns last."""
@@ -395,16 +405,15 @@ def level_scale(n_fine: int, n_coarse: int, links: int, base: float) -> float:
 
 
 def _normalized(lv: dict) -> np.ndarray:
-    """ŵ_ij = w_ij / max(w_max,i, w_max,j) for the CSR links of a level."""
-    n, w, indptr = len(lv["d"]), lv["w"], lv["indptr"]
-    if len(w) == 0:
-        return np.zeros(0)
-    counts = np.diff(indptr)
-    wmax = np.zeros(n)
-    full = counts > 0
-    wmax[full] = np.maximum.reduceat(w, indptr[:-1][full])
-    rows = np.repeat(wmax, counts)
-    return w / np.maximum(np.maximum(rows, wmax[lv["indices"]]), 1e-300)
+    """ŵ_ij = w_ij / max(w_max,i, w_max,j) for the CSR links of a level
+    (`deepcd.kernels.normalize.largest_normalized_links`)."""
+    from deepcd.kernels.normalize import largest_normalized_links
+
+    w = np.ascontiguousarray(lv["w"], dtype=np.float64)
+    out = np.empty(len(w))
+    if len(w):
+        largest_normalized_links(lv["indptr"], lv["indices"], w, out)
+    return out
 
 
 def _merge(samples: list[list[dict]], depth: int) -> list[dict]:
@@ -462,9 +471,15 @@ def _coarse_inverse(lv: dict) -> np.ndarray | None:
             A[np.ix_(members, members)] += lv["d"][members].mean() / len(members)
     # Through the Cholesky factor: 2.5-3x faster than LU's inverse at 645-1585 unknowns (a
     # maze's coarsest levels) on 2 cores; LU where roundoff leaves the pinned matrix not
-    # numerically positive definite.
-    factor, info = torch.linalg.cholesky_ex(torch.from_numpy(A))
-    inv = torch.cholesky_inverse(factor).numpy() if int(info) == 0 else np.linalg.inv(A)
+    # numerically positive definite. On one thread below COARSE_SERIAL_BELOW: right after
+    # numba's kernels, torch's second thread cost 1.5-4x more than it saved (probe after a
+    # solve, 300-1585 unknowns; two threads won at 2048).
+    threads = 1 if n < COARSE_SERIAL_BELOW else None
+    with limited(threads):
+        factor, info = torch.linalg.cholesky_ex(torch.from_numpy(A))
+        if int(info) == 0:
+            return torch.cholesky_inverse(factor).numpy()  # symmetric as computed
+        inv = np.linalg.inv(A)
     return 0.5 * (inv + inv.T)
 
 
@@ -547,7 +562,6 @@ def build_hierarchy(
         columns=int(columns),
         coarse_inverse=None if inv is None else torch.as_tensor(inv, device=device, dtype=dtype),
         grid_agg=grid_agg,
-        grid_axis=_grid_axis_weights(grid),
         host_stencil=(lambda: host_stencil(0)) if bf == 1 else None,
     )
 
@@ -745,6 +759,5 @@ def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
         columns=h.columns,
         coarse_inverse=h.coarse_inverse,
         grid_agg=torch.as_tensor(agg),
-        grid_axis=_grid_axis_weights(stencil),
         offset=h.offset + depth,
     )

@@ -178,9 +178,9 @@ class VCycleNet(GridNet):
 
         s, e, nweight = normalized_graph(level, scale, _np_dtype(y.dtype))
         hat = s * y.contiguous().numpy().reshape(-1)
-        idx, rest_ptr, rest_idx = self._ell_layout(level)
+        idx, spill, rest_ptr, rest_idx = self._ell_layout(level)
         nw, rest_nw = self._ell_weights(level, "normalized", nweight)
-        args = (e, idx, nw, rest_ptr, rest_idx, rest_nw)
+        args = (e, idx, nw, spill, rest_ptr, rest_idx, rest_nw)
         step = small(ell.clenshaw_step, level.n)
         out = smooth(step, (level.n,), hat, self._clenshaw_beta(logits, c), s, args)
         return torch.from_numpy(out).reshape(y.shape)
@@ -203,8 +203,8 @@ class VCycleNet(GridNet):
         key = ("ell", name, weight.dtype.str)
         cached = level.cache.get(key)
         if cached is None or cached[0] is not weight:
-            idx, rest_ptr, _ = VCycleNet._ell_layout(level)
-            cached = (weight, ell.weights(level.host["indptr"], weight, rest_ptr, idx.shape[1]))
+            laid_out = VCycleNet._ell_layout(level)
+            cached = (weight, ell.weights(level.host["indptr"], weight, laid_out))
             level.cache[key] = cached
         return cached[1]
 
@@ -232,12 +232,12 @@ class VCycleNet(GridNet):
 
             dt = _np_dtype(x.dtype)
             h = host_arrays(level, dt)
-            idx, rest_ptr, rest_idx = self._ell_layout(level)
+            idx, spill, rest_ptr, rest_idx = self._ell_layout(level)
             w, rest_w = self._ell_weights(level, "weight", h["weight"])
             out = np.empty(level.n, dtype=dt)
             rv = r.to(x.dtype).contiguous().numpy().reshape(-1)
             xv = x.contiguous().numpy().reshape(-1)
-            args = (h["diag"], idx, w, rest_ptr, rest_idx, rest_w, out)
+            args = (h["diag"], idx, w, spill, rest_ptr, rest_idx, rest_w, out)
             small(ell.residual, level.n)(rv, xv, *args)
             return torch.from_numpy(out).reshape(x.shape)
         return r - self._level_apply(level, x)
