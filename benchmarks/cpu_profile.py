@@ -8,7 +8,9 @@ runner's warm-up (`deepcd.bench.runner.warm_up`) runs first, as before every `de
 
 Each shipped-solver V-cycle is timed by wrapping the network's level operations (smoother,
 residual, restriction and prolongation, on the grid level and on the coarse levels — "coarse"
-counts every level below level 0, those run on the grid kernels (`grid_form`) too); the
+counts every level below level 0, those run on the grid kernels (`grid_form`) too; on the
+grid, the residual before the restriction and the correction and residual after the
+prolongation are fused into them, `VCycleNet.fused_cycle`, and counted there); the
 solve's own loop (matvec, A-orthogonalization, line search: everything that is not the
 network) is the solve time minus the network's. The floor of a fine-level component is the
 bytes its passes must move (float32, counted like STREAM, no write-allocate) over the STREAM
@@ -16,8 +18,11 @@ triad bandwidth measured in the same run (`benchmarks/cg_kernels.py`'s triad) �
 Clenshaw step, so the wavefront smoother, which reads the stencil once for all the steps of a
 smoothing, can run below it:
   smoother  (degree m, Clenshaw):  12 + 28 + 32·(m − 3) + 36 B per cell and application
-  residual:                        28 B per cell
-  transfers (3 halved axes):       restriction 3·16 + 12, prolongation 12 + 3·16 B per cell
+  residual (smooth > 1 only):      28 B per cell
+  residual + restriction (fused):  r, x, diag, d faces, d transfer faces, the coarse map:
+                                   4·(4 + 2d) B per cell
+  prolongation + correction + residual (fused): the same, and x and the residual written:
+                                   4·(4 + 2d) + 8 B per cell
 """
 
 from __future__ import annotations
@@ -39,7 +44,12 @@ from deepcd.nn.networks import VCycleNet
 from deepcd.nn.weights import default_solver, load_solver
 from deepcd.problems import scene
 
-_FINE = ("smoother (fine)", "residual (fine)", "restriction (fine)", "prolongation (fine)")
+_FINE = (
+    "smoother (fine)",
+    "residual (fine)",
+    "residual + restriction (fine)",
+    "prolongation + correction + residual (fine)",
+)
 
 
 def _fine(net, level) -> bool:
@@ -72,6 +82,8 @@ def instrument(times: dict) -> None:
     wrap("_residual", by_level("residual"))
     wrap("_restrict_grid", by_offset("restriction"))
     wrap("_prolong_grid", by_offset("prolongation"))
+    wrap("_restrict_fused", by_offset("residual + restriction"))
+    wrap("_prolong_fused", by_offset("prolongation + correction + residual"))
     wrap("_restrict", lambda *a: "restriction (coarse)")
     wrap("_prolong", lambda *a: "prolongation (coarse)")
 
@@ -79,12 +91,12 @@ def instrument(times: dict) -> None:
 def fine_bytes(degree: int, smooth: int, dim: int) -> dict:
     """Bytes per cell of one V-cycle's fine-level passes, by component (see the docstring)."""
     per_smooth = 12 + 28 + 32 * max(degree - 3, 0) + 36 if degree >= 3 else 12 + 36
-    halved = dim
+    transfer = 4 * (4 + 2 * dim)
     return {
         "smoother (fine)": 2 * smooth * per_smooth,
-        "residual (fine)": 2 * smooth * 28,
-        "restriction (fine)": 16 * halved + 12,
-        "prolongation (fine)": 12 + 16 * halved,
+        "residual (fine)": 2 * (smooth - 1) * 28,
+        "residual + restriction (fine)": transfer,
+        "prolongation + correction + residual (fine)": transfer + 8,
     }
 
 

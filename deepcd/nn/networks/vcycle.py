@@ -93,7 +93,7 @@ class VCycleNet(GridNet):
         # (`fastpath.transfer_smooth`); False: one pass per axis
         self.fused_transfers = True
         # CPU inference: level 0's residual, restriction, prolongation and correction on the
-        # grid in two passes (`_correct_fused`); False: one pass each
+        # grid in two passes (`_restrict_fused`, `_prolong_fused`); False: one pass each
         self.fused_cycle = True
 
     # -- the smoother ---------------------------------------------------------------------------
@@ -658,8 +658,9 @@ class VCycleNet(GridNet):
         return self._grid_smooth(h, x, axes[::-1])
 
     def _fused_grid(self, h, x: torch.Tensor) -> bool:
-        """Whether CPU inference runs level 0's transfers and corrections on the grid as
-        `_correct_fused`'s two passes (`fused_cycle`; one field, one column)."""
+        """Whether CPU inference runs level 0's transfers and corrections on the grid as two
+        passes, `_restrict_fused` and `_prolong_fused` (`fused_cycle`; one field, one
+        column)."""
         return (
             self.fused_cycle
             and _fast(x, self.transfers)
@@ -669,23 +670,33 @@ class VCycleNet(GridNet):
             and any(h.levels[0].halved)
         )
 
-    def _correct_fused(self, h, level, r: torch.Tensor, x: torch.Tensor, c: float):
-        """(x + c·P e, r − A(x + c·P e)) on level 0 on the grid, e the coarse V-cycle of Pᵀ(r −
-        A x): the restriction (residual, transfer smoothing, sum) and the prolongation (copy,
-        transfer smoothing, correction, residual) one pass each (`fastpath.residual_restrict`,
-        `fastpath.prolong_correct`); the same sums as the unfused passes in another order."""
-        from deepcd.nn.fastpath import prolong_correct, residual_restrict
+    def _restrict_fused(self, h, level, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Pᵀ(r − A x) (n1, 1) from level 0 on the grid in one pass — residual, transfer
+        smoothing and sum (`fastpath.residual_restrict`): `_restrict_grid` of `_residual`,
+        the same sums in another order."""
+        from deepcd.nn.fastpath import residual_restrict
 
         grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
         _, diag, links = self._grid_arrays(level, x.dtype)
-        down, up = self._fused_transfer_args(h, x.dtype, grid)
-        agg = h.grid_map()
+        down, _ = self._fused_transfer_args(h, x.dtype, grid)
         rv = r.to(x.dtype).contiguous().numpy().reshape(grid)
         xv = x.contiguous().numpy().reshape(grid)
-        rc = residual_restrict(rv, xv, diag, links, down, agg, h.levels[1].n, h.grid.cache)
-        e = self._cycle(h, 1, torch.from_numpy(rc)[:, None])
+        rc = residual_restrict(rv, xv, diag, links, down, h.grid_map(), h.levels[1].n, h.grid.cache)
+        return torch.from_numpy(rc)[:, None]
+
+    def _prolong_fused(self, h, level, e: torch.Tensor, r: torch.Tensor, x: torch.Tensor, c: float):
+        """(x + c·P e, r − A(x + c·P e)) on level 0 on the grid in one pass — copy, transfer
+        smoothing, correction and residual (`fastpath.prolong_correct`): `_prolong_grid`, the
+        update and `_residual`, the same sums in another order."""
+        from deepcd.nn.fastpath import prolong_correct
+
+        grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
+        _, diag, links = self._grid_arrays(level, x.dtype)
+        _, up = self._fused_transfer_args(h, x.dtype, grid)
+        rv = r.to(x.dtype).contiguous().numpy().reshape(grid)
+        xv = x.contiguous().numpy().reshape(grid)
         ev = e.to(x.dtype).contiguous().numpy().reshape(-1)
-        x_new, res = prolong_correct(ev, agg, up, c, xv, rv, diag, links)
+        x_new, res = prolong_correct(ev, h.grid_map(), up, c, xv, rv, diag, links)
         return torch.from_numpy(x_new).reshape(x.shape), torch.from_numpy(res).reshape(x.shape)
 
     def _fused_transfer_args(self, h, dtype: torch.dtype, grid: tuple[int, ...]):
@@ -808,7 +819,8 @@ class VCycleNet(GridNet):
             x = x + self._smoother(level, self._residual(level, r, x), weights, scale)
         c = F.softplus(self.corrections[i]).to(r.dtype)
         if on_grid and self._fused_grid(h, x):  # two passes between the smoothings
-            x, res = self._correct_fused(h, level, r, x, float(c))
+            rc = self._restrict_fused(h, level, r, x)
+            x, res = self._prolong_fused(h, level, self._cycle(h, 1, rc), r, x, float(c))
             x.add_(self._smoother(level, res, weights, scale))
             for _ in range(self.smooth - 1):
                 x.add_(self._smoother(level, self._residual(level, r, x), weights, scale))
