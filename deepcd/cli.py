@@ -277,8 +277,12 @@ def cmd_info(args) -> int:
     st = threads.settings()
     print(
         f"threads:  {numba.get_num_threads()} numba ({st['threads_source']}; "
-        f"{st['cores_available']} cores available; OMP_WAIT_POLICY={st['omp_wait_policy']}; "
-        f"set ${threads.ENV} to change)"
+        f"{st['cores_available']} cores available; set ${threads.ENV} to change)"
+    )
+    print(
+        f"waiting:  {st['wait']} (OMP_WAIT_POLICY={st['omp_wait_policy']}, "
+        f"GOMP_SPINCOUNT={st['gomp_spincount']}; ${threads.WAIT_ENV}=passive where other jobs "
+        "share the cores)"
     )
     from deepcd import memory
 

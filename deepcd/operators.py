@@ -17,6 +17,7 @@ from deepcd.kernels.stencil import (
     stencil_matvec_dot,
     weighted_stencil_matvec_dot,
 )
+from deepcd.kernels.vector import inner
 
 
 class Operator:
@@ -31,7 +32,7 @@ class Operator:
     def matvec_dot(self, x: np.ndarray, out: np.ndarray) -> float:
         """out = A x; return x·out."""
         self.matvec(x, out)
-        return float(np.dot(x, out))
+        return inner(x, out)
 
     def diagonal(self) -> np.ndarray:
         raise TypeError(

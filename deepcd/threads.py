@@ -1,17 +1,25 @@
-"""One place decides how many threads deepcd's numba kernels and torch networks use.
+"""One place decides how many threads deepcd's numba kernels and torch networks use, and how
+their idle threads wait.
 
-Both libraries keep a thread pool per process, by default one thread per core, and both run
-on OpenMP here; with its default wait policy an idle OpenMP thread spins for a while before it
-sleeps. DCDM alternates numba (stencil products, smoothing) and torch (transfers) many times
-per iteration, so each pool's threads spin while the other pool works, and on a machine whose
-cores are also busy with anything else the spinning threads steal the cores outright.
-Measured on this project's 2-core machine with one busy-loop process beside it (32³
-smoke-obstacles, rtol 1e-6, median of 5 solves): default policy, 2 threads: DCDM 3.18 s,
-CG 0.58 s; 1 thread: 0.17 s / 0.14 s; `OMP_WAIT_POLICY=PASSIVE`, 2 threads: 0.18 s / 0.15 s.
+Both libraries keep a thread pool per process, by default one thread per core, on OpenMP
+(libgomp) here. Between two parallel regions an idle OpenMP thread either spins or sleeps, and
+which one matters on both sides:
+- spinning long (libgomp's default, ~300,000 spins) steals the cores when anything else runs:
+  with one busy-loop process beside it on this project's 2-core machine DCDM at 32³ took 3.2 s
+  instead of 0.18 s, CG 0.58 s instead of 0.15 s;
+- sleeping at once (`OMP_WAIT_POLICY=PASSIVE`, this module's default until 2026-12-05) makes
+  every parallel region wake a sleeping thread, tens of µs each on this VM, and a V-cycle runs
+  dozens of regions. On a quiet machine a short spin (`GOMP_SPINCOUNT=10000`) made the 64³
+  solves 1.2-1.9x faster: splash DCDM 105 -> 76 ms, maze 229 -> 168 ms, MIC(0) 106 -> 91 ms, CG
+  188 -> 99 ms (probe, medians of 7 solves); beside one busy loop it cost 1.3-1.45x against
+  passive waiting (splash 110 -> 158 ms, maze 180 -> 238 ms), not the 17x of the long spin.
 
-So, when deepcd is imported:
-- `OMP_WAIT_POLICY=PASSIVE` is set unless the environment already sets it (it only takes
-  effect when deepcd is imported before numba/torch load OpenMP; `settings()` says which);
+So, when deepcd is imported, unless the environment already sets `OMP_WAIT_POLICY` or
+`GOMP_SPINCOUNT` (yours win):
+- `DEEPCD_WAIT=spin` (the default) sets `GOMP_SPINCOUNT=10000`, `DEEPCD_WAIT=passive` sets
+  `OMP_WAIT_POLICY=PASSIVE` — for a machine whose cores other jobs share (or run with
+  `DEEPCD_THREADS=1`, which does not wait at all). It only takes effect when deepcd is imported
+  before numba/torch load OpenMP; `settings()` says which;
 - the thread count is `DEEPCD_THREADS` when set, else the cores this process may run on
   (`os.sched_getaffinity`), and the first solve applies it to both numba and torch;
 - `solve(..., threads=N)` runs one solve with N threads and restores the previous counts.
@@ -25,8 +33,26 @@ import sys
 from collections.abc import Iterator
 
 ENV = "DEEPCD_THREADS"
-_PASSIVE_SET_HERE = "OMP_WAIT_POLICY" not in os.environ
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+WAIT_ENV = "DEEPCD_WAIT"
+WAITS = ("spin", "passive")
+SPIN_COUNT = 10000  # libgomp spins of an idle thread before it sleeps, with DEEPCD_WAIT=spin
+
+
+def _set_wait() -> str:
+    """Set libgomp's wait policy from DEEPCD_WAIT unless the environment has one: returns
+    "spin" or "passive" as set here, "environment" when it was the user's, or the unknown
+    DEEPCD_WAIT value (nothing set; `ensure()` raises on it)."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return "environment"
+    choice = os.environ.get(WAIT_ENV, "").strip().lower() or "spin"
+    if choice == "passive":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif choice == "spin":
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    return choice
+
+
+_WAIT = _set_wait()
 _OPENMP_LOADED_BEFORE = any(m in sys.modules for m in ("torch", "numba"))
 _applied: dict[str, int | None] = {"numba": None, "torch": None}
 _override: list[int] = []  # the counts of the `limited` blocks being run, innermost last
@@ -80,6 +106,10 @@ def ensure() -> int:
     settings (`deepcd.memory`). Returns the count."""
     from deepcd import memory
 
+    if _WAIT not in (*WAITS, "environment"):
+        raise ValueError(
+            f"${WAIT_ENV} must be one of {', '.join(WAITS)}, got {os.environ.get(WAIT_ENV)!r}"
+        )
     memory.ensure()
     n = decide()
     if _applied["numba"] is None:
@@ -137,7 +167,9 @@ def settings() -> dict:
         "numba_threads": numba.get_num_threads(),
         "numba_threading_layer": numba.config.THREADING_LAYER,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "wait": _WAIT,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "omp_wait_policy_effective": not _OPENMP_LOADED_BEFORE,
         "loadavg": load,
         **memory.settings(),

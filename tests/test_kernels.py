@@ -98,3 +98,22 @@ def test_fused_orthogonalization_is_the_sequential_one(stored):
     assert wr == pytest.approx(w1 @ r, rel=1e-10)
     for p in basis:
         assert abs(w2 @ A @ p) < 1e-8 * np.linalg.norm(A @ p) * np.linalg.norm(w2)
+
+
+@pytest.mark.parametrize("n", [0, 1, 1000, (1 << 17) + 3])
+def test_inner_and_norm_equal_numpy(n):
+    """`vector.inner` / `vector.norm` (numba, instead of numpy's threaded BLAS) give numpy's
+    values, serial and parallel, and norm scales where x·x would overflow or underflow."""
+    from deepcd.kernels.vector import inner, norm
+
+    rng = np.random.default_rng(n)
+    x, y = rng.standard_normal(n), rng.standard_normal(n)
+    assert inner(x, y) == pytest.approx(float(np.dot(x, y)), rel=1e-12, abs=1e-12)
+    assert norm(x) == pytest.approx(float(np.linalg.norm(x)), rel=1e-12, abs=1e-300)
+    assert norm(x.astype(np.float32)) == pytest.approx(float(np.linalg.norm(x)), rel=1e-6)
+    if n:
+        assert norm(1e200 * x) == pytest.approx(1e200 * float(np.linalg.norm(x)), rel=1e-12)
+        assert norm(1e-200 * x) == pytest.approx(1e-200 * float(np.linalg.norm(x)), rel=1e-12)
+        assert norm(np.full(n, np.inf)) == np.inf
+    with pytest.raises(ValueError, match="differ in length"):
+        inner(x, np.zeros(n + 1))

@@ -1,4 +1,4 @@
-"""deepcd.threads: one thread count for numba and torch, passive OpenMP waiting (issue 14.3)."""
+"""deepcd.threads: one thread count for numba and torch, and how idle OpenMP threads wait."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import json, os
 import deepcd, numba
 from deepcd.problems import scene
 p = scene("smoke-obstacles", (16, 16, 16), seed=0)
-out = {"policy": os.environ.get("OMP_WAIT_POLICY")}
+out = {"policy": os.environ.get("OMP_WAIT_POLICY"), "spin": os.environ.get("GOMP_SPINCOUNT")}
 deepcd.solve(p, method="cg")
 out["numba_after_cg"] = numba.get_num_threads()
 res = deepcd.solve_result(p, rtol=1e-6)
@@ -36,7 +36,8 @@ print(json.dumps(out))
 
 
 def _probe(**env) -> dict:
-    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "DEEPCD_THREADS")}
+    ours = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "DEEPCD_THREADS", "DEEPCD_WAIT")
+    full = {k: v for k, v in os.environ.items() if k not in ours}
     full.update(env)
     full["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
@@ -49,7 +50,8 @@ def _probe(**env) -> dict:
 def test_one_place_decides_threads_for_numba_and_torch():
     cores = len(os.sched_getaffinity(0))
     out = _probe(DEEPCD_THREADS="1")
-    assert out["policy"] == "PASSIVE"  # set by importing deepcd: no spinning idle threads
+    assert out["policy"] is None and out["spin"] == "10000"  # set by importing deepcd
+    assert out["env"]["wait"] == "spin"
     assert out["numba_after_cg"] == 1 and out["numba"] == 1 and out["torch"] == 1
     assert out["settings_threads"] == 1 and out["inside"] == 1
     env = out["env"]
@@ -64,7 +66,11 @@ def test_one_place_decides_threads_for_numba_and_torch():
 
 def test_a_users_wait_policy_is_kept_and_bad_counts_are_errors(monkeypatch):
     out = _probe(DEEPCD_THREADS="1", OMP_WAIT_POLICY="ACTIVE")
-    assert out["policy"] == "ACTIVE"
+    assert out["policy"] == "ACTIVE" and out["spin"] is None
+    assert out["env"]["wait"] == "environment"
+    out = _probe(DEEPCD_THREADS="1", DEEPCD_WAIT="passive")
+    assert out["policy"] == "PASSIVE" and out["spin"] is None
+    assert out["env"]["wait"] == "passive"
     from deepcd import threads
 
     for bad in ("0", "two", "2.5", "-1"):
@@ -101,3 +107,14 @@ def test_each_mpi_rank_gets_its_own_numba_cache(tmp_path, var):
     plain = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     assert plain.stdout.split("\n")[0].startswith(str(tmp_path))
     assert "rank-" not in plain.stdout
+
+
+def test_an_unknown_wait_setting_is_an_error_at_the_first_solve():
+    code = (
+        "import deepcd\nfrom deepcd.problems import scene\n"
+        "deepcd.solve(scene('box', (8, 8, 8)), method='cg')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(DEEPCD_WAIT="sometimes", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "DEEPCD_WAIT must be one of spin, passive" in proc.stderr

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcd.iterative.result import SolveResult
+from deepcd.kernels.vector import norm
 from deepcd.problems.problem import Problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,8 +123,8 @@ def run_peer(
         rec = json.loads((tmp / "r.json").read_text())
         xg = np.load(tmp / "x.npy", allow_pickle=False)
     x = problem.from_grid(xg)
-    bnorm = float(np.linalg.norm(problem.b)) or 1.0
-    final = float(np.linalg.norm(problem.b - problem.A @ x)) / bnorm
+    bnorm = norm(problem.b) or 1.0
+    final = norm(problem.b - problem.A @ x) / bnorm
     residuals = np.asarray(rec["residuals"], dtype=np.float64)
     converged = rec["reason"] > 0
     settings = {

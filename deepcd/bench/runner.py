@@ -15,6 +15,7 @@ import numpy as np
 from deepcd._version import __version__
 from deepcd.bench.solvers import is_peer, needs_csr, run_solver, runs_vcycle
 from deepcd.hardware import cpu_name
+from deepcd.kernels.vector import norm
 from deepcd.problems import load_problem, save_problem, scene
 from deepcd.problems.problem import Problem
 from deepcd.progress import bars_enabled
@@ -57,13 +58,13 @@ def run_one(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=100, desc=f"  {name}", unit="%", leave=False)
-        monitor = _progress_monitor(bar, float(np.linalg.norm(problem.b)), rtol)
+        monitor = _progress_monitor(bar, norm(problem.b), rtol)
     try:
         res = run_solver(name, problem, rtol=rtol, maxiter=maxiter, monitor=monitor, nprocs=nprocs)
     finally:
         if bar is not None:
             bar.close()
-    bnorm = float(np.linalg.norm(problem.b)) or 1.0
+    bnorm = norm(problem.b) or 1.0
     return {
         "solver": name,
         "scene": problem.generator,

@@ -55,6 +55,7 @@ from deepcd.kernels.vector import (
     dcdm_step,
     dot,
     dots2,
+    norm,
     residual,
     step_along,
     subtract2,
@@ -251,7 +252,7 @@ def dcdm(
         method=method, setup_s=M.setup_s if M is not None else 0.0, t0=t0, settings=settings
     )
     x, r, rr = start_iteration(op, b, x0)
-    tol = max(rtol * float(np.linalg.norm(b)), atol)
+    tol = max(rtol * norm(b), atol)
     hist = History(t0)
     hist.append(math.sqrt(rr), time.perf_counter())
 

@@ -21,7 +21,13 @@ from deepcd.iterative.result import (
     History,
     SolveResult,
 )
-from deepcd.kernels.vector import residual, update_direction, update_solution_residual
+from deepcd.kernels.vector import (
+    inner,
+    norm,
+    residual,
+    update_direction,
+    update_solution_residual,
+)
 from deepcd.operators import Operator
 
 Monitor = Callable[[int, float], None]
@@ -32,7 +38,7 @@ def start_iteration(op: Operator, b: np.ndarray, x0: np.ndarray | None):
     if x0 is None:
         x = np.zeros(op.n)
         r = b.copy()
-        return x, r, float(np.dot(r, r))
+        return x, r, inner(r, r)
     x = np.array(x0, dtype=np.float64, copy=True)
     r = np.empty(op.n)
     rr = residual(b, op.matvec(x), r)
@@ -43,8 +49,8 @@ def finish_result(
     op, b, x, hist, *, converged, info, iterations, method, setup_s, t0, settings, message=""
 ) -> SolveResult:
     solve_s = time.perf_counter() - t0
-    bnorm = float(np.linalg.norm(b))
-    true_res = float(np.linalg.norm(b - op.matvec(x)))
+    bnorm = norm(b)
+    true_res = norm(b - op.matvec(x))
     return SolveResult(
         x=x,
         converged=converged,
@@ -87,7 +93,7 @@ def cg(
     settings = {"rtol": rtol, "atol": atol, "maxiter": maxiter}
     settings.update(M.settings() if M is not None else {"preconditioner": "none"})
     x, r, rr = start_iteration(op, b, x0)
-    tol = max(rtol * float(np.linalg.norm(b)), atol)
+    tol = max(rtol * norm(b), atol)
     hist = History(t0)
     hist.append(math.sqrt(rr), time.perf_counter())
     finish = dict(method=method, setup_s=setup_s, t0=t0, settings=settings)
@@ -196,7 +202,7 @@ def stationary(
     settings = {"rtol": rtol, "atol": atol, "maxiter": maxiter, **M.settings()}
     finish = dict(method=method, setup_s=M.setup_s, t0=t0, settings=settings)
     x, r, rr = start_iteration(op, b, x0)
-    tol = max(rtol * float(np.linalg.norm(b)), atol)
+    tol = max(rtol * norm(b), atol)
     hist = History(t0)
     hist.append(math.sqrt(rr), time.perf_counter())
     z = np.empty(op.n)

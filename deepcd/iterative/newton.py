@@ -28,7 +28,7 @@ from deepcd.iterative.result import (
     History,
     SolveResult,
 )
-from deepcd.kernels.vector import dot, residual, update_solution_residual
+from deepcd.kernels.vector import dot, norm, residual, update_solution_residual
 from deepcd.operators import Operator
 
 REFRESH_EVERY = 50  # recompute r = b - Ax and d = H⁻¹r to stop the recurrences drifting
@@ -59,7 +59,7 @@ def newton(
     settings = {"rtol": rtol, "atol": atol, "maxiter": maxiter, **H.settings(), "norm": "B = H"}
     finish = dict(method=method, setup_s=H.setup_s, t0=t0, settings=settings)
     x, r, rr = start_iteration(op, b, x0)
-    tol = max(rtol * float(np.linalg.norm(b)), atol)
+    tol = max(rtol * norm(b), atol)
     hist = History(t0)
     hist.append(math.sqrt(rr), time.perf_counter())
     d = np.empty(op.n)

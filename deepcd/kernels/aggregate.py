@@ -712,10 +712,11 @@ def grid_stencil(coords, indptr, indices, weight, axis, lead, d, diag, fx, fy, f
 
 # Small levels run serial copies: a parallel launch costs more than their work, and far more
 # when another job holds the cores (the thread team then waits for a descheduled thread).
-# With OMP_WAIT_POLICY=PASSIVE (`deepcd.threads`) a launch wakes sleeping threads: ~80 µs on
-# this project's 2-core VM, where the parallel Clenshaw step first wins on a level of ~100k
-# unknowns (`benchmarks/serial-below`).
-SERIAL_BELOW = 1 << 17
+# With idle threads that spin a little (`deepcd.threads`, DEEPCD_WAIT=spin) the parallel
+# Clenshaw step and axis smoothing win from ~16k unknowns, two tasks of `ell.CHUNK`
+# (`benchmarks/serial-below`: 24k 0.55-0.59x the serial time); with sleeping threads
+# (OMP_WAIT_POLICY=PASSIVE) a launch cost ~80 µs and the bound was 131,072.
+SERIAL_BELOW = 1 << 14
 _serial = {}
 
 

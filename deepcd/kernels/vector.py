@@ -1,9 +1,17 @@
 """Fused vector updates for the Krylov loops (numba, parallel; float64 (n,) arrays).
 
 Each kernel makes one pass over memory where numpy would make two or three.
+
+`inner` and `norm` stand in for numpy's `dot` and `linalg.norm` in the solvers: numpy's
+OpenBLAS starts its own threads for a long vector, and they keep spinning after the call,
+taking the cores from the numba and torch threads that run next — on 2 cores a 6 ms setup
+step (a variable-coefficient `GridLaplacian` at 64³) took 11-109 ms right after a solve, and
+6-7 ms with OpenBLAS on one thread (probe).
 """
 
 from __future__ import annotations
+
+import math
 
 import numba as nb
 import numpy as np
@@ -16,6 +24,30 @@ def dot(x, y):
     for i in nb.prange(x.size):
         s += x[i] * y[i]
     return s
+
+
+def inner(x: np.ndarray, y: np.ndarray) -> float:
+    """x·y of two vectors (n,) in float64, by `dot` (serial below SERIAL_BELOW)."""
+    from deepcd.kernels.aggregate import small
+
+    x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    y = np.ascontiguousarray(y, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y differ in length: {x.size} and {y.size}")
+    return float(small(dot, x.size)(x, y))
+
+
+def norm(x: np.ndarray) -> float:
+    """‖x‖₂ of a vector (n,), by `inner`; scaled by max |x_i| where x·x over- or underflows
+    (numpy's vector norm, sqrt(x·x), overflows there)."""
+    xx = inner(x, x)
+    if 1e-290 < xx < 1e290 or xx == 0.0:
+        return math.sqrt(xx)
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    top = float(np.max(np.abs(x)))
+    if not math.isfinite(top) or top == 0.0:
+        return top
+    return top * math.sqrt(inner(x / top, x / top))
 
 
 @nb.njit(parallel=True, cache=True)

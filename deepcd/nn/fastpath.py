@@ -30,12 +30,11 @@ WAVEFRONT_PLANES = 2
 RING_UNTILED_MAX = 768 << 10
 RING_TILE_MAX = 560 << 10
 WAVEFRONT_TILES = (64, 32, 16)
-# Grid levels with fewer cells run the grid kernels' serial copies: a parallel launch wakes
-# sleeping threads (OMP_WAIT_POLICY=PASSIVE, `deepcd.threads`), which costs more than a small
-# level's work. The graph kernels' bound (`deepcd.kernels.aggregate.SERIAL_BELOW`) measured
-# best for grids too (`benchmarks/grid_serial_below.py`: one V-cycle 2.1x faster at 16³,
-# 1.3x at 32³, 1.55x at 128², the same at 64³ and up)
-GRID_SERIAL_BELOW = 1 << 17
+# Grid levels with fewer cells run the grid kernels' serial copies: a parallel launch costs
+# more than a small level's work (`benchmarks/grid_serial_below.py`, with idle threads that
+# spin a little, `deepcd.threads`: one V-cycle at 32³ 2.10 against 2.35 ms with the bound at
+# 131,072, at 256² 3.67 against 4.59 ms, the same at 64³ and up; always parallel lost at 16³)
+GRID_SERIAL_BELOW = 1 << 15
 
 
 def _q(lam: np.ndarray, weights: np.ndarray, c: float) -> np.ndarray:

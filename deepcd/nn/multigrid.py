@@ -44,10 +44,8 @@ import torch
 from deepcd.kernels import aggregate as K
 from deepcd.kernels.vector import gather, scatter
 from deepcd.nn.stencil import GridLaplacian, stencil_apply
-from deepcd.threads import limited
 
 DENSE_MAX = 2048  # the coarsest level is solved exactly (dense) up to this many unknowns
-COARSE_SERIAL_BELOW = 1800  # `_coarse_inverse`: one thread for smaller coarsest levels
 MERGE_BELOW = 2  # block components with fewer nodes join a neighbour's (0: never)
 STRENGTH = 0.02  # a link joins a coarse unknown when w_ij ≥ STRENGTH·max(w_max,i, w_max,j)
 CORRIDOR_BELOW = 0.45  # `level_scale`: levels whose aggregates are > 2.2 cells across
@@ -471,15 +469,11 @@ def _coarse_inverse(lv: dict) -> np.ndarray | None:
             A[np.ix_(members, members)] += lv["d"][members].mean() / len(members)
     # Through the Cholesky factor: 2.5-3x faster than LU's inverse at 645-1585 unknowns (a
     # maze's coarsest levels) on 2 cores; LU where roundoff leaves the pinned matrix not
-    # numerically positive definite. On one thread below COARSE_SERIAL_BELOW: right after
-    # numba's kernels, torch's second thread cost 1.5-4x more than it saved (probe after a
-    # solve, 300-1585 unknowns; two threads won at 2048).
-    threads = 1 if n < COARSE_SERIAL_BELOW else None
-    with limited(threads):
-        factor, info = torch.linalg.cholesky_ex(torch.from_numpy(A))
-        if int(info) == 0:
-            return torch.cholesky_inverse(factor).numpy()  # symmetric as computed
-        inv = np.linalg.inv(A)
+    # numerically positive definite.
+    factor, info = torch.linalg.cholesky_ex(torch.from_numpy(A))
+    if int(info) == 0:
+        return torch.cholesky_inverse(factor).numpy()  # symmetric as computed
+    inv = np.linalg.inv(A)
     return 0.5 * (inv + inv.T)
 
 
