@@ -26,6 +26,17 @@ import numpy as np
 
 
 @nb.njit(inline="always")
+def _rows_beside(a, w, j, zero, zw):
+    """Row j's neighbours along y in a plane a (ny, nz) and their faces in w (ny − 1, nz):
+    (a, j − 1, w, j − 1, a, j + 1, w, j), with the (1, nz) zero rows `zero`, `zw` and index 0
+    on the side past the plane's edge — rows read by index, as the loops below want them."""
+    ny = a.shape[0]
+    sm, jsm, wm, jwm = (a, j - 1, w, j - 1) if j > 0 else (zero, 0, zw, 0)
+    sp, jsp, wp, jwp = (a, j + 1, w, j) if j < ny - 1 else (zero, 0, zw, 0)
+    return sm, jsm, wm, jwm, sp, jsp, wp, jwp
+
+
+@nb.njit(inline="always")
 def _residual_plane(r, xm, xc, xp, d, wm, wp, fy, fz, dst):
     """dst = r − A x on one x-plane: r, xc, d, dst (ny, nz) the plane's right-hand side,
     iterate, diagonal and output; xm, xp the iterate's planes before and after it and wm, wp
@@ -35,8 +46,7 @@ def _residual_plane(r, xm, xc, xp, d, wm, wp, fy, fz, dst):
     zero = np.zeros((1, nz), dtype=xc.dtype)
     zf = np.zeros((1, nz), dtype=fy.dtype)
     for j in range(ny):
-        sm, jsm, gm, jgm = (xc, j - 1, fy, j - 1) if j > 0 else (zero, 0, zf, 0)
-        sp, jsp, gp, jgp = (xc, j + 1, fy, j) if j < ny - 1 else (zero, 0, zf, 0)
+        sm, jsm, gm, jgm, sp, jsp, gp, jgp = _rows_beside(xc, fy, j, zero, zf)
         for k in range(nz):
             acc = (
                 d[j, k] * xc[j, k]
@@ -90,8 +100,7 @@ def _within(src, w, omega, along_z, dst):
     zero = np.zeros((1, nz), dtype=src.dtype)
     zw = np.zeros((1, nz), dtype=w.dtype)
     for j in range(ny):
-        sm, jsm, wm, jwm = (src, j - 1, w, j - 1) if j > 0 else (zero, 0, zw, 0)
-        sp, jsp, wp, jwp = (src, j + 1, w, j) if j < ny - 1 else (zero, 0, zw, 0)
+        sm, jsm, wm, jwm, sp, jsp, wp, jwp = _rows_beside(src, w, j, zero, zw)
         for k in range(nz):
             v = src[j, k]
             dst[j, k] = v + omega * (wm[jwm, k] * (sm[jsm, k] - v) + wp[jwp, k] * (sp[jsp, k] - v))
