@@ -135,3 +135,13 @@ def test_a_serial_copy_never_loads_the_parallel_kernels_cache(tmp_path):
     assert run(1 << 30) == "[]\n"  # the parallel kernel: no cache hit, compiled itself
     assert run(1 << 30) != "[]\n"  # and its own entry is found the next time
     assert small(ell.residual, 0).py_func.__qualname__ == "residual_serial"
+
+
+def test_small_reads_the_bound_at_the_call(monkeypatch):
+    """`small` takes SERIAL_BELOW as it is when called: the benchmark runner's warm-up sets it
+    to 0 to load the parallel kernels, which the timed solves' levels then use."""
+    import deepcd.kernels.aggregate as K
+
+    assert small(ell.residual, 5) is not ell.residual
+    monkeypatch.setattr(K, "SERIAL_BELOW", 0)
+    assert small(ell.residual, 5) is ell.residual

@@ -720,10 +720,12 @@ SERIAL_BELOW = 1 << 14
 _serial = {}
 
 
-def small(kernel, n: int, below: int = SERIAL_BELOW):
-    """`kernel`, or its serial copy when the level has fewer than `below` unknowns (grid
-    kernels pass their own threshold, `deepcd.nn.fastpath.GRID_SERIAL_BELOW`, in cells)."""
-    if n >= below:
+def small(kernel, n: int, below: int | None = None):
+    """`kernel`, or its serial copy when the level has fewer than `below` unknowns (None:
+    SERIAL_BELOW as it is at the call, which the benchmark runner's warm-up lowers to load the
+    parallel kernels; grid kernels pass their own threshold,
+    `deepcd.nn.fastpath.GRID_SERIAL_BELOW`, in cells)."""
+    if n >= (SERIAL_BELOW if below is None else below):
         return kernel
     if kernel not in _serial:
         _serial[kernel] = nb.njit(cache=True)(serial_twin(kernel.py_func))
@@ -731,11 +733,12 @@ def small(kernel, n: int, below: int = SERIAL_BELOW):
 
 
 @contextlib.contextmanager
-def serial_if_small(n: int, below: int = SERIAL_BELOW) -> Iterator[None]:
+def serial_if_small(n: int, below: int | None = None) -> Iterator[None]:
     """Run a block's numba kernels on one thread when it works on fewer than `below` unknowns:
     `small` for a kernel that calls other parallel kernels (`aggregate`), whose serial copy
-    would need a serial copy of each. numba's thread count is per calling thread; restored."""
-    if n >= below:
+    would need a serial copy of each (below None: SERIAL_BELOW at the call). numba's thread
+    count is per calling thread; restored."""
+    if n >= (SERIAL_BELOW if below is None else below):
         yield
         return
     before = nb.get_num_threads()
