@@ -280,9 +280,9 @@ def cmd_info(args) -> int:
         f"{st['cores_available']} cores available; set ${threads.ENV} to change)"
     )
     print(
-        f"waiting:  {st['wait']} (OMP_WAIT_POLICY={st['omp_wait_policy']}, "
-        f"GOMP_SPINCOUNT={st['gomp_spincount']}; ${threads.WAIT_ENV}=passive where other jobs "
-        "share the cores)"
+        f"waiting:  {st['wait']} (OMP_WAIT_POLICY={st['omp_wait_policy'] or 'unset'}, "
+        f"GOMP_SPINCOUNT={st['gomp_spincount'] or 'unset'}; ${threads.WAIT_ENV}=passive where "
+        "other jobs share the cores)"
     )
     from deepcd import memory
 

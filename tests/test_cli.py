@@ -170,6 +170,9 @@ def test_console_script_runs():
         [sys.executable, "-m", "deepcd.cli", "info"], capture_output=True, text=True, check=True
     ).stdout
     assert "smoke-obstacles" in out and "amg-sa" in out
+    waiting = next(line for line in out.splitlines() if line.startswith("waiting:"))
+    assert "DEEPCD_WAIT" in waiting
+    assert waiting.split()[1] in ("spin", "passive", "environment")
 
 
 def test_bench_repeats_report_the_median_run_of_fresh_solves(tmp_path, monkeypatch, capsys):
