@@ -257,19 +257,16 @@ def _axis_counts(indptr, axis, naxes):
     return counts
 
 
-_NODES_PER_TASK = 4096
-
-
 @nb.njit(parallel=True, cache=True)
 def _fill_axis_layout(indptr, indices, weight, axis, node_ptr, idx, w, rest_idx, rest_w):
     """`axis_layout`'s slots: a node's first AXIS_WIDTH links along each axis, the rest
     spilled (node_ptr: per axis and node, where its spilled links start); unused slots hold
     the node itself with weight 0."""
     naxes, width, n = idx.shape
-    for task in nb.prange((n + _NODES_PER_TASK - 1) // _NODES_PER_TASK):
+    for task in nb.prange((n + CHUNK - 1) // CHUNK):
         seen = np.zeros(naxes, dtype=np.int64)
-        lo = np.int64(task) * _NODES_PER_TASK
-        for i in range(lo, min(n, lo + _NODES_PER_TASK)):
+        lo = np.int64(task) * CHUNK
+        for i in range(lo, min(n, lo + CHUNK)):
             seen[:] = 0
             for p in range(indptr[i], indptr[i + 1]):
                 a = axis[p]

@@ -670,29 +670,28 @@ class VCycleNet(GridNet):
             and any(h.levels[0].halved)
         )
 
-    def _restrict_fused(self, h, level, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _restrict_fused(self, h, level, r: torch.Tensor, x: torch.Tensor, down) -> torch.Tensor:
         """Pᵀ(r − A x) (n1, 1) from level 0 on the grid in one pass — residual, transfer
         smoothing and sum (`fastpath.residual_restrict`): `_restrict_grid` of `_residual`,
-        the same sums in another order."""
+        the same sums in another order. down: `_fused_transfer_args`' restriction."""
         from deepcd.nn.fastpath import residual_restrict
 
         grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
         _, diag, links = self._grid_arrays(level, x.dtype)
-        down, _ = self._fused_transfer_args(h, x.dtype, grid)
         rv = r.to(x.dtype).contiguous().numpy().reshape(grid)
         xv = x.contiguous().numpy().reshape(grid)
         rc = residual_restrict(rv, xv, diag, links, down, h.grid_map(), h.levels[1].n, h.grid.cache)
         return torch.from_numpy(rc)[:, None]
 
-    def _prolong_fused(self, h, level, e: torch.Tensor, r: torch.Tensor, x: torch.Tensor, c: float):
+    def _prolong_fused(self, h, level, e: torch.Tensor, r: torch.Tensor, x: torch.Tensor, c, up):
         """(x + c·P e, r − A(x + c·P e)) on level 0 on the grid in one pass — copy, transfer
         smoothing, correction and residual (`fastpath.prolong_correct`): `_prolong_grid`, the
-        update and `_residual`, the same sums in another order."""
+        update and `_residual`, the same sums in another order. c: the correction weight; up:
+        `_fused_transfer_args`' prolongation."""
         from deepcd.nn.fastpath import prolong_correct
 
         grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
         _, diag, links = self._grid_arrays(level, x.dtype)
-        _, up = self._fused_transfer_args(h, x.dtype, grid)
         rv = r.to(x.dtype).contiguous().numpy().reshape(grid)
         xv = x.contiguous().numpy().reshape(grid)
         ev = e.to(x.dtype).contiguous().numpy().reshape(-1)
@@ -819,8 +818,11 @@ class VCycleNet(GridNet):
             x = x + self._smoother(level, self._residual(level, r, x), weights, scale)
         c = F.softplus(self.corrections[i]).to(r.dtype)
         if on_grid and self._fused_grid(h, x):  # two passes between the smoothings
-            rc = self._restrict_fused(h, level, r, x)
-            x, res = self._prolong_fused(h, level, self._cycle(h, 1, rc), r, x, float(c))
+            grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
+            down, up = self._fused_transfer_args(h, x.dtype, grid)  # once per cycle
+            rc = self._restrict_fused(h, level, r, x, down)
+            e = self._cycle(h, 1, rc)
+            x, res = self._prolong_fused(h, level, e, r, x, float(c), up)
             x.add_(self._smoother(level, res, weights, scale))
             for _ in range(self.smooth - 1):
                 x.add_(self._smoother(level, self._residual(level, r, x), weights, scale))
