@@ -82,7 +82,19 @@ def smoother_rows() -> list[dict]:
             work = np.empty((t, DEGREE - 1, 3, n, n + 2), dtype=np.float32)
             out = np.empty_like(y)
 
-            args = (y, s, e, faces[0], faces[1], padded_z_faces({}, faces[2]), beta, t, work, out)
+            args = (
+                y,
+                s,
+                e,
+                faces[0],
+                faces[1],
+                padded_z_faces({}, faces[2]),
+                beta,
+                t,
+                work,
+                False,
+                out,
+            )
             reps = 30 if n == 64 else 10
             warm = _median_ms(partial(clenshaw_wavefront, *args), reps)
             cold = _median_ms(partial(clenshaw_wavefront, *args), reps, evict)
@@ -106,7 +118,7 @@ def row_length_rows() -> list[dict]:
         nzp = padded_z_faces({}, faces[2])
         work = np.empty((1, DEGREE - 1, 3, shape[1], shape[2] + 2), dtype=np.float32)
         out = np.empty_like(y)
-        args = (y, s, e, faces[0], faces[1], nzp, rng.random(DEGREE), 1, work, out)
+        args = (y, s, e, faces[0], faces[1], nzp, rng.random(DEGREE), 1, work, False, out)
         ms = _median_ms(partial(clenshaw_wavefront, *args), 30)
         stages = DEGREE - 1
         rows.append(
@@ -135,13 +147,13 @@ def tile_rows() -> list[dict]:
             nb.set_num_threads(t)
             reps = 3 if n == 256 else 10
             work = np.empty((t, m - 1, 3, n, n + 2), dtype=np.float32)
-            args = (y, s, e, faces[0], faces[1], nzp, beta, t, work, out)
+            args = (y, s, e, faces[0], faces[1], nzp, beta, t, work, False, out)
             row = dict(
                 grid=n, threads=t, untiled_ms=_median_ms(partial(clenshaw_wavefront, *args), reps)
             )
             for tile in (16, 32, 64):
                 work = np.empty((t, m - 1, 3, tile + 2 * (m - 1), n + 2), dtype=np.float32)
-                args = (y, s, e, faces[0], faces[1], nzp, beta, t, tile, work, out)
+                args = (y, s, e, faces[0], faces[1], nzp, beta, t, tile, work, False, out)
                 row[f"tile{tile}_ms"] = _median_ms(partial(clenshaw_wavefront_tiled, *args), reps)
             row["picked"] = wavefront_tile(shape, m, 4)
             rows.append(row)

@@ -148,8 +148,13 @@ def test_wavefront_chunks_give_the_same_sweep(nchunks):
     want = smooth(clenshaw_step, s.shape, s * y, beta, s, (e, fx, fy, fz))
     out = np.empty_like(y)
     work = np.full((nchunks, 5, 3, 6, 7 + 2), np.nan)  # stale scratch must never be read
-    clenshaw_wavefront(y, s, e, fx, fy, padded_z_faces({}, fz), beta, nchunks, work, out)
+    clenshaw_wavefront(y, s, e, fx, fy, padded_z_faces({}, fz), beta, nchunks, work, False, out)
     np.testing.assert_allclose(out, want, rtol=1e-13, atol=1e-13 * np.abs(want).max())
+    # add: the last step adds into out (a post-smoother's x + S r), the same sums
+    x = np.random.default_rng(7).standard_normal(s.shape)
+    acc = x.copy()
+    clenshaw_wavefront(y, s, e, fx, fy, padded_z_faces({}, fz), beta, nchunks, work, True, acc)
+    np.testing.assert_array_equal(acc, x + out)
 
 
 _TRANSFER_CASES = [  # (shape, halved axes in order): an axis of length 1 is never halved
@@ -249,11 +254,34 @@ def test_tiled_wavefront_equals_the_untiled_sweep(shape, tile, nchunks):
     nzp = padded_z_faces({}, fz)
     want = np.empty_like(y)
     work = np.empty((nchunks, 5, 3, shape[1], shape[2] + 2), dtype=np.float32)
-    clenshaw_wavefront(y, s, e, fx, fy, nzp, beta, nchunks, work, want)
+    clenshaw_wavefront(y, s, e, fx, fy, nzp, beta, nchunks, work, False, want)
     got = np.empty_like(y)
     work = np.full((nchunks, 5, 3, tile + 10, shape[2] + 2), np.nan, dtype=np.float32)
-    clenshaw_wavefront_tiled(y, s, e, fx, fy, nzp, beta, nchunks, tile, work, got)
+    clenshaw_wavefront_tiled(y, s, e, fx, fy, nzp, beta, nchunks, tile, work, False, got)
     np.testing.assert_array_equal(got, want)
+    x = np.random.default_rng(10).standard_normal(shape).astype(np.float32)
+    acc = x.copy()
+    clenshaw_wavefront_tiled(y, s, e, fx, fy, nzp, beta, nchunks, tile, work, True, acc)
+    np.testing.assert_array_equal(acc, x + want)
+
+
+@pytest.mark.parametrize("shape", [(26, 21, 9), (3, 5, 4)])  # a wavefront; one pass per step
+def test_smooth_grid_adds_into(shape):
+    """`smooth_grid(..., into=x)` adds the smoothing to x in place (a post-smoother's x + S r),
+    the same numbers as adding it after; x must match y's shape and be contiguous."""
+    import deepcd.nn.fastpath as fp
+
+    s, e, links = _normalized_level(shape, np.float32, seed=3)
+    rng = np.random.default_rng(4)
+    y = rng.standard_normal(shape).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    beta = clenshaw_coefficients(rng.dirichlet(np.ones(6)), 1 - 2.0**-8)
+    want = x + fp.smooth_grid(y, beta, s, e, links, {})
+    acc = x.copy()
+    assert fp.smooth_grid(y, beta, s, e, links, {}, into=acc) is acc
+    np.testing.assert_array_equal(acc, want)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fp.smooth_grid(y, beta, s, e, links, {}, into=np.zeros(shape[::-1], np.float32).T)
 
 
 def test_smooth_grid_tiles_large_planes(monkeypatch):

@@ -215,6 +215,55 @@ def test_inference_fast_paths_equal_the_autograd_path(shape):
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "dim,name,shape,model,layout,fused",
+    [(3, "smoke-obstacles", (18, 17, 16), "vcycle-3d", "grid", True),
+     (3, "smoke-obstacles", (18, 17, 16), "vcycle-3d", "grid", False),
+     (3, "maze", (20, 18, 16), None, "graph", True),
+     (3, "two-phase", (16, 16, 16), None, "grid", True),
+     (2, "splash", (33, 40), "vcycle-2d", "grid", True),
+     (2, "maze", (40, 36), "vcycle-2d", "graph", True)],
+)  # fmt: skip
+def test_cpu_inference_ignores_r_off_unknowns(dim, name, shape, model, layout, fused):
+    """CPU inference takes r without masking it (`VCycleNet.forward`): whatever r holds off
+    level 0's unknowns — SOLID and AIR cells, and a FLUID cell walled in on every side (no
+    unknown: its diagonal is 0) — the V-cycle is the one of r masked, bit for bit, and 0
+    there. Shipped networks (2D: local weights) and random ones, grid and graph level 0,
+    fused and unfused transfers, variable coefficients."""
+    from deepcd.nn.stencil import GridLaplacian
+    from deepcd.nn.weights import load_solver
+
+    problem = scene(name, shape, seed=0)
+    flags = problem.flags.copy()
+    inner = tuple(n // 2 for n in shape)  # a FLUID cell walled in by SOLID
+    for a in range(dim):
+        for step in (-1, 1):
+            nbr = list(inner)
+            nbr[a] += step
+            flags[tuple(nbr)] = SOLID
+    flags[inner] = FLUID
+    n = int((flags == FLUID).sum())
+    problem = Problem(flags, np.zeros(n), problem.boundary, coefficients=problem.coefficients)
+    if model is None:
+        net = perturbed(dim)
+    else:
+        net, _ = load_solver(model)
+    net.fine_layout, net.fused_cycle = layout, fused
+    operator = None
+    if problem.has_coefficients:
+        operator = GridLaplacian.from_problem(problem, "cpu", torch.float64)
+    ft = torch.tensor(flags)[None, None]
+    h = net.hierarchy(ft, shape, problem.boundary, torch.float32, 1, operator)
+    active = h.grid.active
+    assert float(active[(0, 0, *inner)]) == 0.0  # the walled-in cell has no unknown
+    r = torch.randn(1, 1, *shape, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        got = net(r, ft, problem.boundary, operator=operator, levels=h)
+        want = net(r * active, ft, problem.boundary, operator=operator, levels=h)
+    assert torch.equal(got, want)
+    assert torch.all(got[active == 0] == 0)
+
+
 @pytest.mark.parametrize("spread", [0.0, 3.0])
 def test_positive_definite_for_any_parameters(spread):
     """SPD by construction: at initialization and with large random parameters."""

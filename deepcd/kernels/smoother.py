@@ -167,9 +167,22 @@ def _plane_or(a, i, n, zero):
 
 
 @nb.njit(inline="always")
+def _stage_value(
+    k, jr, jg, bc, bxm, bxp, wxm, wxp, bym, jmr, wym, jmf, byp, jpr, wyp, jpf, wz, e, y, s, b2, bk,
+    two, one,
+):  # fmt: skip
+    """Cell k of `_stage_row`'s row, before the last stage's factor s."""
+    acc = (one - e[jg, k]) * bc[jr, k + 1] + wxm[jg, k] * bxm[jr, k + 1]
+    acc += wxp[jg, k] * bxp[jr, k + 1]
+    acc += wym[jmf, k] * bym[jmr, k + 1]
+    acc += wyp[jpf, k] * byp[jpr, k + 1] + wz[jg, k] * bc[jr, k] + wz[jg, k + 1] * bc[jr, k + 2]
+    return bk * (s[jg, k] * y[jg, k]) + two * acc - b2[jr, k + 1]
+
+
+@nb.njit(inline="always")
 def _stage_row(
     jr, jg, bc, bxm, bxp, wxm, wxp, bym, jmr, wym, jmf, byp, jpr, wyp, jpf, wz, e, y, s, b2, bk,
-    two, one, last, o, jo, at,
+    two, one, last, add, o, jo, at,
 ):  # fmt: skip
     """Row jg along z of a wavefront stage, on the planes themselves: ring planes (bc, bxm,
     bxp, b2; the y-neighbours bym, byp) at ring row jr (jmr, jpr), grid arrays and y-faces
@@ -178,16 +191,29 @@ def _stage_row(
     both z ends are cells like any other: one loop over the whole row, no branch and no
     scalar end cells (at 64³ the two end cells and the vector loop's remainder cost a third
     of the sweep, `benchmarks/smoother-bound`). The result goes to o[jo, k + at] (at = 1 in
-    a ring plane, 0 in the output). Rows are read by index, not as row views, whose
-    reference counting costs more than a 64-cell row's arithmetic."""
+    a ring plane, 0 in the output; the last stage adds it there when `add`). Rows are read by
+    index, not as row views, whose reference counting costs more than a 64-cell row's
+    arithmetic. One loop per kind of store: a branch on `add` inside the loop kept it from
+    vectorizing (the sweep 1.25× slower at 128³)."""
     nz = e.shape[1]
-    for k in range(nz):
-        acc = (one - e[jg, k]) * bc[jr, k + 1] + wxm[jg, k] * bxm[jr, k + 1]
-        acc += wxp[jg, k] * bxp[jr, k + 1]
-        acc += wym[jmf, k] * bym[jmr, k + 1]
-        acc += wyp[jpf, k] * byp[jpr, k + 1] + wz[jg, k] * bc[jr, k] + wz[jg, k + 1] * bc[jr, k + 2]
-        value = bk * (s[jg, k] * y[jg, k]) + two * acc - b2[jr, k + 1]
-        o[jo, k + at] = value * s[jg, k] if last else value
+    if not last:
+        for k in range(nz):
+            o[jo, k + at] = _stage_value(
+                k, jr, jg, bc, bxm, bxp, wxm, wxp, bym, jmr, wym, jmf, byp, jpr, wyp, jpf, wz, e,
+                y, s, b2, bk, two, one,
+            )  # fmt: skip
+    elif add:
+        for k in range(nz):
+            o[jo, k + at] += s[jg, k] * _stage_value(
+                k, jr, jg, bc, bxm, bxp, wxm, wxp, bym, jmr, wym, jmf, byp, jpr, wyp, jpf, wz, e,
+                y, s, b2, bk, two, one,
+            )  # fmt: skip
+    else:
+        for k in range(nz):
+            o[jo, k + at] = s[jg, k] * _stage_value(
+                k, jr, jg, bc, bxm, bxp, wxm, wxp, bym, jmr, wym, jmf, byp, jpr, wyp, jpf, wz, e,
+                y, s, b2, bk, two, one,
+            )  # fmt: skip
 
 
 @nb.njit(inline="always")
@@ -245,7 +271,7 @@ def _stage_planes(ring, t, i, L, nx_, ny_, nzp, e, coef, zero, out):
 
 
 @nb.njit(parallel=True, cache=True)
-def clenshaw_wavefront(y, s, e, nx_, ny_, nzp, beta, nchunks, work, out):
+def clenshaw_wavefront(y, s, e, nx_, ny_, nzp, beta, nchunks, work, add, out):
     """out = s · Σ_k β_k T_k(I − Â)(s·y), Clenshaw's recurrence run as a wavefront over
     x-planes: the result of `fastpath.smooth` with `clenshaw_step` (the same arithmetic per
     cell, up to the order of two additions at the row ends) in one read of y, s, e and the
@@ -254,7 +280,8 @@ def clenshaw_wavefront(y, s, e, nx_, ny_, nzp, beta, nchunks, work, out):
     Grid arrays (nx, ny, nz) (2D: (nx, 1, ny) with an empty y-face array), the z-faces padded
     to (nx, ny, nz + 1) by `pad_z_faces`; beta (m,) float64 with m >= 2; work (nchunks,
     m − 1, 3, ny, nz + 2) scratch in y's dtype (each row with a zero cell at both ends, set
-    here); nchunks x-chunks run in parallel (at most nx)."""
+    here); nchunks x-chunks run in parallel (at most nx). add: out += the result (the
+    post-smoother's x + S r without a pass of its own) instead of out = it."""
     nx, ny, nz = y.shape
     L = beta.shape[0] - 1  # stages 1..L are the Clenshaw steps; stage 0 is β_{m-1}·h
     coef = _wavefront_coefficients(beta, y.dtype)
@@ -287,13 +314,13 @@ def clenshaw_wavefront(y, s, e, nx_, ny_, nzp, beta, nchunks, work, out):
                         wyi if up else zero, j - 1 if up else 0,
                         bc if down else zero, j + 1 if down else 0,
                         wyi if down else zero, j if down else 0,
-                        wzi, ei, yi, si, b2, bk, two, one, t == L,
+                        wzi, ei, yi, si, b2, bk, two, one, t == L, add,
                         o, j, 0 if t == L else 1,
                     )  # fmt: skip
 
 
 @nb.njit(parallel=True, cache=True)
-def clenshaw_wavefront_tiled(y, s, e, nx_, ny_, nzp, beta, nchunks, tile, work, out):
+def clenshaw_wavefront_tiled(y, s, e, nx_, ny_, nzp, beta, nchunks, tile, work, add, out):
     """`clenshaw_wavefront` sweeping `tile` rows of the x-planes at a time (the same numbers,
     bit for bit): on a large plane the ring of intermediate planes — m − 1 stages × 3 planes
     × ny rows — outgrows the core's L2 (about 1 MB per thread at 128³), and the sweep then runs at
@@ -341,6 +368,6 @@ def clenshaw_wavefront_tiled(y, s, e, nx_, ny_, nzp, beta, nchunks, tile, work, 
                             wyi if up else zero, j - 1 if up else 0,
                             bc if down else zero, jr + 1 if down else 0,
                             wyi if down else zero, j if down else 0,
-                            wzi, ei, yi, si, b2, bk, two, one, t == L,
+                            wzi, ei, yi, si, b2, bk, two, one, t == L, add,
                             o, j if t == L else jr, 0 if t == L else 1,
                         )  # fmt: skip

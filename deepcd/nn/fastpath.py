@@ -243,33 +243,49 @@ def padded_z_faces(cache: dict, faces: np.ndarray) -> np.ndarray:
 
 
 def smooth_grid(
-    y: np.ndarray, beta: np.ndarray, s: np.ndarray, e: np.ndarray, links, work_cache=None
+    y: np.ndarray,
+    beta: np.ndarray,
+    s: np.ndarray,
+    e: np.ndarray,
+    links,
+    work_cache=None,
+    into: np.ndarray | None = None,
 ) -> np.ndarray:
     """s·Σ_k β_k T_k(I − Â)(s·y) on a grid level (3D arrays; 2D as (1, nx, ny), with `links`
     as `normalized_grid` gives them): all steps in one wavefront sweep over x-planes
     (`deepcd.kernels.smoother.clenshaw_wavefront`) when every thread gets at least
     WAVEFRONT_PLANES planes per step, else one `clenshaw_step` pass per step. work_cache: a
-    dict that keeps the wavefront's scratch between calls (`wavefront_work`)."""
+    dict that keeps the wavefront's scratch between calls (`wavefront_work`). into: an
+    array like y (C-contiguous) that the result is added to, in place, and returned — the
+    wavefront's last step adds it there, so a post-smoother's x + S r takes no pass of its
+    own."""
     from deepcd.kernels.smoother import clenshaw_step, clenshaw_wavefront, clenshaw_wavefront_tiled
 
+    if into is not None and (into.shape != y.shape or not into.flags.c_contiguous):
+        raise ValueError(f"into must be a C-contiguous array of shape {y.shape}")
     cells = y.size
     work = wavefront_work({} if work_cache is None else work_cache, y.shape, y.dtype, len(beta))
     if work is None:
         step = grid_kernel(clenshaw_step, cells)
-        return smooth(step, y.shape, (s * y).astype(y.dtype), beta, s, (e, *links))
+        out = smooth(step, y.shape, (s * y).astype(y.dtype), beta, s, (e, *links))
+        if into is None:
+            return out
+        into += out
+        return into
     shape = _sweep_shape(y.shape)
     faces = sweep_faces({} if work_cache is None else work_cache, y.shape, links)
     y3, s3, e3 = (a.reshape(shape) for a in (y, s, e))
-    out = np.empty(shape, dtype=y.dtype)
+    out = np.empty(shape, dtype=y.dtype) if into is None else into.reshape(shape)
     beta = np.asarray(beta, dtype=np.float64)
+    add = into is not None
     if work.shape[3] == shape[1]:
         kernel = grid_kernel(clenshaw_wavefront, cells)
-        kernel(y3, s3, e3, *faces, beta, work.shape[0], work, out)
+        kernel(y3, s3, e3, *faces, beta, work.shape[0], work, add, out)
     else:  # a large plane: tiles of rows (`wavefront_tile`)
         tile = work.shape[3] - 2 * (len(beta) - 1)
         kernel = grid_kernel(clenshaw_wavefront_tiled, cells)
-        kernel(y3, s3, e3, *faces, beta, work.shape[0], tile, work, out)
-    return out.reshape(y.shape)
+        kernel(y3, s3, e3, *faces, beta, work.shape[0], tile, work, add, out)
+    return out.reshape(y.shape) if into is None else into
 
 
 def sweep_faces(cache: dict, grid: tuple[int, ...], links) -> tuple[np.ndarray, ...]:

@@ -97,10 +97,14 @@ class VCycleNet(GridNet):
         self.fused_cycle = True
 
     # -- the smoother ---------------------------------------------------------------------------
-    def _smoother(self, level, y: torch.Tensor, logits: torch.Tensor, scale=None) -> torch.Tensor:
+    def _smoother(
+        self, level, y: torch.Tensor, logits: torch.Tensor, scale=None, into=None
+    ) -> torch.Tensor:
         """S y for the learned polynomial smoother of `level` (a `StencilLevel` on the grid,
         y (B, 1, *g), or a `GraphLevel`, y (N, C)). scale: (g·D)^-½ in the level's layout
-        when local weights damp the smoother (`deepcd.nn.local`; D^-½ without).
+        when local weights damp the smoother (`deepcd.nn.local`; D^-½ without). into: a
+        tensor like y that S y is added to in place and returned (a post-smoother's x + S r:
+        on the grid in CPU inference the sweep's last step adds it, with no pass of its own).
 
         With Â = D^-½ A D^-½ (spectrum in [0, 2] on every level: all are weakly diagonally
         dominant), a smoothing step x ← x + S(b − Ax) multiplies the error, in Â's eigenbasis,
@@ -118,8 +122,11 @@ class VCycleNet(GridNet):
         c = 1.0 - 2.0**-8
         if _fast(y, logits):
             if isinstance(level, GraphLevel):
-                return self._smoother_graph_fused(level, y, logits, c, scale)
-            return self._smoother_fused(level, y, logits, c, scale)
+                out = self._smoother_graph_fused(level, y, logits, c, scale)
+                return out if into is None else into.add_(out)
+            return self._smoother_fused(level, y, logits, c, scale, into)
+        if into is not None:
+            return into.add_(self._smoother(level, y, logits, scale))
         s = (level.inv_sqrt_diag if scale is None else scale).to(y.dtype)
         w = torch.softmax(logits, dim=0).to(y.dtype)
         hat = s * y
@@ -157,9 +164,12 @@ class VCycleNet(GridNet):
             cache[key] = clenshaw_coefficients(w, c)
         return cache[key]
 
-    def _smoother_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
+    def _smoother_fused(
+        self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale, into=None
+    ):
         """`_smoother` on the grid: Clenshaw on the normalized stencil (`deepcd.nn.fastpath`),
-        every step in one wavefront sweep (`fastpath.smooth_grid`)."""
+        every step in one wavefront sweep (`fastpath.smooth_grid`), added to `into` (a
+        contiguous tensor like y) when given."""
         from deepcd.nn.fastpath import normalized_grid, smooth_grid
 
         if level.diag.shape[0] != 1 or y.shape[0] != 1:
@@ -167,8 +177,12 @@ class VCycleNet(GridNet):
         grid = (1,) * (3 - self.dim) + tuple(y.shape[2:])  # 2D as (1, nx, ny)
         s, e, links = normalized_grid(level, scale, self.dim, y.dtype)
         yv = y.contiguous().numpy().reshape(grid)
-        out = smooth_grid(yv, self._clenshaw_beta(logits, c), s, e, links, level.cache)
-        return torch.from_numpy(out).reshape(y.shape)
+        beta = self._clenshaw_beta(logits, c)
+        if into is not None and into.is_contiguous() and into.dtype == y.dtype:
+            smooth_grid(yv, beta, s, e, links, level.cache, into.numpy().reshape(grid))
+            return into
+        out = torch.from_numpy(smooth_grid(yv, beta, s, e, links, level.cache)).reshape(y.shape)
+        return out if into is None else into.add_(out)
 
     def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
         """`_smoother` on a graph level: Clenshaw on the normalized links (one column)."""
@@ -823,9 +837,9 @@ class VCycleNet(GridNet):
             rc = self._restrict_fused(h, level, r, x, down)
             e = self._cycle(h, 1, rc)
             x, res = self._prolong_fused(h, level, e, r, x, float(c), up)
-            x.add_(self._smoother(level, res, weights, scale))
+            self._smoother(level, res, weights, scale, into=x)
             for _ in range(self.smooth - 1):
-                x.add_(self._smoother(level, self._residual(level, r, x), weights, scale))
+                self._smoother(level, self._residual(level, r, x), weights, scale, into=x)
             return x
         res = self._residual(level, r, x)
         if on_grid:  # level 0's transfers in grid form
@@ -837,7 +851,7 @@ class VCycleNet(GridNet):
         if _fast(x, self.corrections):  # x is this call's own array: update it in place
             x.add_(corr.reshape(x.shape), alpha=float(c))
             for _ in range(self.smooth):
-                x.add_(self._smoother(level, self._residual(level, r, x), weights, scale))
+                self._smoother(level, self._residual(level, r, x), weights, scale, into=x)
             return x
         x = x + c * corr
         for _ in range(self.smooth):
@@ -890,7 +904,12 @@ class VCycleNet(GridNet):
                 columns=r.shape[0] // bf,
                 operator=operator,
             )
-        x = r.to(dtype) * h.grid.active
+        x = r.to(dtype)
+        if not _fast(x, self.smoothers):
+            x = x * h.grid.active
+        # CPU inference reads level 0's right-hand side only where it has unknowns (as s·r,
+        # s = 0 elsewhere; the residual off them reaches no coarse node), so it needs no
+        # masking pass (tests/test_nn_vcycle.py::test_cpu_inference_ignores_r_off_unknowns)
         if _fast(x, self.smoothers) and self.fine_on_graph(h):
             return h.from_nodes(self._cycle(h, 0, h.to_nodes(x), grid=False)).to(r.dtype)
         return self._cycle(h, 0, x).to(r.dtype)
