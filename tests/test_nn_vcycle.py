@@ -264,6 +264,45 @@ def test_cpu_inference_ignores_r_off_unknowns(dim, name, shape, model, layout, f
     assert torch.all(got[active == 0] == 0)
 
 
+@pytest.mark.parametrize(
+    "dim,name,shape,model",
+    [(3, "smoke-obstacles", (40, 40, 40), "vcycle-3d"),  # level 1 a grid, levels 2+ graphs
+     (3, "maze", (24, 24, 24), "vcycle-3d"),  # level 0 on its graph: the whole V-cycle
+     (3, "two-phase", (24, 24, 24), "vcycle-3d"),
+     (3, "porous", (20, 20, 20), None),  # random weights, smooth=2
+     (2, "splash", (64, 64), "vcycle-2d"),  # local weights
+     (2, "maze", (60, 60), "vcycle-2d")],
+)  # fmt: skip
+def test_graph_cycle_plan_is_the_same_vcycle(dim, name, shape, model):
+    """The graph levels' V-cycle from arrays resolved once (`VCycleNet.graph_plans`,
+    `deepcd.nn.graph_cycle`) gives the looked-up one bit for bit, is cached per parameter
+    state, and a parameter changed in place makes a new plan."""
+    from deepcd.nn.weights import load_solver
+
+    problem = scene(name, shape, seed=0)
+    net = perturbed(dim) if model is None else load_solver(model)[0]
+    direction = NetworkDirection(net, problem)
+    r = np.random.default_rng(1).standard_normal(problem.n)
+    planned = direction(r)
+    h = net._cache[2]
+    plans = [v for lv in h.levels for k, v in lv.cache.items() if k[0] == "graph_cycle"]
+    assert plans  # the plan ran
+    assert direction(r).tobytes() == planned.tobytes()  # and is reused
+    net.graph_plans = False
+    assert direction(r).tobytes() == planned.tobytes()
+    with torch.no_grad():
+        net.corrections.mul_(0.5)
+        net.smoothers[-1].add_(0.3)
+    looked_up = direction(r)
+    net.graph_plans = True
+    assert not np.array_equal(looked_up, planned)
+    assert direction(r).tobytes() == looked_up.tobytes()
+    h.coarse_inverse = None  # the last level by smoothing sweeps instead
+    swept = direction(r)
+    net.graph_plans = False
+    assert direction(r).tobytes() == swept.tobytes()
+
+
 @pytest.mark.parametrize("spread", [0.0, 3.0])
 def test_positive_definite_for_any_parameters(spread):
     """SPD by construction: at initialization and with large random parameters."""

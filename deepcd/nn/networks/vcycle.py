@@ -95,6 +95,9 @@ class VCycleNet(GridNet):
         # CPU inference: level 0's residual, restriction, prolongation and correction on the
         # grid in two passes (`_restrict_fused`, `_prolong_fused`); False: one pass each
         self.fused_cycle = True
+        # CPU inference: the graph levels' V-cycle from arrays and kernels resolved once per
+        # hierarchy (`deepcd.nn.graph_cycle`); False: looked up on every call
+        self.graph_plans = True
 
     # -- the smoother ---------------------------------------------------------------------------
     def _smoother(
@@ -507,6 +510,8 @@ class VCycleNet(GridNet):
                 h, depth, last = sub, 1, len(sub.levels) - 1
                 continue
             level = h.levels[depth]
+            if self.graph_plans and self._graph_cycle(h, depth, dtype, depth > 0) is not None:
+                break  # the plan holds every level's arrays from here down
             with serial_if_small(level.n):
                 scale = self._local_scale(h, depth, dtype, grid=False)
                 nweight = normalized_graph(level, scale, dt)[2]
@@ -818,6 +823,10 @@ class VCycleNet(GridNet):
             if on_grid:
                 return h.from_nodes(inv @ h.to_nodes(r))
             return inv @ r
+        if not on_grid and self.graph_plans and _fast(r, self.smoothers):
+            plan = self._graph_cycle(h, depth, r.dtype, grid)
+            if plan is not None:  # the same V-cycle from arrays and kernels resolved once
+                return torch.from_numpy(plan(r.contiguous().numpy().reshape(-1))).reshape(r.shape)
         scale = self._local_scale(h, depth, r.dtype, grid)
         if depth == last:  # too many unknowns for a dense solve: smoothing sweeps
             weights = self.smoothers[J]
@@ -913,6 +922,104 @@ class VCycleNet(GridNet):
         if _fast(x, self.smoothers) and self.fine_on_graph(h):
             return h.from_nodes(self._cycle(h, 0, h.to_nodes(x), grid=False)).to(r.dtype)
         return self._cycle(h, 0, x).to(r.dtype)
+
+    def _graph_cycle(self, h, depth: int, dtype: torch.dtype, grid: bool = True):
+        """The V-cycle from graph level `depth` (level 0 when `grid` is False) as a
+        `deepcd.nn.graph_cycle.GraphCycle`, cached on the level per hierarchy offset, dtype
+        and parameter state; None where a level below runs on its grid (`grid_form`), whose
+        kernels the plan does not hold, or in a batch of columns."""
+        last = len(h.levels) - 1
+        if h.columns != 1:
+            return None
+        if self._grid_forms_on() and any(
+            grid_form(h, d) is not None for d in range(max(depth, 1), last)
+        ):
+            return None
+        params = (self.smoothers, self.transfers, self.corrections)
+        state = tuple((p.data_ptr(), p._version) for p in params)
+        state += (self.local.version() if self.local is not None else None,)
+        state += (self.smooth, self.coarse_sweeps, h.coarse_inverse is not None)
+        key = ("graph_cycle", h.offset, grid, dtype)
+        cache = h.levels[depth].cache
+        cached = cache.get(key)
+        if cached is None or cached[0] != state:
+            cached = cache[key] = (state, self._build_graph_cycle(h, depth, dtype, grid))
+        return cached[1]
+
+    def _build_graph_cycle(self, h, depth: int, dtype: torch.dtype, grid: bool):
+        """`_graph_cycle`'s plan: each level's arrays from the helpers `_cycle` calls."""
+        from deepcd.kernels.aggregate import serial_if_small
+        from deepcd.nn import graph_cycle as gc
+
+        last = len(h.levels) - 1
+        ops = []
+        for d in range(depth, last + 1):
+            with serial_if_small(h.levels[d].n):  # small levels' setup kernels on one thread
+                ops.append(self._graph_level_ops(h, d, dtype, grid if d == depth else True))
+        coarsest = None
+        if h.coarse_inverse is not None:
+            coarsest = gc.dense_op(h.coarse_inverse.to(dtype))
+        return gc.GraphCycle(ops, self.smooth, coarsest, self.coarse_sweeps)
+
+    def _graph_level_ops(self, h, d: int, dtype: torch.dtype, grid: bool):
+        """Graph level d's `deepcd.nn.graph_cycle.GraphLevelOps` (`_build_graph_cycle`)."""
+        from deepcd.kernels import ell
+        from deepcd.kernels.aggregate import prolong_copy, restrict_sum, small
+        from deepcd.nn import graph_cycle as gc
+        from deepcd.nn.fastpath import normalized_graph
+        from deepcd.nn.multigrid import host_arrays
+
+        dt = _np_dtype(dtype)
+        last, J = len(h.levels) - 1, self._J
+        per_link = self.local is not None
+        level = h.levels[d]
+        weights = self.smoothers[J if d == last else min(d + h.offset, J - 1)]
+        scale = self._local_scale(h, d, dtype, grid)
+        s, e, nweight = normalized_graph(level, scale, dt)
+        layout = self._ell_layout(level)
+        idx, spill, rest_ptr, rest_idx = layout
+        nw, rest_nw = self._ell_weights(level, "normalized", nweight)
+        beta = self._clenshaw_beta(weights, 1.0 - 2.0**-8)
+        arrays = host_arrays(level, dt)
+        w, rest_w = self._ell_weights(level, "weight", arrays["weight"])
+        op = gc.GraphLevelOps(
+            n=level.n,
+            smooth=gc.smoother_op(
+                small(ell.clenshaw_step, level.n),
+                s,
+                beta,
+                (e, idx, nw, spill, rest_ptr, rest_idx, rest_nw),
+            ),
+            residual=gc.residual_op(
+                small(ell.residual, level.n),
+                arrays["diag"],
+                (idx, w, spill, rest_ptr, rest_idx, rest_w),
+            ),
+        )
+        if d < last:
+            i = min(d + h.offset, J - 1)
+            axes = [a for a, on in enumerate(level.halved) if on]
+            omegas = self._level_omegas(h, d, grid=False)
+            split = self._axis_split(level, dtype, omegas)
+            splits = [split[a] for a in axes]
+            oms = [1.0 if per_link else float(omegas[a]) for a in axes]
+            axis_kernel = small(ell.axis_smooth, level.n)
+            full = level.host_full()
+            op.restrict = gc.restrict_op(
+                axis_kernel,
+                splits,
+                oms,
+                small(restrict_sum, level.n),
+                full["mstart"],
+                full["members"],
+                h.levels[d + 1].n,
+                dt,
+            )
+            op.prolong = gc.prolong_op(
+                small(prolong_copy, level.n), arrays["agg"], axis_kernel, splits, oms, dt
+            )
+            op.correction = float(F.softplus(self.corrections[i]).to(dtype))
+        return op
 
     def _on_grid_form(self, h, r: torch.Tensor) -> bool:
         """Whether CPU inference runs graph levels that are grids (`grid_form`) on the grid
