@@ -50,7 +50,10 @@ MERGE_BELOW = 2  # block components with fewer nodes join a neighbour's (0: neve
 STRENGTH = 0.02  # a link joins a coarse unknown when w_ij ≥ STRENGTH·max(w_max,i, w_max,j)
 CORRIDOR_BELOW = 0.45  # `level_scale`: levels whose aggregates are > 2.2 cells across
 SCALE_MIN = 0.3  # `level_scale`: the smallest Galerkin factor
-GRID_FORM_MIN = 1 << 15  # `grid_form`: graph levels this large may run on the grid
+GRID_FORM_MIN = 1 << 13  # `grid_form`: graph levels this large may run on the grid
+# (`benchmarks/grid-form-min`: smoke-obstacles' 32k level 2 on the grid, one V-cycle at 64³
+# 7.29 -> 6.67 ms, at 128³ 44.9 -> 43.2 ms; a bound of 2,048 put 32³ problems' 4k levels on
+# the grid, 1.2x slower)
 
 
 @dataclass
