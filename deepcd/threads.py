@@ -9,10 +9,11 @@ which one matters on both sides:
   instead of 0.18 s, CG 0.58 s instead of 0.15 s;
 - sleeping at once (`OMP_WAIT_POLICY=PASSIVE`, this module's default until 2026-12-05) makes
   every parallel region wake a sleeping thread, tens of µs each on this VM, and a V-cycle runs
-  dozens of regions. On a quiet machine a short spin (`GOMP_SPINCOUNT=10000`) made the 64³
-  solves 1.2-1.9x faster: splash DCDM 105 -> 76 ms, maze 229 -> 168 ms, MIC(0) 106 -> 91 ms, CG
-  188 -> 99 ms (probe, medians of 7 solves); beside one busy loop it cost 1.3-1.45x against
-  passive waiting (splash 110 -> 158 ms, maze 180 -> 238 ms), not the 17x of the long spin.
+  dozens of regions. `benchmarks/wait-policy` (repeated 64³ solves, a fresh process per
+  policy): on a quiet machine a short spin (`GOMP_SPINCOUNT=10000`) was 1.2-2.2x faster
+  (DCDM splash 65 -> 48 ms, maze 169 -> 76 ms, MIC(0) 117 -> 95 ms, CG 217 -> 103 ms); beside
+  one busy loop it was 1.5-2.7x slower than passive waiting (DCDM splash 70 -> 107 ms, maze
+  113 -> 306 ms), not the 17x of the long spin.
 
 So, when deepcd is imported, unless the environment already sets `OMP_WAIT_POLICY` or
 `GOMP_SPINCOUNT` (yours win):
