@@ -17,12 +17,10 @@ always run on their graphs.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+from bound_sweep import median_ms, write_results
 
 import deepcd.nn.multigrid as multigrid
 from deepcd import threads
@@ -36,24 +34,6 @@ SCENES = ("smoke-obstacles", "smoke-plume", "pool")
 BOUNDS = (1 << 11, 1 << 13, 1 << 15)
 
 
-def time_bounds(directions: dict, r: np.ndarray, repeats: int, rounds: int) -> dict[int, float]:
-    """Median seconds of one application per bound (rounds alternate the bounds)."""
-    out = np.empty_like(r)
-    per: dict[int, list[float]] = {b: [] for b in directions}
-    for _ in range(rounds):
-        for bound, direction in directions.items():
-            multigrid.GRID_FORM_MIN = bound
-            for _ in range(3):
-                direction.into(r, 1.0, out)
-            ts = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                direction.into(r, 1.0, out)
-                ts.append(time.perf_counter() - t)
-            per[bound].append(statistics.median(ts))
-    return {b: statistics.median(v) for b, v in per.items()}
-
-
 def grid_levels(net) -> list[int]:
     """The unknowns of the coarse levels that ran on their grid in the last hierarchy."""
     found, h = [], net._cache[2]
@@ -62,6 +42,10 @@ def grid_levels(net) -> list[int]:
         found += [f.levels[0].n for f in forms]
         h = forms[0] if forms else None
     return found
+
+
+def set_bound(bound: int) -> None:
+    multigrid.GRID_FORM_MIN = bound
 
 
 def main() -> None:
@@ -87,37 +71,27 @@ def main() -> None:
                     directions[bound](r)
                     on_grid[bound] = grid_levels(net)
                 repeats = 15 if n <= 64 else 7
-                ms = {
-                    b: s * 1e3 for b, s in time_bounds(directions, r, repeats, args.rounds).items()
-                }
+                ms = median_ms(directions, r, repeats, args.rounds, set_bound)
                 rows.append({"scene": name, "shape": [n] * 3, "ms": ms, "grid_levels": on_grid})
                 print(name, n, {b: round(v, 2) for b, v in ms.items()}, on_grid, flush=True)
     finally:
         multigrid.GRID_FORM_MIN = chosen
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     record = {"bounds": list(BOUNDS), "chosen": chosen, "rows": rows, "environment": environment()}
-    (out / "results.json").write_text(json.dumps(record, indent=1, default=str))
-    head = " | ".join(f"bound {b:,}" for b in BOUNDS)
-    lines = [
+    header = [
         "# Coarse levels that are grids: on the grid kernels from what size",
         "",
         "`python benchmarks/grid_form_min.py --out benchmarks/grid-form-min` — ms per "
         f"application of the shipped 3D solver (median of {args.rounds} alternating rounds' "
         f"medians), one process; `GRID_FORM_MIN` is {chosen:,} unknowns. In brackets: the "
         "coarse levels (unknowns) that ran on their grid.",
-        "",
-        f"| scene | grid | {head} | bound {BOUNDS[-1]:,} / chosen |",
-        "|---|---|" + "---|" * len(BOUNDS) + "---|",
     ]
-    for row in rows:
-        ms, levels = row["ms"], row["grid_levels"]
-        cells = " | ".join(
-            f"{ms[b]:.2f} ({', '.join(f'{v:,}' for v in levels[b]) or '–'})" for b in BOUNDS
-        )
-        grid = "×".join(map(str, row["shape"]))
-        lines.append(f"| {row['scene']} | {grid} | {cells} | {ms[BOUNDS[-1]] / ms[chosen]:.2f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+    def cell(row: dict, b: int) -> str:
+        levels = ", ".join(f"{v:,}" for v in row["grid_levels"][b]) or "–"
+        return f"{row['ms'][b]:.2f} ({levels})"
+
+    label = f"bound {BOUNDS[-1]:,} / chosen"
+    write_results(Path(args.out), record, header, BOUNDS, BOUNDS[-1], label, cell)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,10 @@ median over the rounds of each round's median.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
+from bound_sweep import median_ms, write_results
 
 import deepcd.nn.fastpath as fastpath
 from deepcd import threads
@@ -34,22 +32,8 @@ SCENES = ("smoke-obstacles", "splash")
 BOUNDS = (1, 1 << 15, 1 << 17, 1 << 19)
 
 
-def time_bounds(direction, r: np.ndarray, repeats: int, rounds: int) -> dict[int, float]:
-    """Median seconds of one application per bound (rounds alternate the bounds)."""
-    out = np.empty_like(r)
-    per: dict[int, list[float]] = {b: [] for b in BOUNDS}
-    for _ in range(rounds):
-        for bound in BOUNDS:
-            fastpath.GRID_SERIAL_BELOW = bound
-            for _ in range(3):
-                direction.into(r, 1.0, out)
-            ts = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                direction.into(r, 1.0, out)
-                ts.append(time.perf_counter() - t)
-            per[bound].append(statistics.median(ts))
-    return {b: statistics.median(v) for b, v in per.items()}
+def set_bound(bound: int) -> None:
+    fastpath.GRID_SERIAL_BELOW = bound
 
 
 def main() -> None:
@@ -69,34 +53,30 @@ def main() -> None:
                 direction.prepare()
                 r = np.random.default_rng(0).standard_normal(problem.n)
                 repeats = 15 if n**dim <= 64**3 else 5
-                seconds = time_bounds(direction, r, repeats, args.rounds)
-                ms = {b: s * 1e3 for b, s in seconds.items()}
+                directions = dict.fromkeys(BOUNDS, direction)
+                ms = median_ms(directions, r, repeats, args.rounds, set_bound)
                 rows.append({"scene": name, "shape": [n] * dim, "ms": ms})
                 print(name, f"{n}^{dim}", {b: round(v, 2) for b, v in ms.items()}, flush=True)
     finally:
         fastpath.GRID_SERIAL_BELOW = chosen
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     record = {"bounds": list(BOUNDS), "chosen": chosen, "rows": rows, "environment": environment()}
-    (out / "results.json").write_text(json.dumps(record, indent=1, default=str))
-    head = " | ".join(f"bound {b:,}" for b in BOUNDS)
-    lines = [
+    header = [
         "# Serial or parallel grid kernels on small grid levels",
         "",
         "`python benchmarks/grid_serial_below.py --out benchmarks/grid-serial-below` — ms per "
         f"application of the shipped solver (median of {args.rounds} alternating rounds' "
         f"medians), one process; `GRID_SERIAL_BELOW` is {chosen:,} cells; bound 1: always "
         "parallel.",
-        "",
-        f"| scene | grid | {head} | always parallel / chosen |",
-        "|---|---|" + "---|" * len(BOUNDS) + "---|",
     ]
-    for row in rows:
-        ms = row["ms"]
-        cells = " | ".join(f"{ms[b]:.2f}" for b in BOUNDS)
-        grid = "×".join(map(str, row["shape"]))
-        lines.append(f"| {row['scene']} | {grid} | {cells} | {ms[1] / ms[chosen]:.2f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_results(
+        Path(args.out),
+        record,
+        header,
+        BOUNDS,
+        1,
+        "always parallel / chosen",
+        lambda row, b: f"{row['ms'][b]:.2f}",
+    )
 
 
 if __name__ == "__main__":
