@@ -153,3 +153,30 @@ def test_fused_cycle_gives_the_same_vcycle(dim, shape, name, model):
     unfused = direction(r)
     # float32 sums in another order; a maze's V-cycle magnifies them most (1e-6 relative)
     np.testing.assert_allclose(fused, unfused, rtol=0, atol=1e-5 * np.abs(unfused).max())
+
+
+@pytest.mark.parametrize(
+    "dim,name,shared",
+    [(3, "smoke-obstacles", True), (3, "two-phase", False), (2, "smoke-obstacles", True)],
+)
+def test_flag_laplacian_transfers_read_the_stencil_faces(dim, name, shared):
+    """A flag Laplacian's normalized transfer faces ŵ equal its stencil faces, so level 0's
+    fused passes get the stencil's arrays for both (read once from memory); a variable-
+    coefficient stencil keeps its own ŵ. The V-cycle is the same either way."""
+    from deepcd.nn import build_network
+    from deepcd.nn.direction import NetworkDirection
+    from deepcd.nn.weights import load_solver
+
+    problem = scene(name, (20, 18, 16)[:dim], seed=0)
+    # 2D: global weights (the shipped 2D solver's local ω fold into its ŵ)
+    net = load_solver("vcycle-3d")[0] if dim == 3 else build_network("vcycle", 2)
+    direction = NetworkDirection(net, problem)
+    direction.prepare()
+    h = net._cache[2]
+    faces = net._grid_arrays(h.grid, torch.float32)[2][3 - dim :]  # 2D: no x-faces
+    omegas = net._level_omegas(h, 0)
+    weights = net._grid_axis_arrays(h, torch.float32, omegas)
+    for (w, _), face in zip(weights, faces, strict=True):
+        assert (w is face) == shared
+        if not shared:
+            assert not np.array_equal(w, face)

@@ -470,9 +470,17 @@ class VCycleNet(GridNet):
                     for a, ((nl, _), w) in enumerate(zip(h.grid_axis, omegas, strict=True))
                 ]
             lead = (1,) * (3 - self.dim)
-            h.grid.cache[key] = [
+            arrays = [
                 tuple(t.to(dtype).contiguous().numpy().reshape(lead + t.shape[2:]) for t in pair)
                 for pair in pairs
+            ]
+            # A flag Laplacian's ŵ are its faces (0 or 1, each face over the larger of its
+            # cells' largest, 1): then the fused passes, which read both, read one array
+            # twice — from cache the second time — instead of two from memory
+            faces = self._grid_arrays(h.grid, dtype)[2][3 - self.dim :]  # 2D: no x-faces
+            h.grid.cache[key] = [
+                (face if np.array_equal(w, face) else w, deg)
+                for (w, deg), face in zip(arrays, faces, strict=True)
             ]
         return h.grid.cache[key]
 
