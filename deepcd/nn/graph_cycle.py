@@ -27,12 +27,13 @@ class GraphLevelOps:
 
     smooth(y, into=None): the learned smoother S y, added into `into` (returned) when given;
     residual(r, x): r − A x; restrict(v): Pᵀ v on the next level (None on the last level);
-    prolong(e): P e from the next level; correction: c of x + c·P e.
+    prolong(e): P e from the next level; correction: c of x + c·P e. A last level solved by
+    its dense inverse (`GraphCycle.coarsest`) needs none of them.
     """
 
     n: int
-    smooth: Callable[..., np.ndarray]
-    residual: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    smooth: Callable[..., np.ndarray] | None = None
+    residual: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     restrict: Callable[[np.ndarray], np.ndarray] | None = None
     prolong: Callable[[np.ndarray], np.ndarray] | None = None
     correction: float = 1.0

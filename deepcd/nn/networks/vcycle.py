@@ -961,12 +961,14 @@ class VCycleNet(GridNet):
 
         last = len(h.levels) - 1
         ops = []
-        for d in range(depth, last + 1):
+        coarsest = None
+        if h.coarse_inverse is not None:  # the last level: its dense inverse alone
+            coarsest = gc.dense_op(h.coarse_inverse.to(dtype))
+        for d in range(depth, last + 1 if coarsest is None else last):
             with serial_if_small(h.levels[d].n):  # small levels' setup kernels on one thread
                 ops.append(self._graph_level_ops(h, d, dtype, grid if d == depth else True))
-        coarsest = None
-        if h.coarse_inverse is not None:
-            coarsest = gc.dense_op(h.coarse_inverse.to(dtype))
+        if coarsest is not None:
+            ops.append(gc.GraphLevelOps(n=h.levels[last].n))
         return gc.GraphCycle(ops, self.smooth, coarsest, self.coarse_sweeps)
 
     def _graph_level_ops(self, h, d: int, dtype: torch.dtype, grid: bool):
