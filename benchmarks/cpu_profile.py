@@ -10,7 +10,8 @@ Each shipped-solver V-cycle is timed by wrapping the network's level operations 
 residual, restriction and prolongation, on the grid level and on the coarse levels — "coarse"
 counts every level below level 0, those run on the grid kernels (`grid_form`) too; on the
 grid, the residual before the restriction and the correction and residual after the
-prolongation are fused into them, `VCycleNet.fused_cycle`, and counted there); the
+prolongation are fused into them, `VCycleNet.fused_cycle`, and counted there; the graph
+levels below the grid levels run as one plan, `deepcd.nn.graph_cycle`, timed as a whole); the
 solve's own loop (matvec, A-orthogonalization, line search: everything that is not the
 network) is the solve time minus the network's. The floor of a fine-level component is the
 bytes its passes must move (float32, counted like STREAM, no write-allocate) over the STREAM
@@ -39,6 +40,7 @@ from cg_kernels import triad_bandwidth  # the same STREAM triad (benchmarks/ is 
 
 from deepcd.bench.runner import environment, warm_up
 from deepcd.nn.direction import NetworkDirection
+from deepcd.nn.graph_cycle import GraphCycle
 from deepcd.nn.multigrid import StencilLevel
 from deepcd.nn.networks import VCycleNet
 from deepcd.nn.weights import default_solver, load_solver
@@ -86,6 +88,18 @@ def instrument(times: dict) -> None:
     wrap("_prolong_fused", by_offset("prolongation + correction + residual"))
     wrap("_restrict", lambda *a: "restriction (coarse)")
     wrap("_prolong", lambda *a: "prolongation (coarse)")
+    # below the grid levels the graph levels run as one plan (`deepcd.nn.graph_cycle`)
+    call = GraphCycle.__call__
+
+    def planned(self, r):
+        t = time.perf_counter()
+        out = call(self, r)
+        times["graph levels (one plan: smoothing, transfers, coarsest solve)"] += (
+            time.perf_counter() - t
+        )
+        return out
+
+    GraphCycle.__call__ = planned
 
 
 def fine_bytes(degree: int, smooth: int, dim: int) -> dict:
@@ -121,7 +135,7 @@ def profile(name: str, n: int, dim: int, repeats: int, times: dict, bandwidth: f
         cycle.append(time.perf_counter() - t)
     per = {k: v / repeats for k, v in times.items()}
     cycle_s = statistics.median(cycle)
-    per["other (scatter/gather, coarsest solve, conversions)"] = cycle_s - sum(per.values())
+    per["other (scatter/gather, conversions, Python)"] = cycle_s - sum(per.values())
     deepcd.solve_result(problem, rtol=1e-6, model=net)  # loads the loop's kernels: not timed
     res = deepcd.solve_result(problem, rtol=1e-6, model=net)
     loop_s = res.solve_s - res.settings["direction_s"]
