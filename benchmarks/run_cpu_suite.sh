@@ -50,3 +50,7 @@ DEEPCD_THREADS=1 .venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 1
     --out benchmarks/cpu-profile-1thread
 # 16. The close cases (maze, splash, ghost-fluid splash at 64³ and 512², pool 64³), 5 runs each, medians.
 ./benchmarks/close_cases.sh
+# 17. Coarse levels that are grids: on the grid kernels from what size (the GRID_FORM_MIN bound).
+.venv/bin/python benchmarks/grid_form_min.py --out benchmarks/grid-form-min
+# 18. How idle threads wait: short spin against passive, quiet and beside a busy loop.
+.venv/bin/python benchmarks/wait_policy.py --out benchmarks/wait-policy
