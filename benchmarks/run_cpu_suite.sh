@@ -54,3 +54,5 @@ DEEPCD_THREADS=1 .venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 1
 .venv/bin/python benchmarks/grid_form_min.py --out benchmarks/grid-form-min
 # 18. How idle threads wait: short spin against passive, quiet and beside a busy loop.
 .venv/bin/python benchmarks/wait_policy.py --out benchmarks/wait-policy
+# 19. The graph levels' V-cycle from a plan against looked up on every call.
+.venv/bin/python benchmarks/graph_plans.py --out benchmarks/graph-plans

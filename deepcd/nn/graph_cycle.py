@@ -65,7 +65,7 @@ def residual_op(kernel, diag: np.ndarray, link_args: tuple):
     return residual
 
 
-def _axis_passes(kernel, splits: list[tuple], omegas: list[float], v: np.ndarray) -> np.ndarray:
+def axis_passes(kernel, splits: list[tuple], omegas: list[float], v: np.ndarray) -> np.ndarray:
     """The transfer smoothings S_a for each (axis arrays, ω) in turn, into two new arrays
     taken in turn (v, the caller's, is never written)."""
     bufs = [np.empty_like(v) for _ in range(min(len(splits), 2))]
@@ -81,7 +81,7 @@ def restrict_op(axis_kernel, splits, omegas, sum_kernel, mstart, members, m: int
     axes in order, then the sum over each coarse unknown's members."""
 
     def restrict(v: np.ndarray) -> np.ndarray:
-        v = _axis_passes(axis_kernel, splits, omegas, v)
+        v = axis_passes(axis_kernel, splits, omegas, v)
         out = np.empty(m, dtype=dtype)
         sum_kernel(v, mstart, members, out)
         return out
@@ -97,7 +97,7 @@ def prolong_op(copy_kernel, agg: np.ndarray, axis_kernel, splits, omegas, dtype)
     def prolong(e: np.ndarray) -> np.ndarray:
         out = np.empty(agg.shape[0], dtype=dtype)
         copy_kernel(e, agg, out)
-        return _axis_passes(axis_kernel, splits, omegas, out)
+        return axis_passes(axis_kernel, splits, omegas, out)
 
     return prolong
 

@@ -189,18 +189,23 @@ class VCycleNet(GridNet):
 
     def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
         """`_smoother` on a graph level: Clenshaw on the normalized links (one column)."""
+        smooth = self._graph_smoother_op(level, logits, c, scale, _np_dtype(y.dtype))
+        return torch.from_numpy(smooth(y.contiguous().numpy().reshape(-1))).reshape(y.shape)
+
+    def _graph_smoother_op(self, level, logits: torch.Tensor, c: float, scale, dt: np.dtype):
+        """A graph level's smoother as `deepcd.nn.graph_cycle.smoother_op` (node vectors in
+        dt): what `_smoother_graph_fused` applies and the graph-level plans hold."""
         from deepcd.kernels import ell
         from deepcd.kernels.aggregate import small
-        from deepcd.nn.fastpath import normalized_graph, smooth
+        from deepcd.nn import graph_cycle as gc
+        from deepcd.nn.fastpath import normalized_graph
 
-        s, e, nweight = normalized_graph(level, scale, _np_dtype(y.dtype))
-        hat = s * y.contiguous().numpy().reshape(-1)
+        s, e, nweight = normalized_graph(level, scale, dt)
         idx, spill, rest_ptr, rest_idx = self._ell_layout(level)
         nw, rest_nw = self._ell_weights(level, "normalized", nweight)
         args = (e, idx, nw, spill, rest_ptr, rest_idx, rest_nw)
         step = small(ell.clenshaw_step, level.n)
-        out = smooth(step, (level.n,), hat, self._clenshaw_beta(logits, c), s, args)
-        return torch.from_numpy(out).reshape(y.shape)
+        return gc.smoother_op(step, s, self._clenshaw_beta(logits, c), args)
 
     @staticmethod
     def _ell_layout(level):
@@ -243,21 +248,25 @@ class VCycleNet(GridNet):
             residual(rv, x.contiguous().numpy().reshape(grid), diag, *links, out)
             return torch.from_numpy(out).reshape(x.shape)
         if isinstance(level, GraphLevel) and _fast(x, self.smoothers):
-            from deepcd.kernels import ell
-            from deepcd.kernels.aggregate import small
-            from deepcd.nn.multigrid import host_arrays
-
-            dt = _np_dtype(x.dtype)
-            h = host_arrays(level, dt)
-            idx, spill, rest_ptr, rest_idx = self._ell_layout(level)
-            w, rest_w = self._ell_weights(level, "weight", h["weight"])
-            out = np.empty(level.n, dtype=dt)
+            residual = self._graph_residual_op(level, _np_dtype(x.dtype))
             rv = r.to(x.dtype).contiguous().numpy().reshape(-1)
-            xv = x.contiguous().numpy().reshape(-1)
-            args = (h["diag"], idx, w, spill, rest_ptr, rest_idx, rest_w, out)
-            small(ell.residual, level.n)(rv, xv, *args)
+            out = residual(rv, x.contiguous().numpy().reshape(-1))
             return torch.from_numpy(out).reshape(x.shape)
         return r - self._level_apply(level, x)
+
+    def _graph_residual_op(self, level, dt: np.dtype):
+        """A graph level's r − A x as `deepcd.nn.graph_cycle.residual_op` (node vectors in
+        dt): what `_residual` applies there and the graph-level plans hold."""
+        from deepcd.kernels import ell
+        from deepcd.kernels.aggregate import small
+        from deepcd.nn import graph_cycle as gc
+        from deepcd.nn.multigrid import host_arrays
+
+        arrays = host_arrays(level, dt)
+        idx, spill, rest_ptr, rest_idx = self._ell_layout(level)
+        w, rest_w = self._ell_weights(level, "weight", arrays["weight"])
+        link_args = (idx, w, spill, rest_ptr, rest_idx, rest_w)
+        return gc.residual_op(small(ell.residual, level.n), arrays["diag"], link_args)
 
     def _level_apply(self, level, x: torch.Tensor) -> torch.Tensor:
         """A x on a level (numba on a graph level in CPU inference)."""
@@ -556,15 +565,13 @@ class VCycleNet(GridNet):
         if _fast(x, self.transfers):
             from deepcd.kernels.aggregate import small
             from deepcd.kernels.ell import axis_smooth
+            from deepcd.nn.graph_cycle import axis_passes
 
             split = self._axis_split(level, x.dtype, omegas)
+            oms = [1.0 if per_link else float(omegas[a]) for a in axes]
             v = x.contiguous().numpy().reshape(-1)
-            bufs = _pass_buffers(v, len(axes))
-            for a, out in zip(axes, bufs, strict=True):
-                omega = 1.0 if per_link else float(omegas[a])
-                small(axis_smooth, level.n)(v, *split[a], omega, out)
-                v = out
-            return torch.from_numpy(v.copy() if not axes else v).reshape(x.shape)
+            out = axis_passes(small(axis_smooth, level.n), [split[a] for a in axes], oms, v)
+            return torch.from_numpy(v.copy() if not axes else out).reshape(x.shape)
         for a in axes:
             if per_link:
                 on = torch.as_tensor(level.host["axis"] == a, device=omegas.device)
@@ -936,22 +943,23 @@ class VCycleNet(GridNet):
         `deepcd.nn.graph_cycle.GraphCycle`, cached on the level per hierarchy offset, dtype
         and parameter state; None where a level below runs on its grid (`grid_form`), whose
         kernels the plan does not hold, or in a batch of columns."""
-        last = len(h.levels) - 1
         if h.columns != 1:
-            return None
-        if self._grid_forms_on() and any(
-            grid_form(h, d) is not None for d in range(max(depth, 1), last)
-        ):
             return None
         params = (self.smoothers, self.transfers, self.corrections)
         state = tuple((p.data_ptr(), p._version) for p in params)
         state += (self.local.version() if self.local is not None else None,)
         state += (self.smooth, self.coarse_sweeps, h.coarse_inverse is not None)
+        state += (self._grid_forms_on(),)
         key = ("graph_cycle", h.offset, grid, dtype)
         cache = h.levels[depth].cache
         cached = cache.get(key)
         if cached is None or cached[0] != state:
-            cached = cache[key] = (state, self._build_graph_cycle(h, depth, dtype, grid))
+            last = len(h.levels) - 1
+            forms = self._grid_forms_on() and any(
+                grid_form(h, d) is not None for d in range(max(depth, 1), last)
+            )  # (grid forms are fixed per hierarchy: checked once, with the plan)
+            plan = None if forms else self._build_graph_cycle(h, depth, dtype, grid)
+            cached = cache[key] = (state, plan)
         return cached[1]
 
     def _build_graph_cycle(self, h, depth: int, dtype: torch.dtype, grid: bool):
@@ -976,7 +984,6 @@ class VCycleNet(GridNet):
         from deepcd.kernels import ell
         from deepcd.kernels.aggregate import prolong_copy, restrict_sum, small
         from deepcd.nn import graph_cycle as gc
-        from deepcd.nn.fastpath import normalized_graph
         from deepcd.nn.multigrid import host_arrays
 
         dt = _np_dtype(dtype)
@@ -985,26 +992,10 @@ class VCycleNet(GridNet):
         level = h.levels[d]
         weights = self.smoothers[J if d == last else min(d + h.offset, J - 1)]
         scale = self._local_scale(h, d, dtype, grid)
-        s, e, nweight = normalized_graph(level, scale, dt)
-        layout = self._ell_layout(level)
-        idx, spill, rest_ptr, rest_idx = layout
-        nw, rest_nw = self._ell_weights(level, "normalized", nweight)
-        beta = self._clenshaw_beta(weights, 1.0 - 2.0**-8)
-        arrays = host_arrays(level, dt)
-        w, rest_w = self._ell_weights(level, "weight", arrays["weight"])
         op = gc.GraphLevelOps(
             n=level.n,
-            smooth=gc.smoother_op(
-                small(ell.clenshaw_step, level.n),
-                s,
-                beta,
-                (e, idx, nw, spill, rest_ptr, rest_idx, rest_nw),
-            ),
-            residual=gc.residual_op(
-                small(ell.residual, level.n),
-                arrays["diag"],
-                (idx, w, spill, rest_ptr, rest_idx, rest_w),
-            ),
+            smooth=self._graph_smoother_op(level, weights, 1.0 - 2.0**-8, scale, dt),
+            residual=self._graph_residual_op(level, dt),
         )
         if d < last:
             i = min(d + h.offset, J - 1)
@@ -1026,7 +1017,12 @@ class VCycleNet(GridNet):
                 dt,
             )
             op.prolong = gc.prolong_op(
-                small(prolong_copy, level.n), arrays["agg"], axis_kernel, splits, oms, dt
+                small(prolong_copy, level.n),
+                host_arrays(level, dt)["agg"],
+                axis_kernel,
+                splits,
+                oms,
+                dt,
             )
             op.correction = float(F.softplus(self.corrections[i]).to(dtype))
         return op
