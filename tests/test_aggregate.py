@@ -252,3 +252,42 @@ def test_hierarchy_of_isolated_cells_falls_back_to_one_level(shape):
     )
     assert len(h.levels) == 1 and h.grid_agg is None and h.coarse_inverse is not None
     assert h.levels[0].n == int((flags == FLUID).sum())
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("merge_below,strength", [(2, 0.3), (4, 0.5)])
+def test_grid_aggregation_equals_the_csr_one_on_random_weak_links(seed, merge_below, strength):
+    """A random Laplacian (faces spanning decades: many weak links, so many small block
+    components that join a neighbour — chains of joins, joins inside a block whose pieces
+    interleave, joins across blocks; holes; some Dirichlet cells): the grid path's joins and
+    numbering stay those of the CSR's."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(v) for v in rng.integers(5, 12, size=3))
+    active = rng.random(shape) < 0.85
+    diag = np.where(rng.random(shape) < 0.1, rng.random(shape), 0.0)  # a Dirichlet share
+    links = []
+    for a in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[a], hi[a] = slice(0, -1), slice(1, None)
+        lo, hi = tuple(lo), tuple(hi)
+        w = rng.random(active[lo].shape) ** 6
+        w = np.where((rng.random(w.shape) < 0.1) | ~active[lo] | ~active[hi], 0.0, w)
+        diag[lo] += w
+        diag[hi] += w
+        links.append(w)
+    diag = np.where(active, diag, 0.0)
+    node, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
+    halved = np.array([True, True, True])
+    coarse = (np.array(shape) + 1) // 2
+    args = (halved, coarse, 0.5, False, strength, merge_below)
+    want = K.aggregate(coords, d, indptr, indices, weight, axis, *args)
+    g_node, _, agg, _, lv = grid_aggregate(diag, *links, halved, coarse, 0.5, strength, merge_below)
+    np.testing.assert_array_equal(g_node, node)
+    got = (agg, *(lv[k] for k in ("coords", "d", "indptr", "indices", "w", "axis")))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a component dropped as closed (cd ≤ 1e-9 max) yet linked by a tiny weight leaves no
+    # unset slot in its neighbours' rows
+    assert ((lv["indices"] >= 0) & (lv["indices"] < len(lv["d"]))).all()
+    assert (lv["w"] > 0).all() and lv["indptr"][-1] == len(lv["indices"])

@@ -398,6 +398,27 @@ def _component_sums(mstart, members, agg, d, indptr, indices, weight, chunk):
     return cd, counts, most.max()
 
 
+@nb.njit(cache=True)
+def _drop_unfilled(cindptr, filled, cindices, cweight, caxis):
+    """The coarse CSR without the slots its rows did not fill. A row's length is counted
+    (`_component_sums`) before `keep_components` drops the components that hold no coarse
+    unknown; a component linked to one only by weights under 1e-9 of the largest diagonal
+    (a near-closed region, a 1e-12 coefficient jump) is dropped yet was counted, and its
+    slot would keep an unset index. Returns (cindices, cweight, caxis); cindptr in place."""
+    mc = filled.shape[0]
+    if cindptr[mc] == filled.sum():
+        return cindices, cweight, caxis
+    q = 0
+    for c in range(mc):
+        lo = cindptr[c]
+        for s in range(filled[c]):
+            cindices[q], cweight[q], caxis[q] = cindices[lo + s], cweight[lo + s], caxis[lo + s]
+            q += 1
+        cindptr[c] = q - filled[c]
+    cindptr[mc] = q
+    return cindices[:q].copy(), cweight[:q].copy(), caxis[:q].copy()
+
+
 @nb.njit(parallel=True, cache=True)
 def _coarse_links(mstart, members, agg, indptr, indices, weight, axis, cindptr, scale, most, chunk):
     """The coarse CSR: each coarse node's neighbours in order of first appearance, the summed
@@ -409,6 +430,7 @@ def _coarse_links(mstart, members, agg, indptr, indices, weight, axis, cindptr, 
     cindices = np.empty(nnz, dtype=np.int32)
     cweight = np.zeros(nnz)
     caxis = np.empty(nnz, dtype=np.int8)
+    filled = np.empty(mc, dtype=np.int64)
     for kk in nb.prange((mc + chunk - 1) // chunk):
         k = np.int64(kk)
         along = np.empty((max(most, 1), 3))  # the fine weight along each axis behind a link
@@ -424,7 +446,8 @@ def _coarse_links(mstart, members, agg, indptr, indices, weight, axis, cindptr, 
                             cindices, cweight, along, q0, q, cj, weight[p], axis[p], scale
                         )
             _link_axes(along, q0, q, caxis)
-    return cindices, cweight, caxis
+            filled[c] = q - q0
+    return _drop_unfilled(cindptr, filled, cindices, cweight, caxis)
 
 
 @nb.njit(cache=True)
@@ -477,8 +500,9 @@ def aggregate(
     agg, m = _number_components(order, _roots(parent))  # in block order
     mstart, members = _members_in_order(agg, order, m)
     cd, counts, most = _component_sums(mstart, members, agg, d, indptr, indices, weight, _CHUNK)
+    cblock = block[members[mstart[:-1]]]  # each component's block: its first member's
     kstart, kmembers, cindptr, ccoords, cdiag = keep_components(
-        agg, mstart, members, counts, block, cd, scale, cy, cz
+        agg, mstart, members, counts, cblock, cd, scale, cy, cz
     )
     cindices, cweight, caxis = _coarse_links(
         kstart, kmembers, agg, indptr, indices, weight, axis, cindptr, scale, most, _CHUNK
@@ -487,12 +511,13 @@ def aggregate(
 
 
 @nb.njit(cache=True)
-def keep_components(agg, mstart, members, counts, block, cd, scale, cy, cz):
+def keep_components(agg, mstart, members, counts, cblock, cd, scale, cy, cz):
     """Drop the components with no coarse unknown (closed regions inside one block: no links
     leave them, so no other component counted a link to them): renumbers agg in place (-1:
-    dropped) and returns the kept components' (kstart, kmembers) (their members, CSR),
-    cindptr (from their neighbour counts), cells (the block, (mc, 3) int32) and scaled
-    diagonals."""
+    dropped) and returns the kept components' (kstart, kmembers) (their members, CSR; mstart
+    and members themselves when all are kept), cindptr (from their neighbour counts), cells
+    (cblock (m,): each component's block, C order on the coarse grid; as (mc, 3) int32) and
+    scaled diagonals."""
     m = cd.shape[0]
     dmax = 0.0
     for c in range(m):
@@ -508,34 +533,40 @@ def keep_components(agg, mstart, members, counts, block, cd, scale, cy, cz):
             cindptr[mc + 1] = cindptr[mc] + counts[c]
             mc += 1
     kstart, cindptr = kstart[: mc + 1], cindptr[: mc + 1]
-    kmembers = np.empty(kstart[mc], dtype=np.int64)
     ccoords = np.empty((mc, 3), dtype=np.int32)
     cdiag = np.empty(mc)
-    _fill_kept(
-        agg, keep, mstart, members, kstart, kmembers, block, cd, scale, cy, cz, ccoords, cdiag
-    )
+    if mc == m:  # nothing dropped: agg, the members and their starts stand as they are
+        _fill_cells(keep, cblock, cd, scale, cy, cz, ccoords, cdiag)
+        return mstart, members, cindptr, ccoords, cdiag
+    kmembers = np.empty(kstart[mc], dtype=np.int64)
+    _fill_kept(agg, keep, mstart, members, kstart, kmembers)
+    _fill_cells(keep, cblock, cd, scale, cy, cz, ccoords, cdiag)
     return kstart, kmembers, cindptr, ccoords, cdiag
 
 
 @nb.njit(parallel=True, cache=True)
-def _fill_kept(
-    agg, keep, mstart, members, kstart, kmembers, block, cd, scale, cy, cz, ccoords, cdiag
-):
-    """Renumber agg to the kept components (-1: dropped) and fill their members, cells (the
-    block) and scaled diagonals."""
+def _fill_kept(agg, keep, mstart, members, kstart, kmembers):
+    """Renumber agg to the kept components (-1: dropped) and gather their members."""
     for i in nb.prange(agg.shape[0]):
         agg[i] = keep[agg[i]]
     for c in nb.prange(keep.shape[0]):
         k = keep[c]
-        if k < 0:
-            continue
-        for t in range(mstart[c], mstart[c + 1]):
-            kmembers[kstart[k] + t - mstart[c]] = members[t]
-        b = block[members[mstart[c]]]
-        ccoords[k, 2] = b % cz
-        ccoords[k, 1] = (b // cz) % cy
-        ccoords[k, 0] = b // (cy * cz)
-        cdiag[k] = cd[c] * scale
+        if k >= 0:
+            for t in range(mstart[c], mstart[c + 1]):
+                kmembers[kstart[k] + t - mstart[c]] = members[t]
+
+
+@nb.njit(parallel=True, cache=True)
+def _fill_cells(keep, cblock, cd, scale, cy, cz, ccoords, cdiag):
+    """The kept components' coarse cells (their block) and scaled diagonals."""
+    for c in nb.prange(keep.shape[0]):
+        k = keep[c]
+        if k >= 0:
+            b = cblock[c]
+            ccoords[k, 2] = b % cz
+            ccoords[k, 1] = (b // cz) % cy
+            ccoords[k, 0] = b // (cy * cz)
+            cdiag[k] = cd[c] * scale
 
 
 # -- operations on a graph level (CPU inference; the torch forms are in deepcd.nn.multigrid) ---

@@ -17,13 +17,10 @@ from deepcd.kernels.aggregate import (
     _CHUNK,
     _active_per_row,
     _add_coarse_link,
-    _counting_sort,
+    _drop_unfilled,
     _find,
     _link_axes,
-    _members_in_order,
     _note_neighbour,
-    _number_components,
-    _roots,
     _union,
     keep_components,
 )
@@ -91,84 +88,227 @@ def _number_grid(diag, offset, node, index, cell, d):
                 node[i, j, k] = -1
 
 
-@nb.njit(parallel=True, cache=True)
-def _largest_and_blocks(node, cell, lx, ly, lz, halved, cy, cz):
-    """Per node: its largest link weight (0 without links) and its coarse cell (block, C
-    order on the coarse grid); and the number of links (both ways)."""
-    n = cell.shape[0]
-    ny, nz = node.shape[1], node.shape[2]
-    wmax = np.zeros(n)
-    block = np.empty(n, dtype=np.int64)
-    links = 0
-    for i in nb.prange(n):
-        x, y, z = _cell(cell, i, ny, nz)
-        top, cnt = 0.0, 0
-        for q in range(6):
-            j, w = _link(node, lx, ly, lz, x, y, z, q)
-            if j >= 0:
-                top = max(top, w)
-                cnt += 1
-        wmax[i] = top
-        links += cnt
-        b0 = x // 2 if halved[0] else x
-        b1 = y // 2 if halved[1] else y
-        b2 = z // 2 if halved[2] else z
-        block[i] = (b0 * cy + b1) * cz + b2
-    return wmax, block, links
-
-
 @nb.njit(inline="always")
 def _strong(w, wi, wj, strength):
     return w >= strength * max(wi, wj)
 
 
-@nb.njit(parallel=True, cache=True)
-def _components_in_blocks(parent, start, order, block, node, cell, lx, ly, lz, wmax, strength):
-    """`aggregate._components_in_blocks` on the grid: a node's links to larger nodes are its
-    x+, y+ and z+ links."""
-    ny, nz = node.shape[1], node.shape[2]
-    for b in nb.prange(start.shape[0] - 1):
-        for t in range(start[b], start[b + 1]):
-            i = order[t]
-            x, y, z = _cell(cell, i, ny, nz)
-            for q in range(1, 6, 2):
-                j, w = _link(node, lx, ly, lz, x, y, z, q)
-                if j >= 0 and block[j] == block[i] and _strong(w, wmax[i], wmax[j], strength):
-                    _union(parent, i, j)
-        for t in range(start[b], start[b + 1]):
-            i = order[t]
-            parent[i] = _find(parent, i)
+@nb.njit(inline="always")
+def _largest_link(node, lx, ly, lz, x, y, z):
+    """(largest link weight, number of links) of cell (x, y, z)."""
+    top, cnt = 0.0, 0
+    for q in range(6):
+        j, w = _link(node, lx, ly, lz, x, y, z, q)
+        if j >= 0:
+            top = max(top, w)
+            cnt += 1
+    return top, cnt
+
+
+@nb.njit(inline="always")
+def _block_cells(node, bx, by, bz, sx, sy, sz, ids, xs, ys, zs):
+    """The nodes of coarse block (bx, by, bz) — sx × sy × sz fine cells (2 on a halved axis,
+    else 1) — in C order, which is their node order: ids and cells into the scratch arrays
+    (≥ 8 long); returns how many."""
+    nx, ny, nz = node.shape
+    k = 0
+    for x in range(bx * sx, min(nx, (bx + 1) * sx)):
+        for y in range(by * sy, min(ny, (by + 1) * sy)):
+            for z in range(bz * sz, min(nz, (bz + 1) * sz)):
+                j = node[x, y, z]
+                if j >= 0:
+                    ids[k], xs[k], ys[k], zs[k] = j, x, y, z
+                    k += 1
+    return k
 
 
 @nb.njit(parallel=True, cache=True)
-def _merge_small(parent, start, order, node, cell, lx, ly, lz, wmax, strength, merge_below):
-    """`aggregate._merge_small` on the grid."""
-    n = parent.shape[0]
+def _block_components(node, lx, ly, lz, steps, cshape, strength, merge_below, root, ncomp, nnode):
+    """`aggregate._components_in_blocks` block by block, the block's cells found by arithmetic
+    (no sort by block): root (n,) each node's component root (its smallest node: the root
+    `_union` keeps), ncomp / nnode (blocks,) each block's components and nodes. Returns
+    level 0's link count (both ways) and the number of components under merge_below nodes."""
+    sx, sy, sz = steps[0], steps[1], steps[2]
+    cx, cy, cz = cshape[0], cshape[1], cshape[2]
+    links, small = 0, 0
+    for row in nb.prange(cx * cy):
+        bx, by = row // cy, row % cy
+        ids = np.empty(8, dtype=np.int64)
+        xs, ys, zs = np.empty(8, np.int64), np.empty(8, np.int64), np.empty(8, np.int64)
+        wl = np.empty(8)
+        lp = np.empty(8, dtype=np.int64)
+        size = np.empty(8, dtype=np.int64)
+        row_links, row_small = 0, 0
+        for bz in range(cz):
+            b = row * cz + bz
+            k = _block_cells(node, bx, by, bz, sx, sy, sz, ids, xs, ys, zs)
+            for s in range(k):
+                wl[s], cnt = _largest_link(node, lx, ly, lz, xs[s], ys[s], zs[s])
+                row_links += cnt
+                lp[s] = s
+            for s in range(k):
+                for q in range(1, 6, 2):  # the links to larger nodes: x+, y+, z+
+                    j, w = _link(node, lx, ly, lz, xs[s], ys[s], zs[s], q)
+                    if j < 0:
+                        continue
+                    for t in range(s + 1, k):  # j's slot, when it is in this block
+                        if ids[t] == j:
+                            if _strong(w, wl[s], wl[t], strength):
+                                _union(lp, s, t)
+                            break
+            comps = 0
+            for s in range(k):
+                size[s] = 0
+            for s in range(k):
+                r = _find(lp, s)
+                root[ids[s]] = ids[r]
+                size[r] += 1
+                comps += r == s
+            for s in range(k):
+                row_small += lp[s] == s and size[s] < merge_below
+            ncomp[b], nnode[b] = comps, k
+        links += row_links
+        small += row_small
+    return links, small
+
+
+@nb.njit(parallel=True, cache=True)
+def _number_in_blocks(node, steps, cshape, agg, cstart, nstart, mstart, members, cblock):
+    """Components that each lie in one block, numbered in block order and by their first
+    node within a block (`aggregate._number_components` over the nodes sorted by block):
+    agg (n,) holds each node's root on entry, its component on return; mstart / members
+    each component's nodes in node order (`aggregate._members_in_order`), cblock its block.
+    cstart / nstart: the blocks' first component and first member."""
+    sx, sy, sz = steps[0], steps[1], steps[2]
+    cx, cy, cz = cshape[0], cshape[1], cshape[2]
+    for row in nb.prange(cx * cy):
+        bx, by = row // cy, row % cy
+        ids = np.empty(8, dtype=np.int64)
+        xs, ys, zs = np.empty(8, np.int64), np.empty(8, np.int64), np.empty(8, np.int64)
+        rts = np.empty(8, dtype=np.int64)
+        for bz in range(cz):
+            b = row * cz + bz
+            k = _block_cells(node, bx, by, bz, sx, sy, sz, ids, xs, ys, zs)
+            for s in range(k):
+                rts[s] = agg[ids[s]]
+            c, t = cstart[b], nstart[b]
+            for s in range(k):
+                if rts[s] != ids[s]:
+                    continue
+                mstart[c], cblock[c] = t, b
+                for u in range(s, k):
+                    if rts[u] == ids[s]:
+                        members[t] = ids[u]
+                        agg[ids[u]] = c
+                        t += 1
+                c += 1
+
+
+@nb.njit(inline="always")
+def _neighbour(x, y, z, q):
+    """The cell across link q (0..5: x−, x+, y−, y+, z−, z+) of (x, y, z)."""
+    step = 2 * (q % 2) - 1
+    a = q // 2
+    return x + step * (a == 0), y + step * (a == 1), z + step * (a == 2)
+
+
+@nb.njit(parallel=True, cache=True)
+def _best_links(node, cell, lx, ly, lz, agg, mstart, members, strength, merge_below):
+    """`aggregate._merge_small`'s choice for each component under merge_below nodes (each
+    lies in one block: agg its number, mstart / members its nodes in order): best (m,) the
+    component across its strongest strong link (the first of equal weights, in node and
+    link order; -1: none or not small)."""
+    m = mstart.shape[0] - 1
     ny, nz = node.shape[1], node.shape[2]
-    size = np.zeros(n, dtype=np.int64)
-    best_w = np.zeros(n)
-    best_j = np.full(n, -1, dtype=np.int64)
-    for b in nb.prange(start.shape[0] - 1):
-        for t in range(start[b], start[b + 1]):
-            size[parent[order[t]]] += 1
-        for t in range(start[b], start[b + 1]):
-            i = order[t]
-            ri = parent[i]
-            if size[ri] >= merge_below:
-                continue
-            x, y, z = _cell(cell, i, ny, nz)
+    best = np.full(m, -1, dtype=np.int64)
+    for c in nb.prange(m):
+        if mstart[c + 1] - mstart[c] >= merge_below:
+            continue
+        best_w = 0.0
+        for t in range(mstart[c], mstart[c + 1]):
+            x, y, z = _cell(cell, members[t], ny, nz)
+            wi = _largest_link(node, lx, ly, lz, x, y, z)[0]
             for q in range(6):
                 j, w = _link(node, lx, ly, lz, x, y, z, q)
-                if (
-                    j >= 0
-                    and _strong(w, wmax[i], wmax[j], strength)
-                    and parent[j] != ri
-                    and w > best_w[ri]
-                ):
-                    best_w[ri], best_j[ri] = w, j
-    for r in range(n):
-        if best_j[r] >= 0 and parent[r] == r:
-            _union(parent, r, best_j[r])
+                if j < 0 or agg[j] == c or not w > best_w:
+                    continue
+                u, v, k = _neighbour(x, y, z, q)
+                if _strong(w, wi, _largest_link(node, lx, ly, lz, u, v, k)[0], strength):
+                    best_w, best[c] = w, agg[j]
+    return best
+
+
+@nb.njit(cache=True)
+def _merge_components(mstart, members, best):
+    """`aggregate._merge_small`'s joins on the components (the same joins, in the same order:
+    by root node, the smaller root kept) and their new numbering in order of first
+    appearance: (final (m,) each component's new number, the new count); final is empty
+    when nothing joined."""
+    m = best.shape[0]
+    cand = np.flatnonzero(best >= 0)
+    if cand.shape[0] == 0:
+        return np.empty(0, dtype=np.int64), m
+    root_node = members[mstart[:-1]]  # a component's smallest node: `_union`'s root
+    cand = cand[np.argsort(root_node[cand], kind="mergesort")]
+    parent = np.arange(m)
+    for c in cand:
+        if parent[c] != c:
+            continue
+        ra, rb = c, _find(parent, best[c])
+        if root_node[ra] < root_node[rb]:
+            parent[rb] = ra
+        elif root_node[rb] < root_node[ra]:
+            parent[ra] = rb
+    final = np.full(m, -1, dtype=np.int64)
+    count = 0
+    for c in range(m):  # components are numbered in block order: first appearance first
+        r = _find(parent, c)
+        if final[r] < 0:
+            final[r] = count
+            count += 1
+        final[c] = final[r]
+    return final, count
+
+
+@nb.njit(cache=True)
+def _merged_members(agg, mstart, members, cblock, final, count):
+    """Members and blocks of the joined components (`final`, `_merge_components`), each
+    component's nodes in block order, then node order (`aggregate._members_in_order`);
+    renumbers agg in place."""
+    m = mstart.shape[0] - 1
+    fstart = np.zeros(count + 1, dtype=np.int64)
+    fblock = np.full(count, -1, dtype=np.int64)
+    for c in range(m):
+        f = final[c]
+        fstart[f + 1] += mstart[c + 1] - mstart[c]
+        if fblock[f] < 0:
+            fblock[f] = cblock[c]
+    for f in range(count):
+        fstart[f + 1] += fstart[f]
+    fill = fstart[:-1].copy()
+    pieces = np.zeros(count, dtype=np.int64)
+    fmembers = np.empty(members.shape[0], dtype=np.int64)
+    for c in range(m):
+        f = final[c]
+        pieces[f] += 1
+        for t in range(mstart[c], mstart[c + 1]):
+            fmembers[fill[f]] = members[t]
+            fill[f] += 1
+    for f in range(count):
+        if pieces[f] > 1:  # pieces of one block may interleave: sort by (block, node)
+            lo, hi = fstart[f], fstart[f + 1]
+            key = np.empty(hi - lo, dtype=np.int64)
+            for t in range(lo, hi):
+                key[t - lo] = cblock[agg[fmembers[t]]]
+            idx = np.argsort(key * members.shape[0] + fmembers[lo:hi], kind="mergesort")
+            fmembers[lo:hi] = fmembers[lo:hi][idx]
+    return fstart, fmembers, fblock
+
+
+@nb.njit(parallel=True, cache=True)
+def _renumber(agg, final):
+    for i in nb.prange(agg.shape[0]):
+        agg[i] = final[agg[i]]
 
 
 @nb.njit(parallel=True, cache=True)
@@ -217,6 +357,7 @@ def _coarse_links(mstart, members, agg, node, cell, lx, ly, lz, cindptr, scale, 
     cindices = np.empty(nnz, dtype=np.int32)
     cweight = np.zeros(nnz)
     caxis = np.empty(nnz, dtype=np.int8)
+    filled = np.empty(mc, dtype=np.int64)
     for kk in nb.prange((mc + chunk - 1) // chunk):
         k = np.int64(kk)
         along = np.empty((max(most, 1), 3))  # the fine weight along each axis behind a link
@@ -234,7 +375,8 @@ def _coarse_links(mstart, members, agg, node, cell, lx, ly, lz, cindptr, scale, 
                     if cj >= 0 and cj != c:
                         q = _add_coarse_link(cindices, cweight, along, q0, q, cj, w, f // 2, scale)
             _link_axes(along, q0, q, caxis)
-    return cindices, cweight, caxis
+            filled[c] = q - q0
+    return _drop_unfilled(cindptr, filled, cindices, cweight, caxis)
 
 
 def grid_aggregate(diag, lx, ly, lz, halved, coarse_shape, scale, strength, merge_below=0):
@@ -253,25 +395,38 @@ def grid_aggregate(diag, lx, ly, lz, halved, coarse_shape, scale, strength, merg
     offset = np.zeros(len(per_row) + 1, dtype=np.int64)
     np.cumsum(per_row, out=offset[1:])
     n = int(offset[-1])
-    node = np.empty(diag.shape, dtype=np.int64)
+    node = np.empty(diag.shape, dtype=np.int32 if n < 2**31 else np.int64)
     index = np.empty(n, dtype=np.int64)
     cell = np.empty(n, dtype=np.int64)
     d = np.empty(n)
     _number_grid(diag, offset, node, index, cell, d)
-    halved = np.asarray(halved, dtype=np.bool_)
+    steps = np.where(np.asarray(halved, dtype=np.bool_), 2, 1).astype(np.int64)
     cx, cy, cz = (int(v) for v in coarse_shape)
-    wmax, block, links = _largest_and_blocks(node, cell, lx, ly, lz, halved, cy, cz)
-    start, order = _counting_sort(block, cx * cy * cz)
-    parent = np.arange(n)
+    cshape = np.array([cx, cy, cz], dtype=np.int64)
+    ncomp = np.empty(cx * cy * cz + 1, dtype=np.int64)
+    nnode = np.empty(cx * cy * cz + 1, dtype=np.int64)
+    agg = np.empty(n, dtype=np.int64)  # each node's root first, its component at the end
     grid = (node, cell, lx, ly, lz)
-    _components_in_blocks(parent, start, order, block, *grid, wmax, strength)
-    if merge_below > 1:
-        _merge_small(parent, start, order, *grid, wmax, strength, merge_below)
-    agg, m = _number_components(order, _roots(parent))  # in block order
-    mstart, members = _members_in_order(agg, order, m)
+    links, small = _block_components(
+        node, lx, ly, lz, steps, cshape, strength, merge_below, agg, ncomp[1:], nnode[1:]
+    )
+    ncomp[0] = nnode[0] = 0
+    nstart, cstart = np.cumsum(nnode, out=nnode), np.cumsum(ncomp, out=ncomp)
+    m = int(cstart[-1])
+    mstart, members = np.empty(m + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
+    cblock = np.empty(m, dtype=np.int64)
+    _number_in_blocks(node, steps, cshape, agg, cstart, nstart, mstart, members, cblock)
+    mstart[m] = n
+    del cstart, nstart
+    if merge_below > 1 and small > 0:
+        best = _best_links(node, cell, lx, ly, lz, agg, mstart, members, strength, merge_below)
+        final, m = _merge_components(mstart, members, best)
+        if len(final):
+            mstart, members, cblock = _merged_members(agg, mstart, members, cblock, final, m)
+            _renumber(agg, final)
     cd, counts, most = _component_sums(mstart, members, agg, d, *grid, _CHUNK)
     kstart, kmembers, cindptr, ccoords, cdiag = keep_components(
-        agg, mstart, members, counts, block, cd, scale, cy, cz
+        agg, mstart, members, counts, cblock, cd, scale, cy, cz
     )
     cindices, cweight, caxis = _coarse_links(
         kstart, kmembers, agg, *grid, cindptr, scale, most, _CHUNK
