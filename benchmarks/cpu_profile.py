@@ -2,7 +2,7 @@
 floor of the fine level's passes.
 
 Run:  .venv/bin/python benchmarks/cpu_profile.py [--shape 64 --shape 128 --shape 256]
-      [--scene smoke-obstacles] [--repeats 5] [--out benchmarks/cpu-profile]
+      [--scene smoke-obstacles] [--seed 0] [--repeats 5] [--out benchmarks/cpu-profile]
 Writes OUT/results.json and OUT/results.md. Run it alone on a quiet machine. The benchmark
 runner's warm-up (`deepcd.bench.runner.warm_up`) runs first, as before every `deepcd bench`.
 
@@ -114,10 +114,21 @@ def fine_bytes(degree: int, smooth: int, dim: int) -> dict:
     }
 
 
-def profile(name: str, n: int, dim: int, repeats: int, times: dict, bandwidth: float) -> dict:
+def grid_levels(net) -> list[int]:
+    """The levels of the network's cached hierarchy that run on the grid kernels: level 0
+    and those in grid form (`deepcd.nn.multigrid.grid_form`: a stencil on their blocks)."""
+    from deepcd.nn.multigrid import grid_form
+
+    h = net._cache[2]
+    return [0] + [k for k in range(1, len(h.levels)) if grid_form(h, k) is not None]
+
+
+def profile(
+    name: str, n: int, dim: int, repeats: int, times: dict, bandwidth: float, seed: int = 0
+) -> dict:
     import deepcd
 
-    problem = scene(name, (n,) * dim, seed=0)
+    problem = scene(name, (n,) * dim, seed=seed)
     net, card = load_solver(default_solver(dim))
     direction = NetworkDirection(net, problem)
     t = time.perf_counter()
@@ -146,7 +157,10 @@ def profile(name: str, n: int, dim: int, repeats: int, times: dict, bandwidth: f
     }
     return {
         "scene": name,
+        "seed": seed,
         "shape": [n] * dim,
+        "levels": len(net._cache[2].levels),
+        "grid_levels": grid_levels(net),
         "unknowns": problem.n,
         "hierarchy_s": setup_s,
         "first_application_s": first_s,
@@ -173,6 +187,10 @@ def markdown(rows: list[dict], bandwidth: float, command: str) -> str:
         grid = "×".join(map(str, r["shape"]))
         lines += [
             f"## {r['scene']} {grid} ({r['unknowns']:,} unknowns)",
+            "",
+            f"seed {r.get('seed', 0)}; levels on the grid kernels: "
+            f"{', '.join(map(str, r.get('grid_levels', [0])))} of {r.get('levels', '?')} "
+            "(the others run on the graph kernels).",
             "",
             f"hierarchy (setup) {r['hierarchy_s']:.3f} s; first application "
             f"{r['first_application_s'] * 1e3:.1f} ms; one V-cycle (median) "
@@ -202,6 +220,7 @@ def main() -> None:
     ap.add_argument("--shape", type=int, action="append", default=[])
     ap.add_argument("--dim", type=int, default=3)
     ap.add_argument("--scene", default="smoke-obstacles")
+    ap.add_argument("--seed", type=int, default=0, help="the scene's seed")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="bench-out/cpu-profile")
     args = ap.parse_args()
@@ -216,7 +235,7 @@ def main() -> None:
     bandwidth = triad_bandwidth()
     rows = []
     for n in args.shape or [64, 128]:
-        rows.append(profile(args.scene, n, args.dim, args.repeats, times, bandwidth))
+        rows.append(profile(args.scene, n, args.dim, args.repeats, times, bandwidth, args.seed))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "components_s"}), flush=True)
     import sys
 
