@@ -288,6 +288,11 @@ def cmd_info(args) -> int:
 
     state = os.environ.get(memory.ENV, "").strip() or "keep"
     print(f"malloc:   {state} at the first solve (deepcd.memory; ${memory.ENV}=system to opt out)")
+    thp = os.environ.get(memory.THP_ENV, "").strip() or "off"
+    print(
+        f"numpy huge pages: {thp} at the first solve (${memory.THP_ENV}=numpy keeps numpy's "
+        "madvise)"
+    )
     return 0
 
 

@@ -14,6 +14,13 @@ So the first solve (`deepcd.threads.ensure`) sets `M_MMAP_MAX` = 0 (large blocks
 the heap too) and `M_TRIM_THRESHOLD` to -1 (freed heap is never trimmed), unless
 `DEEPCD_MALLOC=system`. The price: the process keeps the heap of its peak, which later
 allocations reuse, instead of returning it. Elsewhere than glibc nothing changes.
+
+It also stops numpy from asking for transparent huge pages on its large arrays (numpy calls
+madvise(MADV_HUGEPAGE) on every allocation of 4 MiB or more, where the kernel's THP mode is
+"madvise"), unless `DEEPCD_THP=numpy`. With the kernel's defrag also on "madvise", as on
+this project's machine, each such fault may compact memory first: a fresh process's first
+128³ solve spent more in those faults than the huge pages saved
+(`python benchmarks/malloc_ab.py --thp --shape 128 --shape 256 --out benchmarks/thp`).
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ import ctypes.util
 import os
 
 ENV = "DEEPCD_MALLOC"
+THP_ENV = "DEEPCD_THP"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _NEVER = -1  # M_TRIM_THRESHOLD = -1: never trim (mallopt(3))
-_state: dict[str, str | None] = {"malloc": None}
+_state: dict[str, str | None] = {"malloc": None, "numpy_hugepage": None}
 
 
 def _glibc():
@@ -39,7 +47,9 @@ def _glibc():
 
 def ensure() -> str:
     """Apply the malloc settings once per process; returns what holds: "kept" (set here),
-    "system" ($DEEPCD_MALLOC=system) or "unavailable" (not glibc, or mallopt refused)."""
+    "system" ($DEEPCD_MALLOC=system) or "unavailable" (not glibc, or mallopt refused).
+    numpy's huge-page advice is settled too (`numpy_hugepage()`)."""
+    numpy_hugepage()
     if _state["malloc"] is not None:
         return _state["malloc"]
     choice = os.environ.get(ENV, "").strip().lower()
@@ -57,5 +67,33 @@ def ensure() -> str:
     return _state["malloc"]
 
 
+def numpy_hugepage() -> str:
+    """Turn off numpy's madvise(MADV_HUGEPAGE) on its large arrays once per process unless
+    $DEEPCD_THP=numpy; returns what holds: "off" (set here), "numpy" (numpy's own choice
+    left alone) or "unavailable" (this numpy has no such switch)."""
+    if _state["numpy_hugepage"] is not None:
+        return _state["numpy_hugepage"]
+    choice = os.environ.get(THP_ENV, "").strip().lower()
+    if choice not in ("", "off", "numpy"):
+        raise ValueError(f"${THP_ENV} must be 'off' or 'numpy', got {choice!r}")
+    if choice == "numpy":
+        _state["numpy_hugepage"] = "numpy"
+        return "numpy"
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    switch = getattr(multiarray, "_set_madvise_hugepage", None)
+    if switch is None:
+        _state["numpy_hugepage"] = "unavailable"
+    else:
+        switch(False)
+        _state["numpy_hugepage"] = "off"
+    return _state["numpy_hugepage"]
+
+
 def settings() -> dict:
-    return {"malloc": _state["malloc"] or "not set yet"}
+    return {
+        "malloc": _state["malloc"] or "not set yet",
+        "numpy_hugepage": _state["numpy_hugepage"] or "not set yet",
+    }

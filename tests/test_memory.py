@@ -1,4 +1,5 @@
-"""deepcd.memory: large arrays come from the heap and freed memory is kept (glibc)."""
+"""deepcd.memory: large arrays come from the heap and freed memory is kept (glibc); numpy
+asks for no huge pages."""
 
 from __future__ import annotations
 
@@ -42,17 +43,45 @@ def test_large_arrays_come_from_the_heap_unless_system(choice, state, mapped):
 
 
 def test_bad_setting_is_refused(monkeypatch):
-    monkeypatch.setattr(memory, "_state", {"malloc": None})
+    monkeypatch.setattr(memory, "_state", {"malloc": None, "numpy_hugepage": "numpy"})
     monkeypatch.setenv(memory.ENV, "jemalloc")
     with pytest.raises(ValueError, match="DEEPCD_MALLOC must be 'keep' or 'system'"):
         memory.ensure()
 
 
 def test_applied_once_and_reported(monkeypatch):
-    monkeypatch.setattr(memory, "_state", {"malloc": None})
+    monkeypatch.setattr(memory, "_state", {"malloc": None, "numpy_hugepage": None})
     monkeypatch.setenv(memory.ENV, "system")
-    assert memory.settings() == {"malloc": "not set yet"}
+    monkeypatch.setenv(memory.THP_ENV, "numpy")
+    assert memory.settings() == {"malloc": "not set yet", "numpy_hugepage": "not set yet"}
     assert memory.ensure() == "system"
     monkeypatch.setenv(memory.ENV, "keep")
+    monkeypatch.setenv(memory.THP_ENV, "off")
     assert memory.ensure() == "system"  # once per process
-    assert memory.settings() == {"malloc": "system"}
+    assert memory.settings() == {"malloc": "system", "numpy_hugepage": "numpy"}
+
+
+THP_PROBE = """
+from numpy._core import multiarray
+from deepcd import memory
+memory.ensure()
+print(memory.settings()["numpy_hugepage"], multiarray._get_madvise_hugepage())
+"""
+
+
+@pytest.mark.parametrize("choice,state,advised", [("", "off", False), ("numpy", "numpy", True)])
+def test_numpy_huge_page_advice_is_off_unless_asked_for(choice, state, advised):
+    """In a fresh process: after ensure() numpy no longer advises huge pages for its large
+    arrays; with DEEPCD_THP=numpy it still does (numpy's default on Linux)."""
+    env = {**os.environ, memory.THP_ENV: choice}
+    out = subprocess.run(
+        [sys.executable, "-c", THP_PROBE], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == [state, str(advised)]
+
+
+def test_bad_huge_page_setting_is_refused(monkeypatch):
+    monkeypatch.setattr(memory, "_state", {"malloc": "kept", "numpy_hugepage": None})
+    monkeypatch.setenv(memory.THP_ENV, "always")
+    with pytest.raises(ValueError, match="DEEPCD_THP must be 'off' or 'numpy'"):
+        memory.ensure()
