@@ -39,8 +39,10 @@ $deepcd simulate --scene smoke-obstacles --shape 64 --steps 100 --method dcdm --
 ./benchmarks/variable_coefficient.sh
 # 11. Where a DCDM solve spends its time (V-cycle components against their bandwidth floor).
 .venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 128 --shape 256 --repeats 15 --out benchmarks/cpu-profile
+.venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 128 --seed 1 --repeats 15 --out benchmarks/cpu-profile-seed1
 # 12. deepcd.memory's malloc settings against glibc's defaults (fresh processes, alternating).
 .venv/bin/python benchmarks/malloc_ab.py --shape 128 --shape 256 --rounds 2 --out benchmarks/malloc
+.venv/bin/python benchmarks/malloc_ab.py --thp --shape 128 --shape 256 --rounds 2 --out benchmarks/thp
 # 13. Level 0 on the grid against on its graph of unknowns (the fine_layout='auto' threshold).
 .venv/bin/python benchmarks/fine_layout.py --out benchmarks/fine-layout
 # 14. Serial or parallel graph kernels by level size (the SERIAL_BELOW bound).
