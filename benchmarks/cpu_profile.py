@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -123,6 +124,22 @@ def grid_levels(net) -> list[int]:
     return [0] + [k for k in range(1, len(h.levels)) if grid_form(h, k) is not None]
 
 
+def off_grid_links(net) -> dict:
+    """Level 1's links that are no face of its block grid (a component spanning two blocks
+    makes them; `grid_form` then refuses the level): how many, and at how many unknowns."""
+    host = net._cache[2].levels[1].host
+    if "coords" not in host:
+        return {"links": 0, "unknowns": 0}
+    indptr, coords = host["indptr"], host["coords"].astype(np.int64)
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    off = np.abs(coords[host["indices"]] - coords[rows]).sum(axis=1) != 1
+    return {"links": int(off.sum()), "unknowns": len(np.unique(rows[off]))}
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def profile(
     name: str, n: int, dim: int, repeats: int, times: dict, bandwidth: float, seed: int = 0
 ) -> dict:
@@ -131,13 +148,13 @@ def profile(
     problem = scene(name, (n,) * dim, seed=seed)
     net, card = load_solver(default_solver(dim))
     direction = NetworkDirection(net, problem)
-    t = time.perf_counter()
+    f, t = minor_faults(), time.perf_counter()
     direction.prepare()
-    setup_s = time.perf_counter() - t
+    setup_s, setup_faults = time.perf_counter() - t, minor_faults() - f
     r = np.random.default_rng(0).standard_normal(problem.n)
-    t = time.perf_counter()
+    f, t = minor_faults(), time.perf_counter()
     direction(r)
-    first_s = time.perf_counter() - t
+    first_s, first_faults = time.perf_counter() - t, minor_faults() - f
     times.clear()
     cycle = []
     for _ in range(repeats):
@@ -161,6 +178,9 @@ def profile(
         "shape": [n] * dim,
         "levels": len(net._cache[2].levels),
         "grid_levels": grid_levels(net),
+        "level1_off_grid": off_grid_links(net),
+        "setup_faults": setup_faults,
+        "first_application_faults": first_faults,
         "unknowns": problem.n,
         "hierarchy_s": setup_s,
         "first_application_s": first_s,
@@ -188,9 +208,12 @@ def markdown(rows: list[dict], bandwidth: float, command: str) -> str:
         lines += [
             f"## {r['scene']} {grid} ({r['unknowns']:,} unknowns)",
             "",
-            f"seed {r.get('seed', 0)}; levels on the grid kernels: "
-            f"{', '.join(map(str, r.get('grid_levels', [0])))} of {r.get('levels', '?')} "
-            "(the others run on the graph kernels).",
+            f"seed {r['seed']}; levels on the grid kernels: "
+            f"{', '.join(map(str, r['grid_levels']))} of {r['levels']} (the others run on the "
+            f"graph kernels); level 1 has {r['level1_off_grid']['links']:,} links that are no "
+            f"face of its block grid, at {r['level1_off_grid']['unknowns']:,} unknowns; minor "
+            f"page faults: setup {r['setup_faults']:,}, first application "
+            f"{r['first_application_faults']:,}.",
             "",
             f"hierarchy (setup) {r['hierarchy_s']:.3f} s; first application "
             f"{r['first_application_s'] * 1e3:.1f} ms; one V-cycle (median) "

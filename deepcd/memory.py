@@ -45,6 +45,14 @@ def _glibc():
         return None
 
 
+def _choice(env: str, default: str, other: str) -> str:
+    """$env, lower-cased: `default` (also when unset or empty) or `other`; else an error."""
+    choice = os.environ.get(env, "").strip().lower() or default
+    if choice not in (default, other):
+        raise ValueError(f"${env} must be {default!r} or {other!r}, got {choice!r}")
+    return choice
+
+
 def ensure() -> str:
     """Apply the malloc settings once per process; returns what holds: "kept" (set here),
     "system" ($DEEPCD_MALLOC=system) or "unavailable" (not glibc, or mallopt refused).
@@ -52,10 +60,7 @@ def ensure() -> str:
     numpy_hugepage()
     if _state["malloc"] is not None:
         return _state["malloc"]
-    choice = os.environ.get(ENV, "").strip().lower()
-    if choice not in ("", "keep", "system"):
-        raise ValueError(f"${ENV} must be 'keep' or 'system', got {choice!r}")
-    if choice == "system":
+    if _choice(ENV, "keep", "system") == "system":
         _state["malloc"] = "system"
         return "system"
     libc = _glibc()
@@ -73,10 +78,7 @@ def numpy_hugepage() -> str:
     left alone) or "unavailable" (this numpy has no such switch)."""
     if _state["numpy_hugepage"] is not None:
         return _state["numpy_hugepage"]
-    choice = os.environ.get(THP_ENV, "").strip().lower()
-    if choice not in ("", "off", "numpy"):
-        raise ValueError(f"${THP_ENV} must be 'off' or 'numpy', got {choice!r}")
-    if choice == "numpy":
+    if _choice(THP_ENV, "off", "numpy") == "numpy":
         _state["numpy_hugepage"] = "numpy"
         return "numpy"
     try:

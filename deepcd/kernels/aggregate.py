@@ -512,8 +512,9 @@ def aggregate(
 
 @nb.njit(cache=True)
 def keep_components(agg, mstart, members, counts, cblock, cd, scale, cy, cz):
-    """Drop the components with no coarse unknown (closed regions inside one block: no links
-    leave them, so no other component counted a link to them): renumbers agg in place (-1:
+    """Drop the components with no coarse unknown (closed regions inside one block, whose
+    coarse diagonal is under 1e-9 of the largest; a neighbour that counted a tiny link to
+    one loses that slot in `_drop_unfilled`): renumbers agg in place (-1:
     dropped) and returns the kept components' (kstart, kmembers) (their members, CSR; mstart
     and members themselves when all are kept), cindptr (from their neighbour counts), cells
     (cblock (m,): each component's block, C order on the coarse grid; as (mc, 3) int32) and

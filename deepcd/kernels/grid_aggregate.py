@@ -386,7 +386,8 @@ def grid_aggregate(diag, lx, ly, lz, halved, coarse_shape, scale, strength, merg
     faces lx (nx-1, ny, nz), ly, lz; float64) coarsened once (`aggregate.aggregate`, not
     pairwise) without its link CSR.
 
-    Returns (node, index, agg, links, level): node (nx, ny, nz) int64 (node id or -1), index
+    Returns (node, index, agg, links, level): node (nx, ny, nz) int32 (int64 from 2³¹ nodes;
+    node id or -1), index
     (n,) int64 each node's flat cell, agg (n,) int64 each node's coarse node (-1: none),
     links level 0's link count (both ways), and level 1 as a dict (coords, d, indptr,
     indices, w, axis) exactly as `aggregate` makes it.
