@@ -306,3 +306,76 @@ def test_smooth_grid_tiles_large_planes(monkeypatch):
     (work,) = [v for k, v in cache.items() if k[0] == "wavefront"]
     assert work.shape[3] == 4 + 2 * 5  # tiles of 4 rows, widened by 5 stages each side
     np.testing.assert_array_equal(got, want)
+
+
+def _with_extra_links(shape, pairs: int, seed: int) -> StencilLevel:
+    """A random flag stencil plus `pairs` random links between active cells that are no face
+    neighbours (both directions, their weight added to both diagonals): a grid form's level."""
+    from deepcd.nn.multigrid import ExtraLinks
+
+    rng = np.random.default_rng(seed)
+    flags = rng.choice([0, 1, 2], size=shape, p=[0.8, 0.1, 0.1]).astype(np.int8)
+    lap = GridLaplacian.from_problem(from_flags(flags, boundary=AIR), dtype=torch.float64)
+    diag = lap.diag.clone()
+    active = np.flatnonzero(diag.numpy().reshape(-1) > 0)
+    links: dict[tuple[int, int], float] = {}
+    coords = np.array(np.unravel_index(active, shape)).T
+    while len(links) < pairs:
+        i, j = rng.choice(len(active), 2, replace=False)
+        if np.abs(coords[i] - coords[j]).sum() == 1 or (active[i], active[j]) in links:
+            continue
+        w = rng.uniform(0.2, 2.0)
+        links[active[i], active[j]] = links[active[j], active[i]] = w
+        diag.view(-1)[[active[i], active[j]]] += w
+    level = StencilLevel.from_parts(diag, lap.links())
+    keys = sorted(links)
+    rows_all = np.array([k[0] for k in keys])
+    cols = np.array([k[1] for k in keys])
+    w = np.array([links[k] for k in keys])
+    rows, start = np.unique(rows_all, return_index=True)
+    d = diag.numpy().reshape(-1)
+    level.extra = ExtraLinks(
+        rows=rows, ptr=np.append(start, len(keys)), cols=cols, weight=w,
+        snorm=w / np.sqrt(d[rows_all] * d[cols]), nweight=w / 2.0,
+        axis=rng.integers(0, len(shape), len(keys)).astype(np.int8),
+    )  # fmt: skip
+    return level
+
+
+@pytest.mark.parametrize("shape", [(9, 8, 7), (13, 11), (4, 5, 6)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("into", [False, True])
+def test_smoother_with_links_off_the_grid_is_the_polynomial_of_the_whole_operator(
+    shape, dtype, into
+):
+    """`smooth_grid_extra`: s·Σ β_k T_k(I − Â)(s·y) with Â the normalized stencil plus the
+    level's links off its grid (`ExtraLinks`), against the dense operator's recurrence."""
+    from deepcd.nn.fastpath import smooth_grid_extra
+
+    level = _with_extra_links(shape, 6, seed=len(shape))
+    dim, cells = len(shape), int(np.prod(shape))
+    eye = torch.eye(cells, dtype=torch.float64).reshape(cells, 1, *shape)
+    A = level.apply(eye).reshape(cells, cells).numpy()
+    np.testing.assert_allclose(A, A.T, atol=1e-12)  # the links count both ways
+    s64 = level.inv_sqrt_diag.numpy().reshape(-1)
+    hat_A = s64[:, None] * A * s64[None, :]
+    rng = np.random.default_rng(3)
+    beta = rng.standard_normal(5)
+    y = rng.standard_normal(cells)
+    # reference: Clenshaw with the dense I − Â on s·y
+    h, b1, b2 = s64 * y, np.zeros(cells), np.zeros(cells)
+    for k in range(len(beta) - 1, 0, -1):
+        b1, b2 = beta[k] * h + 2.0 * (b1 - hat_A @ b1) - b2, b1
+    want = s64 * (beta[0] * h + (b1 - hat_A @ b1) - b2)
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    s, e, links = normalized_grid(level, None, dim, tdt)
+    grid = s.shape
+    extra = level.extra.host(dtype)
+    base = rng.standard_normal(grid).astype(dtype)
+    out = base.copy() if into else None
+    got = smooth_grid_extra(y.astype(dtype).reshape(grid), beta, s, e, links, extra, out)
+    if into:
+        assert got is out
+        got = got - base
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(got.reshape(-1), want, rtol=tol, atol=tol * np.abs(want).max())

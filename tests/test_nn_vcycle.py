@@ -511,20 +511,26 @@ def test_auto_layout_follows_the_fluid_share():
 
 
 @pytest.mark.parametrize(
-    "dim,name,shape,local",
-    [(3, "smoke-plume", (24, 20, 26), 0), (3, "smoke-obstacles", (40, 40, 40), 0),
-     (2, "smoke-plume", (48, 40), 0), (3, "smoke-obstacles", (40, 40, 40), 1)],
+    "dim,name,shape,local,seed",
+    [(3, "smoke-plume", (24, 20, 26), 0, 0), (3, "smoke-obstacles", (40, 40, 40), 0, 0),
+     (2, "smoke-plume", (48, 40), 0, 0), (3, "smoke-obstacles", (40, 40, 40), 1, 0),
+     (3, "smoke-obstacles", (40, 40, 40), 0, 1), (3, "bunny", (32, 36, 34), 0, 0),
+     (3, "smoke-obstacles", (36, 34, 38), 0, 3), (2, "splash", (96, 80), 0, 0)],
 )  # fmt: skip
-def test_coarse_levels_that_are_grids_run_the_same_vcycle(dim, name, shape, local, monkeypatch):
-    """A graph level whose graph is exactly a stencil on its block grid runs on the grid
-    kernels (`grid_form`): the same V-cycle as on the graph, up to float32 summation order —
-    with random parameters, on odd shapes, in 2D; never with local weights (they are per
-    link of the graph). (Variable-coefficient levels split their blocks at the jumps: they
-    stay graphs.)"""
+def test_coarse_levels_that_are_grids_run_the_same_vcycle(
+    dim, name, shape, local, seed, monkeypatch
+):
+    """A graph level whose graph is a stencil on its block grid, save a few links off it
+    (`ExtraLinks`: smoke-obstacles seeds 1 and 3, bunny, splash), runs on the grid kernels
+    (`grid_form`): the same V-cycle as on the graph, up to float32 summation order — with
+    random parameters, on odd shapes, in 2D; never with local weights (they are per link of
+    the graph). (Variable-coefficient levels split their blocks at the jumps: they stay
+    graphs.)"""
     import deepcd.nn.multigrid as mg
 
     monkeypatch.setattr(mg, "GRID_FORM_MIN", 0)
-    problem = scene(name, shape, seed=0)
+    monkeypatch.setattr(mg, "GRID_FORM_EXTRA_FILL", 0.0)
+    problem = scene(name, shape, seed=seed)
     net = build_network("vcycle", dim, smooth=1, degree=4, local=local)
     with torch.no_grad():
         for p in net.parameters():
@@ -534,6 +540,8 @@ def test_coarse_levels_that_are_grids_run_the_same_vcycle(dim, name, shape, loca
     h = net._cache[2]
     forms = [mg.grid_form(h, d) for d in range(1, len(h.levels))]
     assert any(f is not None for f in forms)
+    extra = any(f is not None and f.grid.extra is not None for f in forms)
+    assert extra == (seed > 0 or name in ("bunny", "splash")) or local
     r = np.random.default_rng(2).standard_normal(problem.n)
     on = direction(r)
     net.grid_forms = False
@@ -562,6 +570,23 @@ def test_grid_form_is_the_graph_level_on_its_grid(monkeypatch):
     want = h.levels[1].apply(x)
     got = sub.to_nodes(sub.grid.apply(sub.from_nodes(x)))
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
+
+    # one with links off its grid (a one-cell component merged into a neighbouring block's
+    # unknown): the stencil plus those links is the graph level, for A and every S_a
+    problem = scene("bunny", (32, 36, 34), seed=0)
+    flags = torch.tensor(problem.flags)[None, None]
+    h = net.hierarchy(flags, problem.shape, tuple(problem.boundary), torch.float64)
+    sub = mg.grid_form(h, 1)
+    assert sub is not None and sub.grid.extra is not None and sub.grid.extra.nnz > 0
+    level = h.levels[1]
+    x = torch.as_tensor(np.random.default_rng(1).standard_normal((level.n, 1)))
+    got = sub.to_nodes(sub.grid.apply(sub.from_nodes(x)))
+    np.testing.assert_allclose(got.numpy(), level.apply(x).numpy(), rtol=1e-12, atol=1e-12)
+    for a in range(3):
+        omega = torch.tensor(0.3)
+        got = sub.to_nodes(sub.smooth_grid_axis(sub.from_nodes(x), a, omega))
+        want = level.smooth_axis(x, a, omega)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
 
     flags = np.full((16, 16, 16), FLUID, dtype=np.int8)
     flags[6, 7, :] = flags[7, 6, :] = SOLID  # block (3, 3, ·): two diagonal columns

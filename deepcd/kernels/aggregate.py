@@ -710,19 +710,21 @@ def grid_axis_smooth(x, nlink, deg, a, omega, out):
 
 
 @nb.njit(cache=True)
-def grid_stencil(coords, indptr, indices, weight, axis, lead, d, diag, fx, fy, fz, cell):
+def grid_stencil(coords, indptr, indices, weight, axis, lead, d, diag, fx, fy, fz, cell, extra):
     """A graph level as a stencil on its block grid (`deepcd.nn.multigrid.grid_form`): node i
     at block coords[i] (3D numbering) gives diag[coords[i]] = d[i] and cell[i] its flat index;
-    each link, along grid axis axis[p] + lead, the face weight at its lower cell. False (the
-    arrays then partly filled) when two nodes share a block or a link is not a face along
-    its axis. diag and the faces fx (nx-1, ny, nz), fy, fz come zeroed."""
+    each link that is a face along its grid axis axis[p] + lead, the face weight at its lower
+    cell; every other link is marked in extra (nnz,) bool. Returns how many were marked, or
+    −1 (the arrays then partly filled) when two nodes share a block. diag and the faces
+    fx (nx-1, ny, nz), fy, fz come zeroed, extra False."""
     ny, nz = diag.shape[1], diag.shape[2]
     for i in range(coords.shape[0]):
         x, y, z = coords[i, 0], coords[i, 1], coords[i, 2]
         if diag[x, y, z] != 0.0:
-            return False
+            return -1
         diag[x, y, z] = d[i]
         cell[i] = (x * ny + y) * nz + z
+    count = 0
     for i in range(coords.shape[0]):
         x, y, z = coords[i, 0], coords[i, 1], coords[i, 2]
         for p in range(indptr[i], indptr[i + 1]):
@@ -731,15 +733,35 @@ def grid_stencil(coords, indptr, indices, weight, axis, lead, d, diag, fx, fy, f
             dx, dy, dz = coords[j, 0] - x, coords[j, 1] - y, coords[j, 2] - z
             step = (dx if a == 0 else 0) + (dy if a == 1 else 0) + (dz if a == 2 else 0)
             if abs(step) != 1 or abs(dx) + abs(dy) + abs(dz) != 1:
-                return False
-            if step == 1:
+                extra[p] = True
+                count += 1
+            elif step == 1:
                 if a == 0:
                     fx[x, y, z] = weight[p]
                 elif a == 1:
                     fy[x, y, z] = weight[p]
                 else:
                     fz[x, y, z] = weight[p]
-    return True
+    return count
+
+
+@nb.njit(cache=True)
+def grid_faces(coords, indptr, indices, values, axis, lead, extra, fx, fy, fz):
+    """`grid_stencil`'s faces for other per-link values (a level's normalized ŵ): values[p]
+    at the lower cell of each link not marked in extra. fx, fy, fz come zeroed."""
+    for i in range(coords.shape[0]):
+        x, y, z = coords[i, 0], coords[i, 1], coords[i, 2]
+        for p in range(indptr[i], indptr[i + 1]):
+            if extra[p]:
+                continue
+            j = indices[p]
+            a = axis[p] + lead
+            if a == 0 and coords[j, 0] == x + 1:
+                fx[x, y, z] = values[p]
+            elif a == 1 and coords[j, 1] == y + 1:
+                fy[x, y, z] = values[p]
+            elif a == 2 and coords[j, 2] == z + 1:
+                fz[x, y, z] = values[p]
 
 
 # Small levels run serial copies: a parallel launch costs more than their work, and far more

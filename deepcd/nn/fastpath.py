@@ -288,6 +288,32 @@ def smooth_grid(
     return out.reshape(y.shape) if into is None else into
 
 
+def smooth_grid_extra(
+    y: np.ndarray, beta: np.ndarray, s: np.ndarray, e: np.ndarray, links, extra: tuple,
+    into: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """`smooth_grid` on a grid level with links off its grid (`ExtraLinks.host`'s arrays):
+    one `clenshaw_step` pass per step, each followed by those links' term
+    (`deepcd.kernels.extra_links.extra_add`), which the wavefront could not interleave."""
+    from deepcd.kernels.extra_links import extra_add
+    from deepcd.kernels.smoother import clenshaw_step
+
+    rows, ptr, cols, _, snorm = extra[:5]
+    base = grid_kernel(clenshaw_step, y.size)
+    flat_s = s.reshape(-1)
+
+    def step(b1, b2, h, *args):  # args: the stencil, β_k, two, use_b2, s, use_s, out
+        base(b1, b2, h, *args)
+        two, use_s, out = args[-5], args[-2], args[-1]
+        extra_add(b1.reshape(-1), rows, ptr, cols, snorm, two, flat_s, use_s, out.reshape(-1))
+
+    out = smooth(step, y.shape, (s * y).astype(y.dtype), beta, s, (e, *links))
+    if into is None:
+        return out
+    into += out
+    return into
+
+
 def sweep_faces(cache: dict, grid: tuple[int, ...], links) -> tuple[np.ndarray, ...]:
     """A grid level's faces (`normalized_grid`'s links) as the wavefront sweeps them: (x, y,
     padded z) of `sweep_links`, the padded z-faces kept in `cache`."""

@@ -51,6 +51,11 @@ STRENGTH = 0.02  # a link joins a coarse unknown when w_ij ≥ STRENGTH·max(w_m
 CORRIDOR_BELOW = 0.45  # `level_scale`: levels whose aggregates are > 2.2 cells across
 SCALE_MIN = 0.3  # `level_scale`: the smallest Galerkin factor
 GRID_FORM_MIN = 1 << 13  # `grid_form`: graph levels this large may run on the grid
+# `grid_form` with links off the grid (`ExtraLinks`): at most this share of the level's links,
+# on a grid at least this full (their smoother runs a pass per step, not the wavefront, which
+# lost where half the cells were empty: splash 64³, one V-cycle 5.1 -> 6.0 ms; probe)
+GRID_FORM_EXTRA_MAX = 0.02
+GRID_FORM_EXTRA_FILL = 0.75
 # (`benchmarks/grid-form-min`: smoke-obstacles' 32k level 2 on the grid, one V-cycle at 64³
 # 7.29 -> 6.67 ms, at 128³ 44.9 -> 43.2 ms; a bound of 2,048 put 32³ problems' 4k levels on
 # the grid, 1.2x slower)
@@ -67,6 +72,7 @@ class StencilLevel:
     active: torch.Tensor
     inv_sqrt_diag: torch.Tensor
     cache: dict = field(default_factory=dict)
+    extra: ExtraLinks | None = None  # links that are no face of the grid (`grid_form`)
 
     @classmethod
     def from_parts(cls, diag: torch.Tensor, links: list[torch.Tensor]) -> StencilLevel:
@@ -82,7 +88,59 @@ class StencilLevel:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """A_l x for fields (B, C, *g)."""
-        return stencil_apply(x, self.diag, self.links)
+        out = stencil_apply(x, self.diag, self.links)
+        if self.extra is not None:
+            out = out - self.extra.matvec(x)
+        return out
+
+
+@dataclass
+class ExtraLinks:
+    """The links of a grid-form level (`grid_form`, one field) that are no face of its grid
+    along their axis — a one-node component that joined a neighbouring block's
+    (`MERGE_BELOW`) links that block's unknown to its own old neighbours — as CSR over the
+    cells that have them: rows (k,) and cols (nnz,) flat grid cells (int64), ptr (k + 1,);
+    per link the weight w (A_ij = −w), w / √(d_i d_j) (the smoother's D^-½ A D^-½), the
+    normalized ŵ of the transfers and the grid axis (the level's own numbering), float64 /
+    int8. Both directions of each link are listed."""
+
+    rows: np.ndarray
+    ptr: np.ndarray
+    cols: np.ndarray
+    weight: np.ndarray
+    snorm: np.ndarray
+    nweight: np.ndarray
+    axis: np.ndarray
+    cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def nnz(self) -> int:
+        return len(self.cols)
+
+    def matvec(self, x: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+        """Σ_j w_ij x_j at each row (0 elsewhere), for fields x (B, C, *g): what the links
+        subtract from the stencil's A x; with axis, Σ_j ŵ_ij x_j over the links along that
+        grid axis, what they subtract from a transfer smoothing's L̂_a x."""
+        rows = np.repeat(self.rows, np.diff(self.ptr))
+        on = slice(None) if axis is None else self.axis == axis
+        w = self.weight if axis is None else self.nweight
+        flat = x.reshape(*x.shape[:2], -1)
+        index = torch.as_tensor(rows[on], device=x.device)
+        cols = torch.as_tensor(self.cols[on], device=x.device)
+        w = torch.as_tensor(w[on], dtype=x.dtype, device=x.device)
+        out = torch.zeros_like(flat).index_add_(2, index, flat[..., cols] * w)
+        return out.reshape(x.shape)
+
+    def host(self, dtype: np.dtype) -> tuple:
+        """(rows, ptr, cols, w, ŝw, ŵ, axis) as the kernels (`deepcd.kernels.extra_links`)
+        take them, the weights in dtype (cached): ŝw = w_ij / √(d_i d_j), the links of the
+        smoother's normalized operator D^-½ A D^-½."""
+        key = np.dtype(dtype).str
+        if key not in self.cache:
+            w = (self.weight, self.snorm, self.nweight)
+            self.cache[key] = (self.rows, self.ptr, self.cols, *(a.astype(dtype) for a in w))
+            self.cache[key] += (self.axis,)
+        return self.cache[key]
 
 
 class GraphLevel:
@@ -245,6 +303,8 @@ class Hierarchy:
             nlink = nlink.to(x.dtype)
             lap.narrow(ax, 0, n - 1).addcmul_(nlink, x.narrow(ax, 1, n - 1), value=-1.0)
             lap.narrow(ax, 1, n - 1).addcmul_(nlink, x.narrow(ax, 0, n - 1), value=-1.0)
+        if self.grid.extra is not None:  # its links along a off the grid
+            lap = lap - self.grid.extra.matvec(x, axis=a)
         return x - omega.to(x.dtype) * lap
 
     def restrict_grid(self, x: torch.Tensor) -> torch.Tensor:
@@ -706,13 +766,16 @@ def prolong(level: GraphLevel, xc: torch.Tensor) -> torch.Tensor:
 
 def grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
     """Graph level `depth` (>= 1) as the grid level 0 of a sub-hierarchy that shares h's
-    coarser levels and coarsest solve, when its graph is exactly a stencil on its block grid:
-    one unknown per occupied block and every link between face neighbours along its axis —
-    level 1 of open scenes (smoke, plumes). The CPU inference then runs that level on the
-    grid kernels (`VCycleNet._cycle`), which stream its arrays in order instead of gathering
-    through link indices. None where the level is not such a grid (walls that split blocks,
-    merged one-cell components, mazes), for a stack of flag fields, or when it has no coarser
-    level. Built once per hierarchy (cached)."""
+    coarser levels and coarsest solve, when its graph is a stencil on its block grid — one
+    unknown per occupied block, every link between face neighbours along its axis — save at
+    most GRID_FORM_EXTRA_MAX of its links, which the grid level keeps beside its stencil
+    (`ExtraLinks`: where a one-node component joined a neighbouring block's, `MERGE_BELOW`).
+    Level 1 of open scenes is such a grid (smoke, plumes: no extra links; obstacles, bunny,
+    pool: 0.1–0.2 % of them). The CPU inference then runs that level on the grid kernels
+    (`VCycleNet._cycle`), which stream its arrays in order instead of gathering through link
+    indices. None where a block holds two unknowns (walls that split blocks, mazes), for a
+    stack of flag fields, or when the level has no coarser level. Built once per hierarchy
+    (cached)."""
     if depth in h._forms:
         return h._forms[depth]
     h._forms[depth] = form = _grid_form(h, depth)
@@ -735,21 +798,27 @@ def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
     diag = np.zeros(shape3)
     faces = [np.zeros(tuple(n - (a == b) for b, n in enumerate(shape3))) for a in range(3)]
     cell = np.empty(level.n, dtype=np.int64)
-    ok = K.grid_stencil(
-        host["coords"], host["indptr"], host["indices"], host["weight"], host["axis"],
-        3 - dim, host["diag"], diag, *faces, cell,
-    )  # fmt: skip
-    if not ok:  # two unknowns in a block, or a link that is not a face along its axis
+    extra = np.zeros(len(host["indices"]), dtype=np.bool_)
+    args = (host["coords"], host["indptr"], host["indices"])
+    count = K.grid_stencil(
+        *args, host["weight"], host["axis"], 3 - dim, host["diag"], diag, *faces, cell, extra
+    )
+    if count < 0:  # two unknowns in a block
+        return None
+    if count and (
+        count > GRID_FORM_EXTRA_MAX * len(extra) or level.n < GRID_FORM_EXTRA_FILL * diag.size
+    ):
         return None
     dtype = h.grid.diag.dtype
-    links = [
-        torch.as_tensor(f.reshape(1, 1, *f.shape[3 - dim :]), dtype=dtype) for f in faces[3 - dim :]
-    ]
     g = shape3[3 - dim :]
-    stencil = StencilLevel.from_parts(torch.as_tensor(diag.reshape(1, 1, *g), dtype=dtype), links)
+
+    def field(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a.reshape(1, 1, *a.shape[3 - dim :]), dtype=dtype)
+
+    stencil = StencilLevel.from_parts(field(diag), [field(f) for f in faces[3 - dim :]])
     agg = np.full(int(np.prod(shape3)), -1, dtype=np.int64)
     agg[cell] = host["agg"]
-    return Hierarchy(
+    sub = Hierarchy(
         grid=stencil,
         index=torch.as_tensor(cell),
         levels=h.levels[depth:],
@@ -758,3 +827,57 @@ def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
         grid_agg=torch.as_tensor(agg),
         offset=h.offset + depth,
     )
+    if count:
+        stencil.extra = _extra_links(level, cell, extra)
+        sub._grid_axis = _grid_axis_from_graph(level, cell, extra, stencil, g)
+    return sub
+
+
+def _extra_links(level: GraphLevel, cell: np.ndarray, extra: np.ndarray) -> ExtraLinks:
+    """The links marked in extra (nnz,) of a graph level whose node i is grid cell cell[i]."""
+    host = level.host_full()
+    p = np.flatnonzero(extra)
+    row = np.searchsorted(host["indptr"], p, side="right") - 1
+    nodes, start = np.unique(row, return_index=True)
+    cols = host["indices"][p]
+    w = host["weight"][p].astype(np.float64)
+    return ExtraLinks(
+        rows=cell[nodes],
+        ptr=np.append(start, len(p)).astype(np.int64),
+        cols=cell[cols],
+        weight=w,
+        snorm=host["s"][row] * w * host["s"][cols],
+        nweight=host["nweight"][p].astype(np.float64),
+        axis=host["axis"][p].astype(np.int8),
+    )
+
+
+def _grid_axis_from_graph(level, cell, extra, stencil: StencilLevel, g) -> list:
+    """`Hierarchy.grid_axis` of a grid form with extra links: per axis (ŵ, degree) from the
+    graph's own ŵ (their largest-link scale counts the extra links, which the faces alone
+    miss), each degree summing the extra links along that axis too."""
+    host = level.host_full()
+    dim = level.dim
+    shape3 = (1,) * (3 - dim) + tuple(g)
+    faces = [np.zeros(tuple(n - (a == b) for b, n in enumerate(shape3))) for a in range(3)]
+    args = (host["coords"], host["indptr"], host["indices"], host["nweight"], host["axis"])
+    K.grid_faces(*args, 3 - dim, extra, *faces)
+    p = np.flatnonzero(extra)
+    rows = cell[np.searchsorted(host["indptr"], p, side="right") - 1]
+    out = []
+    for a in range(dim):
+        face, ax = faces[a + 3 - dim], a + 3 - dim
+        deg = np.zeros(shape3)
+        n = shape3[ax]
+        if n > 1:
+            deg[(slice(None),) * ax + (slice(0, n - 1),)] += face
+            deg[(slice(None),) * ax + (slice(1, n),)] += face
+        on = host["axis"][p] == a
+        np.add.at(deg.reshape(-1), rows[on], host["nweight"][p][on])
+        as_field = torch.as_tensor(face.reshape(1, 1, *face.shape[3 - dim :]))
+        out.append((as_field.to(stencil.diag.dtype), _as_grid(deg, stencil)))
+    return out
+
+
+def _as_grid(a: np.ndarray, stencil: StencilLevel) -> torch.Tensor:
+    return torch.as_tensor(a.reshape(stencil.diag.shape), dtype=stencil.diag.dtype)

@@ -173,7 +173,7 @@ class VCycleNet(GridNet):
         """`_smoother` on the grid: Clenshaw on the normalized stencil (`deepcd.nn.fastpath`),
         every step in one wavefront sweep (`fastpath.smooth_grid`), added to `into` (a
         contiguous tensor like y) when given."""
-        from deepcd.nn.fastpath import normalized_grid, smooth_grid
+        from deepcd.nn.fastpath import normalized_grid, smooth_grid, smooth_grid_extra
 
         if level.diag.shape[0] != 1 or y.shape[0] != 1:
             raise ValueError("the fused grid smoother takes one field")
@@ -181,6 +181,14 @@ class VCycleNet(GridNet):
         s, e, links = normalized_grid(level, scale, self.dim, y.dtype)
         yv = y.contiguous().numpy().reshape(grid)
         beta = self._clenshaw_beta(logits, c)
+        if level.extra is not None:  # (grid forms: never a local scale)
+            extra = level.extra.host(_np_dtype(y.dtype))
+            add = into is not None and into.is_contiguous() and into.dtype == y.dtype
+            out = smooth_grid_extra(yv, beta, s, e, links, extra, into.numpy() if add else None)
+            if add:
+                return into
+            out = torch.from_numpy(out).reshape(y.shape)
+            return out if into is None else into.add_(out)
         if into is not None and into.is_contiguous() and into.dtype == y.dtype:
             smooth_grid(yv, beta, s, e, links, level.cache, into.numpy().reshape(grid))
             return into
@@ -245,7 +253,15 @@ class VCycleNet(GridNet):
             out = np.empty(grid, dtype=diag.dtype)
             rv = r.to(x.dtype).contiguous().numpy().reshape(grid)
             residual = grid_kernel(stencil_residual, diag.size)
-            residual(rv, x.contiguous().numpy().reshape(grid), diag, *links, out)
+            xv = x.contiguous().numpy().reshape(grid)
+            residual(rv, xv, diag, *links, out)
+            if level.extra is not None:  # links off the grid: A_ij = −w_ij
+                from deepcd.kernels.extra_links import extra_add
+
+                rows, ptr, cols, w = level.extra.host(diag.dtype)[:4]
+                extra_add(
+                    xv.reshape(-1), rows, ptr, cols, w, 1.0, rv.reshape(-1), False, out.reshape(-1)
+                )
             return torch.from_numpy(out).reshape(x.shape)
         if isinstance(level, GraphLevel) and _fast(x, self.smoothers):
             residual = self._graph_residual_op(level, _np_dtype(x.dtype))
@@ -546,11 +562,15 @@ class VCycleNet(GridNet):
         self._grid_arrays(h.grid, dtype)
         links = normalized_grid(h.grid, self._local_scale(h, 0, dtype), self.dim, dtype)[2]
         grid = (1,) * (3 - self.dim) + tuple(h.shape)
-        if wavefront_work(h.grid.cache, grid, _np_dtype(dtype), self.config["degree"]) is not None:
+        extra = h.grid.extra
+        if extra is not None:
+            extra.host(_np_dtype(dtype))
+        deg = self.config["degree"]
+        if extra is None and wavefront_work(h.grid.cache, grid, _np_dtype(dtype), deg) is not None:
             sweep_faces(h.grid.cache, grid, links)
         if len(h.levels) > 1:
             self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
-            if self.fused_cycle and any(h.levels[0].halved):
+            if self.fused_cycle and any(h.levels[0].halved) and extra is None:
                 from deepcd.nn.fastpath import restrict_splits
 
                 self._fused_transfer_args(h, dtype, grid)
@@ -637,7 +657,8 @@ class VCycleNet(GridNet):
             grid = (1,) * (3 - self.dim) + tuple(x.shape[2:])
             weights = self._grid_axis_arrays(h, x.dtype, omegas)
             v = x.contiguous().numpy().reshape(grid)
-            if len(axes) > 1 and self.fused_transfers:  # every axis in one pass
+            extra = h.grid.extra
+            if len(axes) > 1 and self.fused_transfers and extra is None:  # every axis, one pass
                 from deepcd.nn.fastpath import transfer_smooth
 
                 lead = 3 - self.dim
@@ -651,6 +672,13 @@ class VCycleNet(GridNet):
                 nlink, deg = weights[a]
                 omega = 1.0 if local else float(omegas[a])
                 axis_smooth(v, nlink, deg, a + 3 - self.dim, omega, out)
+                if extra is not None:  # its links along a (the degree counts them)
+                    from deepcd.kernels.extra_links import extra_axis_add
+
+                    rows, ptr, cols, _, _, nw, axis = extra.host(v.dtype)
+                    extra_axis_add(
+                        v.reshape(-1), rows, ptr, cols, nw, axis, a, omega, out.reshape(-1)
+                    )
                 v = out
             return torch.from_numpy(v.copy() if not axes else v).reshape(x.shape)
         for a in axes:
@@ -700,6 +728,7 @@ class VCycleNet(GridNet):
             and _fast(x, self.transfers)
             and _fast(x, self.corrections)
             and h.grid.diag.shape[0] == 1
+            and h.grid.extra is None  # links off the grid: the unfused passes add them
             and len(h.levels) > 1
             and any(h.levels[0].halved)
         )
@@ -1029,8 +1058,10 @@ class VCycleNet(GridNet):
 
     def _on_grid_form(self, h, r: torch.Tensor) -> bool:
         """Whether CPU inference runs graph levels that are grids (`grid_form`) on the grid
-        kernels: one column, global weights (local ones are per link of the graph)."""
-        return self._grid_forms_on() and _fast(r, self.smoothers)
+        kernels: one column, global weights (local ones are per link of the graph), every
+        parameter without a gradient to track."""
+        params = (self.smoothers, self.transfers, self.corrections)
+        return self._grid_forms_on() and all(_fast(r, p) for p in params)
 
     def _grid_forms_on(self) -> bool:
         return self.local is None and self.grid_forms
