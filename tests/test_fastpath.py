@@ -308,9 +308,10 @@ def test_smooth_grid_tiles_large_planes(monkeypatch):
     np.testing.assert_array_equal(got, want)
 
 
-def _with_extra_links(shape, pairs: int, seed: int) -> StencilLevel:
+def _with_extra_links(shape, pairs: int, seed: int, reach: int | None = None) -> StencilLevel:
     """A random flag stencil plus `pairs` random links between active cells that are no face
-    neighbours (both directions, their weight added to both diagonals): a grid form's level."""
+    neighbours, at most `reach` cells apart along every axis (both directions, their weight
+    added to both diagonals): a grid form's level."""
     from deepcd.nn.multigrid import ExtraLinks
 
     rng = np.random.default_rng(seed)
@@ -322,7 +323,10 @@ def _with_extra_links(shape, pairs: int, seed: int) -> StencilLevel:
     coords = np.array(np.unravel_index(active, shape)).T
     while len(links) < pairs:
         i, j = rng.choice(len(active), 2, replace=False)
-        if np.abs(coords[i] - coords[j]).sum() == 1 or (active[i], active[j]) in links:
+        d = np.abs(coords[i] - coords[j])
+        if d.sum() == 1 or (active[i], active[j]) in links:
+            continue
+        if reach is not None and d.max() > reach:
             continue
         w = rng.uniform(0.2, 2.0)
         links[active[i], active[j]] = links[active[j], active[i]] = w
@@ -379,3 +383,48 @@ def test_smoother_with_links_off_the_grid_is_the_polynomial_of_the_whole_operato
         got = got - base
     tol = 1e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(got.reshape(-1), want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("shape", [(40, 9, 7), (60, 12), (36, 13, 6)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("tile", [None, 4])
+@pytest.mark.parametrize("nchunks", [1, 2, 3])
+def test_wavefront_with_links_off_the_grid_equals_one_pass_per_step(
+    shape, dtype, tile, nchunks, monkeypatch
+):
+    """The wavefront on a level with links off its grid (`clenshaw_wavefront_extra`, a stage
+    `lag` planes behind the one before; tiled: `lag` rows wider) gives the one-pass-per-step
+    smoother with those links (`smooth_grid_extra`), into an array or not, in chunks and
+    tiles, links up to 3 planes and rows apart."""
+    import deepcd.nn.fastpath as fp
+
+    level = _with_extra_links(shape, 8, seed=7 + len(shape), reach=3)
+    dim = len(shape)
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    s, e, links = normalized_grid(level, None, dim, tdt)
+    extra = level.extra.host(dtype)
+    rng = np.random.default_rng(5)
+    beta = rng.standard_normal(5)
+    y = rng.standard_normal(s.shape).astype(dtype)
+    want = fp.smooth_grid_extra(y, beta, s, e, links, extra)
+    monkeypatch.setattr(fp, "WAVEFRONT_PLANES", 1)  # chunks of (m − 1)·lag planes and up
+    monkeypatch.setattr(fp, "grid_threads", lambda cells: nchunks)
+    if tile is not None:  # every plane tiled
+        monkeypatch.setattr(fp, "RING_UNTILED_MAX", 0)
+        monkeypatch.setattr(fp, "WAVEFRONT_TILES", (tile,))
+    cache: dict = {}
+    got = fp.smooth_grid(y, beta, s, e, links, cache, extra=extra)
+    lag = fp.sweep_extra(cache, s.shape, extra, len(beta))[0]
+    assert lag > 1
+    work = next(v for k, v in cache.items() if k[0] == "wavefront")
+    assert (
+        work.shape[0] == min(nchunks, fp._sweep_shape(s.shape)[0]) and work.shape[2] == 2 * lag + 1
+    )
+    if tile is not None:
+        assert work.shape[3] == tile + 2 * lag * (len(beta) - 1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    base = rng.standard_normal(s.shape).astype(dtype)
+    acc = base.copy()
+    assert fp.smooth_grid(y, beta, s, e, links, cache, acc, extra) is acc
+    np.testing.assert_allclose(acc - base, want, rtol=tol, atol=tol * np.abs(want).max())

@@ -529,7 +529,6 @@ def test_coarse_levels_that_are_grids_run_the_same_vcycle(
     import deepcd.nn.multigrid as mg
 
     monkeypatch.setattr(mg, "GRID_FORM_MIN", 0)
-    monkeypatch.setattr(mg, "GRID_FORM_EXTRA_FILL", 0.0)
     problem = scene(name, shape, seed=seed)
     net = build_network("vcycle", dim, smooth=1, degree=4, local=local)
     with torch.no_grad():

@@ -3,11 +3,12 @@
 A coarse level in grid form (`deepcd.nn.multigrid.grid_form`) is a 7-point stencil on its
 block grid plus, where a one-node component joined a neighbouring block's
 (`deepcd.nn.multigrid.MERGE_BELOW`), a few links between cells that are not face neighbours
-(`deepcd.nn.multigrid.ExtraLinks`: smoke-obstacles, bunny and pool at 128³ have 0.1–0.2 % of
-level 1's links so). The grid kernels apply the stencil; these add the rest to their output
-afterwards: each is a linear term that reads one array and adds to another, so the sum is
-the level's whole operator. Rows (`rows`, flat cells) with their links in CSR order (`ptr`,
-`cols` flat cells); serial, since they are few.
+(`deepcd.nn.multigrid.ExtraLinks`: smoke-obstacles seed 1, bunny and pool at 128³ have
+0.05–0.1 % of level 1's links so). The grid kernels apply the stencil; these add the rest to
+their output afterwards (the wavefront smoother adds them row by row itself,
+`deepcd.kernels.smoother.clenshaw_wavefront_extra`): each is a linear term that reads one
+array and adds to another, so the sum is the level's whole operator. Rows (`rows`, flat
+cells) with their links in CSR order (`ptr`, `cols` flat cells); serial, since they are few.
 """
 
 from __future__ import annotations

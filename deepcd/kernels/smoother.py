@@ -158,7 +158,10 @@ def graph_clenshaw_step(b1, b2, h, e, indptr, indices, nweight, beta, two, use_b
 # in a small ring buffer, so the operator arrays and y are read from memory once per smoother
 # and every intermediate b_k stays in cache. Threads take contiguous x-chunks; a chunk also
 # computes the planes that its stages need from its neighbours' range (L − t planes on each
-# side for stage t), so chunks never wait on each other.
+# side for stage t), so chunks never wait on each other. A level with links off its grid
+# (`deepcd.nn.multigrid.ExtraLinks`, cells up to `lag` planes apart) runs each stage `lag`
+# planes behind the one before, with 2·lag + 1 planes per stage in the ring, and adds the
+# links' terms row by row (`_extra_row`); the kernels without them pass no links.
 
 
 @nb.njit(inline="always")
@@ -255,19 +258,79 @@ def _stage_planes(ring, t, i, L, nx_, ny_, nzp, e, coef, zero, out):
     """What stage t ≥ 1 of the wavefront reads and writes at x-plane i: the ring planes of
     stage t − 1 at i and its x-neighbours (zero planes past the grid), the x-faces beside i,
     stage t − 2 at i (zero for t = 1), the plane's diagonal, y- and padded z-faces, the
-    step's coefficients, and where it writes (the output on the last stage)."""
-    nx = e.shape[0]
+    step's coefficients, and where it writes (the output on the last stage). The ring holds
+    R = ring.shape[1] planes per stage (3, or 2·lag + 1 with links off the grid)."""
+    nx, R = e.shape[0], ring.shape[1]
     cur = ring[t - 1]
-    bc = cur[i % 3]
-    bxm = cur[(i - 1) % 3] if i > 0 else zero
-    bxp = cur[(i + 1) % 3] if i < nx - 1 else zero
+    bc = cur[i % R]
+    bxm = cur[(i - 1) % R] if i > 0 else zero
+    bxp = cur[(i + 1) % R] if i < nx - 1 else zero
     wx_m = _plane_or(nx_, i - 1, nx - 1, zero)
     wx_p = _plane_or(nx_, i, nx - 1, zero)
-    b2 = ring[t - 2, i % 3] if t >= 2 else zero
+    b2 = ring[t - 2, i % R] if t >= 2 else zero
     bk = coef[L - t]  # in the arrays' dtype: float32 stays float32
     two = coef[L + 1] if t == L else coef[L + 2]
-    o = out[i] if t == L else ring[t, i % 3]
+    o = out[i] if t == L else ring[t, i % R]
     return bc, bxm, bxp, wx_m, wx_p, b2, e[i], ny_[i], nzp[i], bk, two, o
+
+
+@nb.njit(inline="always")
+def _extra_row(prev, r, base, xptr, xk, xi, xj, xz, xw, two, last, s_row, o, jo, at):
+    """Grid row r's links off the grid (`deepcd.nn.multigrid.ExtraLinks`) for a wavefront
+    stage: o[jo, xk + at] += two · ŝw · (stage t − 1 at the link's other cell), read from
+    that stage's ring `prev` (ring row = grid row − base), times s on the last stage — the
+    term `deepcd.kernels.extra_links.extra_add` adds after a one-pass step."""
+    R = prev.shape[0]
+    for q in range(xptr[r], xptr[r + 1]):
+        v = two * (xw[q] * prev[xi[q] % R, xj[q] - base, xz[q] + 1])
+        k = xk[q]
+        o[jo, k + at] += v * s_row[k] if last else v
+
+
+@nb.njit(inline="always")
+def _wavefront_chunk(
+    c, y, s, e, nx_, ny_, nzp, coef, L, nchunks, ring, add, out, xptr, xk, xi, xj, xz, xw
+):  # fmt: skip
+    """`clenshaw_wavefront`'s x-chunk c: its planes and, per stage t, lag·(L − t) of its
+    neighbours' on each side (lag = (R − 1) / 2 of the ring's R planes per stage)."""
+    nx, ny, nz = y.shape
+    lag = (ring.shape[1] - 1) // 2
+    one = coef[L + 1]
+    zero = np.zeros((ny, nz + 2), dtype=y.dtype)
+    extra = xptr.shape[0] > 1
+    a, bnd = c * nx // nchunks, (c + 1) * nx // nchunks
+    _zero_row_ends(ring)
+    for p in range(a - lag * L, bnd + lag * L):
+        for t in range(L + 1):
+            i = p - lag * t
+            if i < max(a - lag * (L - t), 0) or i >= min(bnd + lag * (L - t), nx):
+                continue
+            si, yi = s[i], y[i]
+            if t == 0:
+                dst = ring[0, i % ring.shape[1]]
+                b0 = coef[L]
+                for j in range(ny):
+                    for k in range(nz):
+                        dst[j, k + 1] = b0 * si[j, k] * yi[j, k]
+                continue
+            planes = _stage_planes(ring, t, i, L, nx_, ny_, nzp, e, coef, zero, out)
+            bc, bxm, bxp, wx_m, wx_p, b2, ei, wyi, wzi, bk, two, o = planes
+            for j in range(ny):
+                up, down = j > 0, j < ny - 1
+                _stage_row(
+                    j, j, bc, bxm, bxp, wx_m, wx_p,
+                    bc if up else zero, j - 1 if up else 0,
+                    wyi if up else zero, j - 1 if up else 0,
+                    bc if down else zero, j + 1 if down else 0,
+                    wyi if down else zero, j if down else 0,
+                    wzi, ei, yi, si, b2, bk, two, one, t == L, add,
+                    o, j, 0 if t == L else 1,
+                )  # fmt: skip
+                if extra:
+                    _extra_row(
+                        ring[t - 1], i * ny + j, 0, xptr, xk, xi, xj, xz, xw, two, t == L,
+                        si[j], o, j, 0 if t == L else 1,
+                    )  # fmt: skip
 
 
 @nb.njit(parallel=True, cache=True)
@@ -282,41 +345,87 @@ def clenshaw_wavefront(y, s, e, nx_, ny_, nzp, beta, nchunks, work, add, out):
     m − 1, 3, ny, nz + 2) scratch in y's dtype (each row with a zero cell at both ends, set
     here); nchunks x-chunks run in parallel (at most nx). add: out += the result (the
     post-smoother's x + S r without a pass of its own) instead of out = it."""
-    nx, ny, nz = y.shape
     L = beta.shape[0] - 1  # stages 1..L are the Clenshaw steps; stage 0 is β_{m-1}·h
     coef = _wavefront_coefficients(beta, y.dtype)
-    one = coef[L + 1]
-    zero = np.zeros((ny, nz + 2), dtype=y.dtype)
+    none = np.zeros(1, dtype=np.int64)
     for c in nb.prange(nchunks):
-        a, bnd = c * nx // nchunks, (c + 1) * nx // nchunks
-        ring = work[c]
-        _zero_row_ends(ring)
-        for p in range(a - L, bnd + L):
+        _wavefront_chunk(
+            c, y, s, e, nx_, ny_, nzp, coef, L, nchunks, work[c], add, out,
+            none, none, none, none, none, coef,
+        )  # fmt: skip
+
+
+@nb.njit(parallel=True, cache=True)
+def clenshaw_wavefront_extra(
+    y, s, e, nx_, ny_, nzp, beta, nchunks, work, add, out, xptr, xk, xi, xj, xz, xw
+):  # fmt: skip
+    """`clenshaw_wavefront` on a level with links off its grid: per grid row (i, j) of the
+    (nx, ny, nz) view, xptr (nx·ny + 1,) delimits its links, each from cell (i, j, xk) to
+    (xi, xj, xz) with normalized weight xw (y's dtype). work (nchunks, m − 1, 2·lag + 1, ny,
+    nz + 2): a stage runs lag planes behind the one before, so that the links' other cells,
+    at most lag planes away, are in its ring (`clenshaw_step` then `extra_add` per step, the
+    same sums)."""
+    L = beta.shape[0] - 1
+    coef = _wavefront_coefficients(beta, y.dtype)
+    for c in nb.prange(nchunks):
+        _wavefront_chunk(
+            c, y, s, e, nx_, ny_, nzp, coef, L, nchunks, work[c], add, out,
+            xptr, xk, xi, xj, xz, xw,
+        )  # fmt: skip
+
+
+@nb.njit(inline="always")
+def _tiled_chunk(
+    c, y, s, e, nx_, ny_, nzp, coef, L, nchunks, tile, ring, add, out, xptr, xk, xi, xj, xz, xw
+):  # fmt: skip
+    """`clenshaw_wavefront_tiled`'s x-chunk c (`_wavefront_chunk`, tile by tile)."""
+    nx, ny, nz = y.shape
+    lag = (ring.shape[1] - 1) // 2
+    one = coef[L + 1]
+    zero = np.zeros((max(ny, tile + 2 * lag * L), nz + 2), dtype=y.dtype)
+    extra = xptr.shape[0] > 1
+    ntiles = (ny + tile - 1) // tile
+    a, bnd = c * nx // nchunks, (c + 1) * nx // nchunks
+    _zero_row_ends(ring)
+    for tl in range(ntiles):
+        j0 = tl * tile
+        j1 = min(j0 + tile, ny)
+        base = j0 - lag * L  # ring row = grid row - base
+        for p in range(a - lag * L, bnd + lag * L):
             for t in range(L + 1):
-                i = p - t
-                if i < max(a - (L - t), 0) or i >= min(bnd + (L - t), nx):
+                i = p - lag * t
+                if i < max(a - lag * (L - t), 0) or i >= min(bnd + lag * (L - t), nx):
                     continue
+                lo = max(j0 - lag * (L - t), 0)
+                hi = min(j1 + lag * (L - t), ny)
                 si, yi = s[i], y[i]
                 if t == 0:
-                    dst = ring[0, i % 3]
+                    dst = ring[0, i % ring.shape[1]]
                     b0 = coef[L]
-                    for j in range(ny):
+                    for j in range(lo, hi):
+                        jr = j - base
                         for k in range(nz):
-                            dst[j, k + 1] = b0 * si[j, k] * yi[j, k]
+                            dst[jr, k + 1] = b0 * si[j, k] * yi[j, k]
                     continue
                 planes = _stage_planes(ring, t, i, L, nx_, ny_, nzp, e, coef, zero, out)
                 bc, bxm, bxp, wx_m, wx_p, b2, ei, wyi, wzi, bk, two, o = planes
-                for j in range(ny):
+                for j in range(lo, hi):
+                    jr = j - base
                     up, down = j > 0, j < ny - 1
                     _stage_row(
-                        j, j, bc, bxm, bxp, wx_m, wx_p,
-                        bc if up else zero, j - 1 if up else 0,
+                        jr, j, bc, bxm, bxp, wx_m, wx_p,
+                        bc if up else zero, jr - 1 if up else 0,
                         wyi if up else zero, j - 1 if up else 0,
-                        bc if down else zero, j + 1 if down else 0,
+                        bc if down else zero, jr + 1 if down else 0,
                         wyi if down else zero, j if down else 0,
                         wzi, ei, yi, si, b2, bk, two, one, t == L, add,
-                        o, j, 0 if t == L else 1,
+                        o, j if t == L else jr, 0 if t == L else 1,
                     )  # fmt: skip
+                    if extra:
+                        _extra_row(
+                            ring[t - 1], i * ny + j, base, xptr, xk, xi, xj, xz, xw, two,
+                            t == L, si[j], o, j if t == L else jr, 0 if t == L else 1,
+                        )  # fmt: skip
 
 
 @nb.njit(parallel=True, cache=True)
@@ -327,47 +436,27 @@ def clenshaw_wavefront_tiled(y, s, e, nx_, ny_, nzp, beta, nchunks, tile, work, 
     half its speed. Stage t of a tile computes its rows widened by L − t on each side (what
     the next stages read), so tiles never wait on each other; the x-chunks as before. work
     (nchunks, m − 1, 3, tile + 2(m − 1), nz + 2)."""
-    nx, ny, nz = y.shape
     L = beta.shape[0] - 1  # stages 1..L are the Clenshaw steps; stage 0 is β_{m-1}·h
     coef = _wavefront_coefficients(beta, y.dtype)
-    one = coef[L + 1]
-    zero = np.zeros((max(ny, tile + 2 * L), nz + 2), dtype=y.dtype)
-    ntiles = (ny + tile - 1) // tile
+    none = np.zeros(1, dtype=np.int64)
     for c in nb.prange(nchunks):
-        a, bnd = c * nx // nchunks, (c + 1) * nx // nchunks
-        ring = work[c]
-        _zero_row_ends(ring)
-        for tl in range(ntiles):
-            j0 = tl * tile
-            j1 = min(j0 + tile, ny)
-            base = j0 - L  # ring row = grid row - base
-            for p in range(a - L, bnd + L):
-                for t in range(L + 1):
-                    i = p - t
-                    if i < max(a - (L - t), 0) or i >= min(bnd + (L - t), nx):
-                        continue
-                    lo = max(j0 - (L - t), 0)
-                    hi = min(j1 + (L - t), ny)
-                    si, yi = s[i], y[i]
-                    if t == 0:
-                        dst = ring[0, i % 3]
-                        b0 = coef[L]
-                        for j in range(lo, hi):
-                            jr = j - base
-                            for k in range(nz):
-                                dst[jr, k + 1] = b0 * si[j, k] * yi[j, k]
-                        continue
-                    planes = _stage_planes(ring, t, i, L, nx_, ny_, nzp, e, coef, zero, out)
-                    bc, bxm, bxp, wx_m, wx_p, b2, ei, wyi, wzi, bk, two, o = planes
-                    for j in range(lo, hi):
-                        jr = j - base
-                        up, down = j > 0, j < ny - 1
-                        _stage_row(
-                            jr, j, bc, bxm, bxp, wx_m, wx_p,
-                            bc if up else zero, jr - 1 if up else 0,
-                            wyi if up else zero, j - 1 if up else 0,
-                            bc if down else zero, jr + 1 if down else 0,
-                            wyi if down else zero, j if down else 0,
-                            wzi, ei, yi, si, b2, bk, two, one, t == L, add,
-                            o, j if t == L else jr, 0 if t == L else 1,
-                        )  # fmt: skip
+        _tiled_chunk(
+            c, y, s, e, nx_, ny_, nzp, coef, L, nchunks, tile, work[c], add, out,
+            none, none, none, none, none, coef,
+        )  # fmt: skip
+
+
+@nb.njit(parallel=True, cache=True)
+def clenshaw_wavefront_tiled_extra(
+    y, s, e, nx_, ny_, nzp, beta, nchunks, tile, work, add, out, xptr, xk, xi, xj, xz, xw
+):  # fmt: skip
+    """`clenshaw_wavefront_tiled` with links off the grid (`clenshaw_wavefront_extra`): rows
+    widened by lag·(L − t), work (nchunks, m − 1, 2·lag + 1, tile + 2·lag·(m − 1), nz + 2);
+    the links' other cells at most lag planes and lag rows away."""
+    L = beta.shape[0] - 1
+    coef = _wavefront_coefficients(beta, y.dtype)
+    for c in nb.prange(nchunks):
+        _tiled_chunk(
+            c, y, s, e, nx_, ny_, nzp, coef, L, nchunks, tile, work[c], add, out,
+            xptr, xk, xi, xj, xz, xw,
+        )  # fmt: skip

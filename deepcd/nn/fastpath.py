@@ -189,39 +189,68 @@ def grid_threads(cells: int) -> int:
     return 1 if cells < GRID_SERIAL_BELOW else numba.get_num_threads()
 
 
-def wavefront_tile(shape: tuple[int, int, int], m: int, itemsize: int) -> int:
+def wavefront_tile(shape: tuple[int, int, int], m: int, itemsize: int, lag: int = 1) -> int:
     """Rows of an x-plane the wavefront sweeps at a time for a degree-m smoother on the
-    (planes, ny, nz) view `shape`: all ny while its ring of m − 1 stages × 3 planes fits in
-    RING_UNTILED_MAX bytes, else the largest of WAVEFRONT_TILES whose widened ring fits in
-    RING_TILE_MAX (`benchmarks/smoother-bound`: 128³ tiles of 32, 256³ of 16)."""
+    (planes, ny, nz) view `shape`: all ny while its ring of m − 1 stages × (2·lag + 1) planes
+    fits in RING_UNTILED_MAX bytes, else the largest of WAVEFRONT_TILES whose widened ring
+    fits in RING_TILE_MAX (`benchmarks/smoother-bound`: 128³ tiles of 32, 256³ of 16). lag:
+    the planes a stage runs behind the one before (> 1 with links off the grid)."""
     stages, ny, nz = m - 1, shape[1], shape[2]
 
     def ring(rows: int) -> int:
-        return stages * 3 * rows * (nz + 2) * itemsize
+        return stages * (2 * lag + 1) * rows * (nz + 2) * itemsize
 
     if ring(ny) <= RING_UNTILED_MAX:
         return ny
     for tile in WAVEFRONT_TILES:
-        if tile < ny and ring(tile + 2 * stages) <= RING_TILE_MAX:
+        if tile < ny and ring(tile + 2 * lag * stages) <= RING_TILE_MAX:
             return tile
     return WAVEFRONT_TILES[-1]
 
 
-def wavefront_work(cache: dict, grid: tuple[int, ...], dtype, m: int) -> np.ndarray | None:
-    """The wavefront's scratch (nchunks, m − 1, 3, rows, nz + 2) for a degree-m smoother on a
-    grid level of shape `grid` (3D; 2D as (1, nx, ny)), kept in `cache`: rows = ny, or a tile
-    widened by m − 1 rows on each side where `wavefront_tile` tiles the planes; None when the
-    grid has too few x-planes for it (then `smooth_grid` runs one pass per step)."""
+def wavefront_work(
+    cache: dict, grid: tuple[int, ...], dtype, m: int, lag: int = 1
+) -> np.ndarray | None:
+    """The wavefront's scratch (nchunks, m − 1, 2·lag + 1, rows, nz + 2) for a degree-m
+    smoother on a grid level of shape `grid` (3D; 2D as (1, nx, ny)), kept in `cache`: rows
+    = ny, or a tile widened by lag·(m − 1) rows on each side where `wavefront_tile` tiles the
+    planes; None when the grid has too few x-planes for it (then `smooth_grid` runs one pass
+    per step). lag: as `wavefront_tile`."""
     shape = _sweep_shape(grid)
     threads = grid_threads(math.prod(grid))
-    nchunks = min(threads, shape[0] // (WAVEFRONT_PLANES * max(m - 1, 1)))
+    nchunks = min(threads, shape[0] // (WAVEFRONT_PLANES * max(m - 1, 1) * lag))
     if m < 2 or nchunks < 1:
         return None
-    key = ("wavefront", shape, np.dtype(dtype).str, m, nchunks)
+    key = ("wavefront", shape, np.dtype(dtype).str, m, nchunks, lag)
     if key not in cache:
-        tile = wavefront_tile(shape, m, np.dtype(dtype).itemsize)
-        rows = shape[1] if tile == shape[1] else tile + 2 * (m - 1)
-        cache[key] = np.empty((nchunks, m - 1, 3, rows, shape[2] + 2), dtype=dtype)
+        tile = wavefront_tile(shape, m, np.dtype(dtype).itemsize, lag)
+        rows = shape[1] if tile == shape[1] else tile + 2 * lag * (m - 1)
+        cache[key] = np.empty((nchunks, m - 1, 2 * lag + 1, rows, shape[2] + 2), dtype=dtype)
+    return cache[key]
+
+
+def sweep_extra(cache: dict, grid: tuple[int, ...], extra: tuple, m: int):
+    """A level's links off its grid (`ExtraLinks.host`'s arrays) as the wavefront reads them
+    on the (planes, ny, nz) view of `grid` — (xptr, xk, xi, xj, xz, xw): per grid row (i, j)
+    its links' range, each link's row cell k and other cell (xi, xj, xz), its normalized
+    weight — and the lag they need (the farthest plane, and row where the sweep tiles), kept
+    in `cache` per dtype."""
+    rows, ptr, cols, _, snorm = extra[:5]
+    key = ("sweep_extra", tuple(grid), snorm.dtype.str, m)
+    if key not in cache:
+        shape = _sweep_shape(tuple(grid))
+        cell = np.repeat(rows, np.diff(ptr))
+        i, j, k = np.unravel_index(cell, shape)
+        xi, xj, xz = np.unravel_index(cols, shape)
+        row = i * shape[1] + j  # links come sorted by their row cell: rows in order
+        xptr = np.zeros(shape[0] * shape[1] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row, minlength=shape[0] * shape[1]), out=xptr[1:])
+        lag = max(int(np.abs(xi - i).max(initial=0)), 1)
+        tile = wavefront_tile(shape, m, snorm.dtype.itemsize, lag)
+        if tile < shape[1]:  # tiles: the other cell must be in the widened rows too
+            lag = max(lag, int(np.abs(xj - j).max(initial=0)))
+        arrays = (*(a.astype(np.int64) for a in (xptr, k, xi, xj, xz)), snorm)
+        cache[key] = (lag, arrays)
     return cache[key]
 
 
@@ -250,6 +279,7 @@ def smooth_grid(
     links,
     work_cache=None,
     into: np.ndarray | None = None,
+    extra: tuple | None = None,
 ) -> np.ndarray:
     """s·Σ_k β_k T_k(I − Â)(s·y) on a grid level (3D arrays; 2D as (1, nx, ny), with `links`
     as `normalized_grid` gives them): all steps in one wavefront sweep over x-planes
@@ -258,33 +288,41 @@ def smooth_grid(
     dict that keeps the wavefront's scratch between calls (`wavefront_work`). into: an
     array like y (C-contiguous) that the result is added to, in place, and returned — the
     wavefront's last step adds it there, so a post-smoother's x + S r takes no pass of its
-    own."""
-    from deepcd.kernels.smoother import clenshaw_step, clenshaw_wavefront, clenshaw_wavefront_tiled
+    own. extra: the level's links off its grid (`ExtraLinks.host`'s arrays in y's dtype),
+    part of Â (`clenshaw_wavefront_extra`)."""
+    from deepcd.kernels import smoother as K
 
     if into is not None and (into.shape != y.shape or not into.flags.c_contiguous):
         raise ValueError(f"into must be a C-contiguous array of shape {y.shape}")
     cells = y.size
-    work = wavefront_work({} if work_cache is None else work_cache, y.shape, y.dtype, len(beta))
+    cache = {} if work_cache is None else work_cache
+    lag, xargs = 1, ()
+    if extra is not None:
+        lag, xargs = sweep_extra(cache, y.shape, extra, len(beta))
+    work = wavefront_work(cache, y.shape, y.dtype, len(beta), lag)
+    if work is None and extra is not None:
+        return smooth_grid_extra(y, beta, s, e, links, extra, into)
     if work is None:
-        step = grid_kernel(clenshaw_step, cells)
+        step = grid_kernel(K.clenshaw_step, cells)
         out = smooth(step, y.shape, (s * y).astype(y.dtype), beta, s, (e, *links))
         if into is None:
             return out
         into += out
         return into
     shape = _sweep_shape(y.shape)
-    faces = sweep_faces({} if work_cache is None else work_cache, y.shape, links)
+    faces = sweep_faces(cache, y.shape, links)
     y3, s3, e3 = (a.reshape(shape) for a in (y, s, e))
     out = np.empty(shape, dtype=y.dtype) if into is None else into.reshape(shape)
     beta = np.asarray(beta, dtype=np.float64)
     add = into is not None
+    args = (y3, s3, e3, *faces, beta, work.shape[0])
     if work.shape[3] == shape[1]:
-        kernel = grid_kernel(clenshaw_wavefront, cells)
-        kernel(y3, s3, e3, *faces, beta, work.shape[0], work, add, out)
+        kernel = K.clenshaw_wavefront_extra if xargs else K.clenshaw_wavefront
+        grid_kernel(kernel, cells)(*args, work, add, out, *xargs)
     else:  # a large plane: tiles of rows (`wavefront_tile`)
-        tile = work.shape[3] - 2 * (len(beta) - 1)
-        kernel = grid_kernel(clenshaw_wavefront_tiled, cells)
-        kernel(y3, s3, e3, *faces, beta, work.shape[0], tile, work, add, out)
+        tile = work.shape[3] - 2 * lag * (len(beta) - 1)
+        kernel = K.clenshaw_wavefront_tiled_extra if xargs else K.clenshaw_wavefront_tiled
+        grid_kernel(kernel, cells)(*args, tile, work, add, out, *xargs)
     return out.reshape(y.shape) if into is None else into
 
 

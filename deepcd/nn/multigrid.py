@@ -25,8 +25,9 @@ Laplacian's FLUID–FLUID faces). ω = ¼ on a uniform grid is (bi/tri)linear in
 smoothing follows the links, so it never crosses a wall either. Constants are preserved
 (S_a 1 = 1): no renormalization next to walls is needed.
 
-CPU inference runs a graph level on the grid kernels where its graph is exactly a stencil on
-its block grid (`grid_form`: level 1 of open scenes).
+CPU inference runs a graph level on the grid kernels where its graph is a stencil on its
+block grid, save a few links between cells that are no face neighbours, kept beside it
+(`grid_form`, `ExtraLinks`: level 1 of open scenes and of most scenes with obstacles).
 
 Layout: grid fields are (B, 1, *grid); the hierarchy is built for Bf flag fields (Bf = 1 or
 B) and stacks their unknowns (sample-major), so a node vector is (N, C) with N the stacked
@@ -51,14 +52,12 @@ STRENGTH = 0.02  # a link joins a coarse unknown when w_ij ≥ STRENGTH·max(w_m
 CORRIDOR_BELOW = 0.45  # `level_scale`: levels whose aggregates are > 2.2 cells across
 SCALE_MIN = 0.3  # `level_scale`: the smallest Galerkin factor
 GRID_FORM_MIN = 1 << 13  # `grid_form`: graph levels this large may run on the grid
-# `grid_form` with links off the grid (`ExtraLinks`): at most this share of the level's links,
-# on a grid at least this full (their smoother runs a pass per step, not the wavefront, which
-# lost where half the cells were empty: splash 64³, one V-cycle 5.1 -> 6.0 ms; probe)
-GRID_FORM_EXTRA_MAX = 0.02
-GRID_FORM_EXTRA_FILL = 0.75
 # (`benchmarks/grid-form-min`: smoke-obstacles' 32k level 2 on the grid, one V-cycle at 64³
 # 7.29 -> 6.67 ms, at 128³ 44.9 -> 43.2 ms; a bound of 2,048 put 32³ problems' 4k levels on
 # the grid, 1.2x slower)
+# `grid_form`: at most this share of a level's links off its grid (`ExtraLinks`; level 1 of
+# smoke-obstacles seed 1, bunny and pool at 128³: 0.05-0.1 %)
+GRID_FORM_EXTRA_MAX = 0.02
 
 
 @dataclass
@@ -771,7 +770,7 @@ def grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
     most GRID_FORM_EXTRA_MAX of its links, which the grid level keeps beside its stencil
     (`ExtraLinks`: where a one-node component joined a neighbouring block's, `MERGE_BELOW`).
     Level 1 of open scenes is such a grid (smoke, plumes: no extra links; obstacles, bunny,
-    pool: 0.1–0.2 % of them). The CPU inference then runs that level on the grid kernels
+    pool: 0.05–0.1 % of them at 128³). The CPU inference then runs that level on the grid kernels
     (`VCycleNet._cycle`), which stream its arrays in order instead of gathering through link
     indices. None where a block holds two unknowns (walls that split blocks, mazes), for a
     stack of flag fields, or when the level has no coarser level. Built once per hierarchy
@@ -805,9 +804,7 @@ def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
     )
     if count < 0:  # two unknowns in a block
         return None
-    if count and (
-        count > GRID_FORM_EXTRA_MAX * len(extra) or level.n < GRID_FORM_EXTRA_FILL * diag.size
-    ):
+    if count > GRID_FORM_EXTRA_MAX * len(extra):
         return None
     dtype = h.grid.diag.dtype
     g = shape3[3 - dim :]

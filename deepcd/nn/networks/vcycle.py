@@ -173,7 +173,7 @@ class VCycleNet(GridNet):
         """`_smoother` on the grid: Clenshaw on the normalized stencil (`deepcd.nn.fastpath`),
         every step in one wavefront sweep (`fastpath.smooth_grid`), added to `into` (a
         contiguous tensor like y) when given."""
-        from deepcd.nn.fastpath import normalized_grid, smooth_grid, smooth_grid_extra
+        from deepcd.nn.fastpath import normalized_grid, smooth_grid
 
         if level.diag.shape[0] != 1 or y.shape[0] != 1:
             raise ValueError("the fused grid smoother takes one field")
@@ -181,18 +181,13 @@ class VCycleNet(GridNet):
         s, e, links = normalized_grid(level, scale, self.dim, y.dtype)
         yv = y.contiguous().numpy().reshape(grid)
         beta = self._clenshaw_beta(logits, c)
-        if level.extra is not None:  # (grid forms: never a local scale)
-            extra = level.extra.host(_np_dtype(y.dtype))
-            add = into is not None and into.is_contiguous() and into.dtype == y.dtype
-            out = smooth_grid_extra(yv, beta, s, e, links, extra, into.numpy() if add else None)
-            if add:
-                return into
-            out = torch.from_numpy(out).reshape(y.shape)
-            return out if into is None else into.add_(out)
+        # links off the grid (grid forms: never a local scale)
+        extra = None if level.extra is None else level.extra.host(_np_dtype(y.dtype))
         if into is not None and into.is_contiguous() and into.dtype == y.dtype:
-            smooth_grid(yv, beta, s, e, links, level.cache, into.numpy().reshape(grid))
+            smooth_grid(yv, beta, s, e, links, level.cache, into.numpy().reshape(grid), extra)
             return into
-        out = torch.from_numpy(smooth_grid(yv, beta, s, e, links, level.cache)).reshape(y.shape)
+        out = smooth_grid(yv, beta, s, e, links, level.cache, extra=extra)
+        out = torch.from_numpy(out).reshape(y.shape)
         return out if into is None else into.add_(out)
 
     def _smoother_graph_fused(self, level, y: torch.Tensor, logits: torch.Tensor, c: float, scale):
@@ -557,16 +552,15 @@ class VCycleNet(GridNet):
     def _prepare_grid(self, h, dtype: torch.dtype) -> None:
         """`prepare_inference` for h's grid level: its stencil arrays, the wavefront's
         scratch and, below it, the transfer weights and maps."""
-        from deepcd.nn.fastpath import normalized_grid, sweep_faces, wavefront_work
+        from deepcd.nn.fastpath import normalized_grid, sweep_extra, sweep_faces, wavefront_work
 
         self._grid_arrays(h.grid, dtype)
         links = normalized_grid(h.grid, self._local_scale(h, 0, dtype), self.dim, dtype)[2]
         grid = (1,) * (3 - self.dim) + tuple(h.shape)
-        extra = h.grid.extra
+        extra, deg, lag = h.grid.extra, self.config["degree"], 1
         if extra is not None:
-            extra.host(_np_dtype(dtype))
-        deg = self.config["degree"]
-        if extra is None and wavefront_work(h.grid.cache, grid, _np_dtype(dtype), deg) is not None:
+            lag = sweep_extra(h.grid.cache, grid, extra.host(_np_dtype(dtype)), deg)[0]
+        if wavefront_work(h.grid.cache, grid, _np_dtype(dtype), deg, lag) is not None:
             sweep_faces(h.grid.cache, grid, links)
         if len(h.levels) > 1:
             self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
