@@ -515,17 +515,17 @@ def test_auto_layout_follows_the_fluid_share():
     [(3, "smoke-plume", (24, 20, 26), 0, 0), (3, "smoke-obstacles", (40, 40, 40), 0, 0),
      (2, "smoke-plume", (48, 40), 0, 0), (3, "smoke-obstacles", (40, 40, 40), 1, 0),
      (3, "smoke-obstacles", (40, 40, 40), 0, 1), (3, "bunny", (32, 36, 34), 0, 0),
-     (3, "smoke-obstacles", (36, 34, 38), 0, 3), (2, "splash", (96, 80), 0, 0)],
+     (3, "smoke-obstacles", (36, 34, 38), 0, 3), (2, "splash", (96, 80), 0, 0),
+     (3, "ghost-splash", (32, 30, 28), 0, 0), (2, "cut-cells", (64, 60), 0, 0)],
 )  # fmt: skip
 def test_coarse_levels_that_are_grids_run_the_same_vcycle(
     dim, name, shape, local, seed, monkeypatch
 ):
     """A graph level whose graph is a stencil on its block grid, save a few links off it
-    (`ExtraLinks`: smoke-obstacles seeds 1 and 3, bunny, splash), runs on the grid kernels
-    (`grid_form`): the same V-cycle as on the graph, up to float32 summation order — with
-    random parameters, on odd shapes, in 2D; never with local weights (they are per link of
-    the graph). (Variable-coefficient levels split their blocks at the jumps: they stay
-    graphs.)"""
+    (`ExtraLinks`: smoke-obstacles seeds 1 and 3, bunny, splash, and the variable
+    coefficients of ghost-splash and cut-cells), runs on the grid kernels (`grid_form`): the
+    same V-cycle as on the graph, up to float32 summation order — with random parameters, on
+    odd shapes, in 2D; never with local weights (they are per link of the graph)."""
     import deepcd.nn.multigrid as mg
 
     monkeypatch.setattr(mg, "GRID_FORM_MIN", 0)
@@ -540,7 +540,7 @@ def test_coarse_levels_that_are_grids_run_the_same_vcycle(
     forms = [mg.grid_form(h, d) for d in range(1, len(h.levels))]
     assert any(f is not None for f in forms)
     extra = any(f is not None and f.grid.extra is not None for f in forms)
-    assert extra == (seed > 0 or name in ("bunny", "splash")) or local
+    assert extra == (seed > 0 or name not in ("smoke-plume", "smoke-obstacles")) or local
     r = np.random.default_rng(2).standard_normal(problem.n)
     on = direction(r)
     net.grid_forms = False
