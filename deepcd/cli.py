@@ -286,12 +286,14 @@ def cmd_info(args) -> int:
     )
     from deepcd import memory
 
-    state = os.environ.get(memory.ENV, "").strip() or "keep"
-    print(f"malloc:   {state} at the first solve (deepcd.memory; ${memory.ENV}=system to opt out)")
-    thp = os.environ.get(memory.THP_ENV, "").strip() or "off"
+    asked = memory.requested()
     print(
-        f"numpy huge pages: {thp} at the first solve (${memory.THP_ENV}=numpy keeps numpy's "
-        "madvise)"
+        f"malloc:   {asked['malloc']} at the first solve (deepcd.memory; ${memory.ENV}=system "
+        "to opt out)"
+    )
+    print(
+        f"numpy huge pages: {asked['numpy_hugepage']} at the first solve (${memory.THP_ENV}=numpy "
+        "keeps numpy's madvise)"
     )
     return 0
 

@@ -94,6 +94,22 @@ def numpy_hugepage() -> str:
     return _state["numpy_hugepage"]
 
 
+def requested() -> dict:
+    """What the environment asks of the first solve — {"malloc": "keep" | "system",
+    "numpy_hugepage": "off" | "numpy"} — read as `ensure` reads it, with an invalid value
+    reported as "invalid (...)" rather than raised (`deepcd info` shows it)."""
+    out = {}
+    for key, env, default, other in (
+        ("malloc", ENV, "keep", "system"),
+        ("numpy_hugepage", THP_ENV, "off", "numpy"),
+    ):
+        try:
+            out[key] = _choice(env, default, other)
+        except ValueError as err:
+            out[key] = f"invalid ({err})"
+    return out
+
+
 def settings() -> dict:
     return {
         "malloc": _state["malloc"] or "not set yet",

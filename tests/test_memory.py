@@ -85,3 +85,24 @@ def test_bad_huge_page_setting_is_refused(monkeypatch):
     monkeypatch.setenv(memory.THP_ENV, "always")
     with pytest.raises(ValueError, match="DEEPCD_THP must be 'off' or 'numpy'"):
         memory.ensure()
+
+
+@pytest.mark.parametrize(
+    "env,malloc,thp",
+    [({}, "keep", "off"), ({"DEEPCD_MALLOC": "System", "DEEPCD_THP": " numpy "}, "system", "numpy"),
+     ({"DEEPCD_THP": "always"}, "keep", "invalid")],
+)  # fmt: skip
+def test_requested_reads_the_settings_as_the_first_solve_will(env, malloc, thp, monkeypatch):
+    """`memory.requested` (what `deepcd info` prints) reads both settings through the same
+    parsing as `ensure`, and reports an invalid value instead of raising."""
+    for name in ("DEEPCD_MALLOC", "DEEPCD_THP"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    asked = memory.requested()
+    assert asked["malloc"] == malloc
+    assert asked["numpy_hugepage"].startswith(thp)
+    if thp == "invalid":
+        assert "DEEPCD_THP" in asked["numpy_hugepage"]
+        with pytest.raises(ValueError, match="DEEPCD_THP"):
+            memory._choice(memory.THP_ENV, "off", "numpy")

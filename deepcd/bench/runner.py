@@ -124,6 +124,33 @@ def warm_up(solvers: list[str], ndim: int) -> None:
         for name in networks:
             for problem in (walls, jumps, plume, maze):
                 run_solver(name, problem, rtol=1e-6, maxiter=None)
+            _warm_grid_kernels(name, ndim)
+
+
+# A grid whose level 1 runs on the grid kernels with links off its grid (`ExtraLinks`):
+# smoke-obstacles seed 1 at these sizes (tests/test_bench.py checks that it still is one)
+EXTRA_LINKS_SIDE = {2: 202, 3: 44}
+
+
+def extra_links_scene(ndim: int):
+    return scene("smoke-obstacles", (EXTRA_LINKS_SIDE[ndim],) * ndim, seed=1)
+
+
+def _warm_grid_kernels(name: str, ndim: int) -> None:
+    """Load the grid kernels a timed run may meet first: the wavefront with links off the
+    grid, and the tiled wavefronts (large planes), each as the parallel kernel and, untiled,
+    its serial copy (small grid levels) — by solving a grid with such links with those
+    choices forced (`deepcd.nn.fastpath`'s bounds)."""
+    from deepcd.nn import fastpath
+
+    problem = extra_links_scene(ndim)
+    saved = fastpath.GRID_SERIAL_BELOW, fastpath.RING_UNTILED_MAX
+    try:
+        for serial_below, untiled_max in ((0, 0), (0, saved[1]), saved):
+            fastpath.GRID_SERIAL_BELOW, fastpath.RING_UNTILED_MAX = serial_below, untiled_max
+            run_solver(name, problem, rtol=1e-6, maxiter=None)
+    finally:
+        fastpath.GRID_SERIAL_BELOW, fastpath.RING_UNTILED_MAX = saved
 
 
 def median_run(records: list[dict]) -> dict:

@@ -302,8 +302,11 @@ def _merged_members(agg, mstart, members, cblock, final, count):
             key = np.empty(hi - lo, dtype=np.int64)
             for t in range(lo, hi):
                 key[t - lo] = cblock[agg[fmembers[t]]]
-            idx = np.argsort(key * members.shape[0] + fmembers[lo:hi], kind="mergesort")
-            fmembers[lo:hi] = fmembers[lo:hi][idx]
+            # two stable sorts, node then block: no composite key to overflow int64
+            piece = fmembers[lo:hi]
+            by_node = np.argsort(piece, kind="mergesort")
+            by_block = np.argsort(key[by_node], kind="mergesort")
+            fmembers[lo:hi] = piece[by_node[by_block]]
     return fstart, fmembers, fblock
 
 
