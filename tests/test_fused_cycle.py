@@ -4,14 +4,12 @@ coarse nodes that reach past their block; and the V-cycle with and without them.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
 
 from deepcd.kernels.aggregate import grid_transfer_smooth, members_of, prolong_copy, restrict_sum
-from deepcd.kernels.cycle import _crossings, plane_splits, prolong_correct, residual_restrict
+from deepcd.kernels.cycle import _node_planes, plane_splits, prolong_correct, residual_restrict
 from deepcd.kernels.smoother import stencil_residual
 from deepcd.problems import scene
 
@@ -77,9 +75,11 @@ def test_residual_restrict_equals_the_unfused_passes(shape, use, dtype):
     restrict_sum(smoothed.reshape(-1), mstart, members, want)
     tol = (1e-5 if dtype == np.float32 else 1e-12) * np.abs(want).max()
     for threads in (1, 2, 3, 5):
-        splits = plane_splits(agg, m, threads)
+        splits, slot, shared, check = plane_splits(agg, m, threads)
         got = np.zeros(m, dtype=dtype)
-        residual_restrict(r, x, d, *faces, *faces_only(args), agg, splits, got)
+        priv = np.zeros((len(splits) - 1, len(shared)), dtype=dtype)
+        split = (splits, slot, check, shared, priv)
+        residual_restrict(r, x, d, *faces, *faces_only(args), agg, *split, got)
         np.testing.assert_allclose(got, want, rtol=0, atol=tol)
 
 
@@ -104,19 +104,25 @@ def test_prolong_correct_equals_the_unfused_passes(shape, use, dtype):
         np.testing.assert_allclose(got_res, want_res, rtol=0, atol=tol * np.abs(want_res).max())
 
 
-def test_plane_splits_never_cut_a_coarse_node():
+def test_plane_splits_are_even_and_name_the_nodes_they_cut():
+    """`plane_splits`: even splits; the shared nodes are exactly those with cells on both
+    sides of a split, and the checked planes exactly those holding their cells."""
     _, _, _, _, _, agg, m = random_level((24, 6, 6), np.float32, seed=3)
-    crossing = _crossings(agg, m)
-    assert crossing.any()  # the moved cells reach past their block
+    first, last = _node_planes(agg, m)
     for threads in range(1, 9):
-        splits = plane_splits(agg, m, threads)
-        assert splits[0] == 0 and splits[-1] == 24 and np.all(np.diff(splits) > 0)
-        assert len(splits) <= threads + 1
-        assert not crossing[splits].any()
-        for lo, hi in itertools.pairwise(splits):  # every node in one chunk
-            inside = np.unique(agg[lo:hi][agg[lo:hi] >= 0])
-            outside = np.unique(np.concatenate([agg[:lo].ravel(), agg[hi:].ravel()]))
-            assert not np.intersect1d(inside, outside).size
+        splits, slot, shared, check = plane_splits(agg, m, threads)
+        assert np.array_equal(splits, np.arange(threads + 1) * 24 // threads)
+        cut = np.zeros(m, dtype=bool)
+        for p in splits[1:-1]:
+            cut |= (first < p) & (last >= p)
+        assert np.array_equal(np.sort(shared), np.flatnonzero(cut))
+        assert cut.any() == (threads > 1)  # the moved cells reach past their block
+        assert np.array_equal(slot[shared], np.arange(len(shared)))
+        assert np.all(slot[~cut] == -1)
+        planes = np.zeros(24, dtype=bool)
+        for node in shared:
+            planes[first[node] : last[node] + 1] = True
+        assert np.array_equal(check, planes)
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,10 @@ def _in_plane_both(src, w1, o1, use1, w2, o2, use2, z_first, tmp, dst):
 
 
 @nb.njit(parallel=True, cache=True)
-def residual_restrict(r, x, d, fx, fy, fz, w0, w1, w2, om0, om1, om2, use, agg, splits, out):
+def residual_restrict(
+    r, x, d, fx, fy, fz, w0, w1, w2, om0, om1, om2, use, agg, splits, slot, check, shared,
+    priv, out,
+):  # fmt: skip
     """out += Pᵀ(r − A x) on a grid level: the residual, the restriction's transfer smoothing
     S_z S_y S_x (the axes with use[a]; ω_a = om_a) and the sum into each cell's coarse node
     agg (−1: none), in one pass.
@@ -134,7 +137,10 @@ def residual_restrict(r, x, d, fx, fy, fz, w0, w1, w2, om0, om1, om2, use, agg, 
     r, x, d, agg (nx, ny, nz); the stencil's faces fx (nx − 1, ny, nz), fy, fz; transfer
     faces w_a as `grid_transfer_smooth` takes them (not its degrees g_a); out (m,) the coarse
     vector, in x's dtype, zeroed by the caller. Threads take the planes [splits[c],
-    splits[c + 1]): no coarse node may have cells on both sides of a split (`plane_splits`)."""
+    splits[c + 1]) (`plane_splits`: even); a coarse node with cells in two threads' planes
+    (merged components reach past their block) has slot[node] ≥ 0, and on the planes with
+    such cells (check) each thread adds into its own row priv[c] (nchunks, len(shared),
+    zeroed by the caller), summed into out[shared] afterwards."""
     nx, ny, nz = x.shape
     zero = np.zeros((ny, nz), dtype=x.dtype)
     zf = np.zeros((ny, nz), dtype=d.dtype)
@@ -143,10 +149,12 @@ def residual_restrict(r, x, d, fx, fy, fz, w0, w1, w2, om0, om1, om2, use, agg, 
     oms[0], oms[1], oms[2] = om0, om1, om2
     o0, o1, o2 = oms[0], oms[1], oms[2]
     across = use[0]
-    for c in nb.prange(splits.shape[0] - 1):
+    nchunks = splits.shape[0] - 1
+    for c in nb.prange(nchunks):
         a, b = splits[c], splits[c + 1]
         ring = np.empty((3, ny, nz), dtype=x.dtype)
         buf = np.empty((3, ny, nz), dtype=x.dtype)
+        own = priv[c]
         lo, hi = (max(a - 1, 0), min(b + 1, nx)) if across else (a, b)
         for p in range(lo, hi + 1):
             if p < hi:  # the residual of plane p
@@ -164,11 +172,25 @@ def residual_restrict(r, x, d, fx, fy, fz, w0, w1, w2, om0, om1, om2, use, agg, 
                 src = buf[0]
             _in_plane_both(src, w1[i], o1, use[1], w2[i], o2, use[2], False, buf[1], buf[2])
             v, ai = buf[2], agg[i]
+            if check[i]:  # cells of nodes that other threads add to as well
+                for j in range(ny):
+                    for k in range(nz):
+                        node = ai[j, k]
+                        if node >= 0:
+                            sl = slot[node]
+                            if sl >= 0:
+                                own[sl] += v[j, k]
+                            else:
+                                out[node] += v[j, k]
+                continue
             for j in range(ny):
                 for k in range(nz):
                     node = ai[j, k]
                     if node >= 0:
                         out[node] += v[j, k]
+    for c in range(nchunks):
+        for sl in range(shared.shape[0]):
+            out[shared[sl]] += priv[c, sl]
 
 
 @nb.njit(parallel=True, cache=True)
@@ -232,9 +254,9 @@ def prolong_correct(
 
 
 @nb.njit(cache=True)
-def _crossings(agg, m):
-    """Per plane boundary p (0..nx), how many coarse nodes have cells in planes < p and
-    ≥ p: agg (nx, ny, nz) each cell's coarse node (−1: none) of m."""
+def _node_planes(agg, m):
+    """(first, last) (m,) int64: the first and last x-plane holding cells of each coarse node
+    (nx, −1 for a node without cells); agg (nx, ny, nz) each cell's coarse node (−1: none)."""
     nx = agg.shape[0]
     first = np.full(m, nx, dtype=np.int64)
     last = np.full(m, -1, dtype=np.int64)
@@ -245,24 +267,27 @@ def _crossings(agg, m):
                 if node >= 0:
                     first[node] = min(first[node], i)
                     last[node] = max(last[node], i)
-    count = np.zeros(nx + 1, dtype=np.int64)
-    for node in range(m):
-        for p in range(first[node] + 1, last[node] + 1):
-            count[p] += 1
-    return count
+    return first, last
 
 
-def plane_splits(agg: np.ndarray, m: int, nchunks: int) -> np.ndarray:
-    """Plane boundaries (k + 1,) int64, k ≤ nchunks, for `residual_restrict`'s threads: each
-    the boundary nearest the even split that no coarse node crosses (merged components may
-    reach past their block), duplicates dropped. agg (nx, ny, nz) int, m coarse nodes."""
+def plane_splits(agg: np.ndarray, m: int, nchunks: int):
+    """`residual_restrict`'s split of the x-planes among nchunks threads (at most nx): even
+    splits (k + 1,) int64, and the coarse nodes with cells on both sides of one (merged
+    components reach past their block) — slot (m,) int32, each such node's index in shared
+    (−1: none), shared (s,) int64 the nodes, check (nx,) bool the planes holding their cells.
+    agg (nx, ny, nz) each cell's coarse node (−1: none) of m."""
     nx = agg.shape[0]
-    free = np.flatnonzero(_crossings(agg, m) == 0)  # 0 and nx always
-    cuts = [0]
-    for c in range(1, nchunks):
-        target = c * nx // nchunks
-        p = int(free[np.argmin(np.abs(free - target))])
-        if cuts[-1] < p < nx:
-            cuts.append(p)
-    cuts.append(nx)
-    return np.asarray(cuts, dtype=np.int64)
+    k = max(1, min(nchunks, nx))
+    splits = (np.arange(k + 1, dtype=np.int64) * nx) // k
+    first, last = _node_planes(agg, m)
+    has = last >= 0
+    chunk = np.searchsorted(splits, np.arange(nx), side="right") - 1
+    crosses = np.zeros(m, dtype=np.bool_)
+    crosses[has] = chunk[first[has]] != chunk[last[has]]
+    shared = np.flatnonzero(crosses).astype(np.int64)
+    slot = np.full(m, -1, dtype=np.int32)
+    slot[shared] = np.arange(len(shared), dtype=np.int32)
+    check = np.zeros(nx + 1, dtype=np.int64)
+    np.add.at(check, first[shared], 1)
+    np.add.at(check, last[shared] + 1, -1)
+    return splits, slot, shared, np.cumsum(check)[:nx] > 0

@@ -431,19 +431,20 @@ def residual_restrict(
     from deepcd.kernels.cycle import residual_restrict as kernel
 
     shape = _sweep_shape(x.shape)
-    splits = restrict_splits(cache, x.shape, agg, m)
+    splits, slot, shared, check = restrict_splits(cache, x.shape, agg, m)
     out = np.zeros(m, dtype=x.dtype)
+    priv = np.zeros((len(splits) - 1, len(shared)), dtype=x.dtype)
     fx, fy, fz = sweep_links(x.shape, links)
     rv, xv, dv = (a.reshape(shape) for a in (r, x, diag))
-    args = (*_faces_only(transfer), agg.reshape(shape), splits, out)
+    args = (*_faces_only(transfer), agg.reshape(shape), splits, slot, check, shared, priv, out)
     grid_kernel(kernel, x.size)(rv, xv, dv, fx, fy, fz, *args)
     return out
 
 
-def restrict_splits(cache: dict, grid: tuple[int, ...], agg: np.ndarray, m: int) -> np.ndarray:
-    """The plane splits of `residual_restrict`'s threads on a grid level (`grid` its 3D shape)
-    with coarse map agg (cells,) of m nodes (`deepcd.kernels.cycle.plane_splits`), kept in
-    `cache` while agg is the same array."""
+def restrict_splits(cache: dict, grid: tuple[int, ...], agg: np.ndarray, m: int) -> tuple:
+    """`residual_restrict`'s plane splits and shared coarse nodes on a grid level (`grid`
+    its 3D shape) with coarse map agg (cells,) of m nodes (`deepcd.kernels.cycle.plane_splits`),
+    kept in `cache` while agg is the same array."""
     from deepcd.kernels.cycle import plane_splits
 
     shape = _sweep_shape(tuple(grid))
