@@ -117,11 +117,10 @@ def fine_bytes(degree: int, smooth: int, dim: int) -> dict:
 
 def grid_levels(net) -> list[int]:
     """The levels of the network's cached hierarchy that run on the grid kernels: level 0
-    and those in grid form (`deepcd.nn.multigrid.grid_form`: a stencil on their blocks)."""
-    from deepcd.nn.multigrid import grid_form
-
+    and those in grid form (`VCycleNet._grid_form`: a stencil on their blocks, with at most a
+    few links off it)."""
     h = net._cache[2]
-    return [0] + [k for k in range(1, len(h.levels)) if grid_form(h, k) is not None]
+    return [0] + [k for k in range(1, len(h.levels)) if net._grid_form(h, k) is not None]
 
 
 def off_grid_links(net) -> dict:

@@ -537,7 +537,7 @@ def test_coarse_levels_that_are_grids_run_the_same_vcycle(
     direction = NetworkDirection(net, problem)
     direction.prepare()
     h = net._cache[2]
-    forms = [mg.grid_form(h, d) for d in range(1, len(h.levels))]
+    forms = [net._grid_form(h, d) for d in range(1, len(h.levels))]
     assert any(f is not None for f in forms)
     extra = any(f is not None and f.grid.extra is not None for f in forms)
     assert extra == (seed > 0 or name not in ("smoke-plume", "smoke-obstacles")) or local
@@ -679,3 +679,24 @@ def test_a_prepared_direction_applies_its_own_levels(monkeypatch):
     np.testing.assert_array_equal(direction(r), want)
     with pytest.raises(ValueError, match="do not match"):
         net(torch.zeros(1, 1, 8, 8, 8), torch.tensor(other.flags)[None], levels=net._cache[2])
+
+
+@pytest.mark.parametrize("threads,used", [(1, True), (2, False)])
+def test_links_off_the_grid_run_on_it_only_where_the_wavefront_gets_every_thread(
+    threads, used, monkeypatch
+):
+    """`VCycleNet._grid_form`: a level with links off its grid runs on the grid kernels only
+    where its wavefront (stages `lag` planes apart) still splits into every thread; else its
+    graph (64³'s level 1 for the shipped degree), whose kernels were faster there."""
+    import deepcd.nn.fastpath as fp
+    import deepcd.nn.multigrid as mg
+
+    monkeypatch.setattr(mg, "GRID_FORM_MIN", 0)
+    monkeypatch.setattr(fp, "grid_threads", lambda cells: threads)
+    problem = scene("bunny", (32, 36, 34), seed=0)
+    net = build_network("vcycle", 3, smooth=1, degree=4)
+    flags = torch.tensor(problem.flags)[None, None]
+    h = net.hierarchy(flags, problem.shape, tuple(problem.boundary), torch.float32)
+    form = mg.grid_form(h, 1)
+    assert form is not None and form.grid.extra is not None  # 16 planes, lag 2
+    assert (net._grid_form(h, 1) is form) == used

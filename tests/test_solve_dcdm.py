@@ -271,6 +271,7 @@ def test_benchmark_warm_up_loads_every_kernel_a_timed_run_uses(monkeypatch):
 
     monkeypatch.setattr(fp, "GRID_SERIAL_BELOW", 1024)
     monkeypatch.setattr(fp, "RING_UNTILED_MAX", 1024)
+    monkeypatch.setattr(fp, "WAVEFRONT_PLANES", 1)  # its 22 planes split for every thread
     problem = scene("smoke-obstacles", (44, 32, 36), seed=1)
     h = build_network("vcycle", 3).hierarchy(
         torch.tensor(problem.flags)[None, None], problem.shape, tuple(problem.boundary),
@@ -283,7 +284,7 @@ def test_benchmark_warm_up_loads_every_kernel_a_timed_run_uses(monkeypatch):
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_warm_up_grid_has_links_off_its_grid(ndim):
+def test_warm_up_grid_has_links_off_its_grid(ndim, monkeypatch):
     """The warm-up's grid for the kernels of links off the grid (`runner.extra_links_scene`)
     has a level 1 that runs on the grid kernels with such links."""
     import deepcd.nn.fastpath as fp
@@ -291,15 +292,15 @@ def test_warm_up_grid_has_links_off_its_grid(ndim):
     from deepcd.bench.runner import extra_links_scene
 
     problem = extra_links_scene(ndim)
-    net, card = load_solver(default_solver(ndim))
+    net, _ = load_solver(default_solver(ndim))
     h = net.hierarchy(
         torch.tensor(problem.flags)[None, None], problem.shape, tuple(problem.boundary),
         torch.float32,
     )  # fmt: skip
     form = mg.grid_form(h, 1)
     assert form is not None and form.grid.extra is not None
-    # ... with planes enough for the wavefront (else its kernels would stay unloaded)
-    grid = (1,) * (3 - ndim) + tuple(form.shape)
-    degree = card["config"]["degree"]
-    lag = fp.sweep_extra({}, grid, form.grid.extra.host(np.float32), degree)[0]
-    assert fp.wavefront_work({}, grid, np.float32, degree, lag) is not None
+    # ... run by the wavefront on every thread with the warm-up's bounds (else its kernels
+    # would stay unloaded)
+    monkeypatch.setattr(fp, "WAVEFRONT_PLANES", 1)
+    monkeypatch.setattr(fp, "GRID_SERIAL_BELOW", 0)
+    assert net._grid_form(h, 1) is form

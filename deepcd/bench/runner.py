@@ -140,17 +140,19 @@ def _warm_grid_kernels(name: str, ndim: int) -> None:
     """Load the grid kernels a timed run may meet first: the wavefront with links off the
     grid, and the tiled wavefronts (large planes), each as the parallel kernel and, untiled,
     its serial copy (small grid levels) — by solving a grid with such links with those
-    choices forced (`deepcd.nn.fastpath`'s bounds)."""
+    choices forced (`deepcd.nn.fastpath`'s bounds; chunks of a single plane per step, so
+    that this small grid's level splits into every thread, as `VCycleNet._grid_form` asks)."""
     from deepcd.nn import fastpath
 
     problem = extra_links_scene(ndim)
-    saved = fastpath.GRID_SERIAL_BELOW, fastpath.RING_UNTILED_MAX
+    saved = fastpath.GRID_SERIAL_BELOW, fastpath.RING_UNTILED_MAX, fastpath.WAVEFRONT_PLANES
     try:
-        for serial_below, untiled_max in ((0, 0), (0, saved[1]), saved):
+        fastpath.WAVEFRONT_PLANES = 1
+        for serial_below, untiled_max in ((0, 0), (0, saved[1]), saved[:2]):
             fastpath.GRID_SERIAL_BELOW, fastpath.RING_UNTILED_MAX = serial_below, untiled_max
             run_solver(name, problem, rtol=1e-6, maxiter=None)
     finally:
-        fastpath.GRID_SERIAL_BELOW, fastpath.RING_UNTILED_MAX = saved
+        fastpath.GRID_SERIAL_BELOW, fastpath.RING_UNTILED_MAX, fastpath.WAVEFRONT_PLANES = saved
 
 
 def median_run(records: list[dict]) -> dict:

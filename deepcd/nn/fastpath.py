@@ -208,6 +208,16 @@ def wavefront_tile(shape: tuple[int, int, int], m: int, itemsize: int, lag: int 
     return WAVEFRONT_TILES[-1]
 
 
+def wavefront_chunks(grid: tuple[int, ...], m: int, lag: int = 1) -> int:
+    """How many x-chunks (threads) the wavefront of a degree-m smoother sweeps a grid level
+    of shape `grid` in (3D; 2D as (1, nx, ny)) with stages `lag` planes apart: each at least
+    WAVEFRONT_PLANES planes per step; 0 when it cannot run (then one pass per step)."""
+    if m < 2:
+        return 0
+    threads = grid_threads(math.prod(grid))
+    return min(threads, _sweep_shape(tuple(grid))[0] // (WAVEFRONT_PLANES * (m - 1) * lag))
+
+
 def wavefront_work(
     cache: dict, grid: tuple[int, ...], dtype, m: int, lag: int = 1
 ) -> np.ndarray | None:
@@ -217,9 +227,8 @@ def wavefront_work(
     planes; None when the grid has too few x-planes for it (then `smooth_grid` runs one pass
     per step). lag: as `wavefront_tile`."""
     shape = _sweep_shape(grid)
-    threads = grid_threads(math.prod(grid))
-    nchunks = min(threads, shape[0] // (WAVEFRONT_PLANES * max(m - 1, 1) * lag))
-    if m < 2 or nchunks < 1:
+    nchunks = wavefront_chunks(grid, m, lag)
+    if nchunks < 1:
         return None
     key = ("wavefront", shape, np.dtype(dtype).str, m, nchunks, lag)
     if key not in cache:

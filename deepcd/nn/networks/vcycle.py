@@ -531,7 +531,7 @@ class VCycleNet(GridNet):
         while depth <= last:
             if depth == last and h.coarse_inverse is not None:
                 break
-            sub = grid_form(h, depth) if depth > 0 and self._grid_forms_on() else None
+            sub = self._grid_form(h, depth) if depth > 0 and self._grid_forms_on() else None
             if sub is not None:  # the rest of the hierarchy continues from that grid level
                 self._prepare_grid(sub, dtype)
                 sub.index_host()
@@ -852,7 +852,7 @@ class VCycleNet(GridNet):
         J, last = self._J, len(h.levels) - 1
         on_grid = depth == 0 and grid
         if depth > 0 and self._on_grid_form(h, r):  # a graph level that is a grid
-            sub = grid_form(h, depth)
+            sub = self._grid_form(h, depth)
             if sub is not None:
                 return sub.to_nodes(self._cycle(sub, 0, sub.from_nodes(r)))
         level = h.grid if on_grid else h.levels[depth]
@@ -979,7 +979,7 @@ class VCycleNet(GridNet):
         if cached is None or cached[0] != state:
             last = len(h.levels) - 1
             forms = self._grid_forms_on() and any(
-                grid_form(h, d) is not None for d in range(max(depth, 1), last)
+                self._grid_form(h, d) is not None for d in range(max(depth, 1), last)
             )  # (grid forms are fixed per hierarchy: checked once, with the plan)
             plan = None if forms else self._build_graph_cycle(h, depth, dtype, grid)
             cached = cache[key] = (state, plan)
@@ -1049,6 +1049,27 @@ class VCycleNet(GridNet):
             )
             op.correction = float(F.softplus(self.corrections[i]).to(dtype))
         return op
+
+    def _grid_form(self, h, depth: int):
+        """`grid_form`(h, depth) where this network runs it on the grid kernels: a level with
+        links off its grid only where its wavefront smoother (stages `lag` planes apart)
+        still gets every thread. Where it would not — level 1 of a 64³ grid, 32 planes for
+        lag 2 — the graph kernels were faster (`benchmarks/close-cases`: splash and
+        ghost-splash at 64³); at 128³ the grid kernels were (splash, pool, bunny)."""
+        from deepcd.nn.fastpath import grid_threads, sweep_extra, wavefront_chunks
+
+        sub = grid_form(h, depth)
+        if sub is None or sub.grid.extra is None:
+            return sub
+        degree = self.config["degree"]
+        key = ("wavefront_threads", degree)
+        if key not in sub.grid.cache:
+            grid = (1,) * (3 - self.dim) + tuple(sub.shape)
+            extra = sub.grid.extra.host(np.float32)
+            lag = sweep_extra(sub.grid.cache, grid, extra, degree)[0]
+            chunks = wavefront_chunks(grid, degree, lag)
+            sub.grid.cache[key] = chunks == grid_threads(math.prod(grid))
+        return sub if sub.grid.cache[key] else None
 
     def _on_grid_form(self, h, r: torch.Tensor) -> bool:
         """Whether CPU inference runs graph levels that are grids (`grid_form`) on the grid
