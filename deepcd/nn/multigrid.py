@@ -809,10 +809,9 @@ def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
     dtype = h.grid.diag.dtype
     g = shape3[3 - dim :]
 
-    def field(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(a.reshape(1, 1, *a.shape[3 - dim :]), dtype=dtype)
-
-    stencil = StencilLevel.from_parts(field(diag), [field(f) for f in faces[3 - dim :]])
+    stencil = StencilLevel.from_parts(
+        _grid_field(diag, dim, dtype), [_grid_field(f, dim, dtype) for f in faces[3 - dim :]]
+    )
     agg = np.full(int(np.prod(shape3)), -1, dtype=np.int64)
     agg[cell] = host["agg"]
     sub = Hierarchy(
@@ -826,7 +825,7 @@ def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
     )
     if count:
         stencil.extra = _extra_links(level, cell, extra)
-        sub._grid_axis = _grid_axis_from_graph(level, cell, extra, stencil, g)
+        sub._grid_axis = _grid_axis_from_graph(level, extra, stencil, g)
     return sub
 
 
@@ -849,18 +848,18 @@ def _extra_links(level: GraphLevel, cell: np.ndarray, extra: np.ndarray) -> Extr
     )
 
 
-def _grid_axis_from_graph(level, cell, extra, stencil: StencilLevel, g) -> list:
-    """`Hierarchy.grid_axis` of a grid form with extra links: per axis (ŵ, degree) from the
-    graph's own ŵ (their largest-link scale counts the extra links, which the faces alone
-    miss), each degree summing the extra links along that axis too."""
+def _grid_axis_from_graph(level, extra: np.ndarray, stencil: StencilLevel, g) -> list:
+    """`Hierarchy.grid_axis` of a grid form with links off its grid (`stencil.extra`, marked
+    in extra (nnz,)): per axis (ŵ, degree) from the graph's own ŵ (their largest-link scale
+    counts those links, which the faces alone miss), each degree summing them too."""
     host = level.host_full()
-    dim = level.dim
+    dim, links = level.dim, stencil.extra
     shape3 = (1,) * (3 - dim) + tuple(g)
     faces = [np.zeros(tuple(n - (a == b) for b, n in enumerate(shape3))) for a in range(3)]
     args = (host["coords"], host["indptr"], host["indices"], host["nweight"], host["axis"])
     K.grid_faces(*args, 3 - dim, extra, *faces)
-    p = np.flatnonzero(extra)
-    rows = cell[np.searchsorted(host["indptr"], p, side="right") - 1]
+    rows = np.repeat(links.rows, np.diff(links.ptr))
+    dtype = stencil.diag.dtype
     out = []
     for a in range(dim):
         face, ax = faces[a + 3 - dim], a + 3 - dim
@@ -869,12 +868,12 @@ def _grid_axis_from_graph(level, cell, extra, stencil: StencilLevel, g) -> list:
         if n > 1:
             deg[(slice(None),) * ax + (slice(0, n - 1),)] += face
             deg[(slice(None),) * ax + (slice(1, n),)] += face
-        on = host["axis"][p] == a
-        np.add.at(deg.reshape(-1), rows[on], host["nweight"][p][on])
-        as_field = torch.as_tensor(face.reshape(1, 1, *face.shape[3 - dim :]))
-        out.append((as_field.to(stencil.diag.dtype), _as_grid(deg, stencil)))
+        on = links.axis == a
+        np.add.at(deg.reshape(-1), rows[on], links.nweight[on])
+        out.append((_grid_field(face, dim, dtype), _grid_field(deg, dim, dtype)))
     return out
 
 
-def _as_grid(a: np.ndarray, stencil: StencilLevel) -> torch.Tensor:
-    return torch.as_tensor(a.reshape(stencil.diag.shape), dtype=stencil.diag.dtype)
+def _grid_field(a: np.ndarray, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """A 3D-numbered array (1, nx, ny) / (nx, ny, nz) as a (1, 1, *g) field in dtype."""
+    return torch.as_tensor(a.reshape(1, 1, *a.shape[3 - dim :]), dtype=dtype)
