@@ -254,13 +254,9 @@ def test_hierarchy_of_isolated_cells_falls_back_to_one_level(shape):
     assert h.levels[0].n == int((flags == FLUID).sum())
 
 
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("merge_below,strength", [(2, 0.3), (4, 0.5)])
-def test_grid_aggregation_equals_the_csr_one_on_random_weak_links(seed, merge_below, strength):
-    """A random Laplacian (faces spanning decades: many weak links, so many small block
-    components that join a neighbour — chains of joins, joins inside a block whose pieces
-    interleave, joins across blocks; holes; some Dirichlet cells): the grid path's joins and
-    numbering stay those of the CSR's."""
+def _random_laplacian(seed: int):
+    """A random Laplacian stencil (float64): faces spanning decades, holes, some Dirichlet
+    cells."""
     rng = np.random.default_rng(seed)
     shape = tuple(int(v) for v in rng.integers(5, 12, size=3))
     active = rng.random(shape) < 0.85
@@ -277,6 +273,18 @@ def test_grid_aggregation_equals_the_csr_one_on_random_weak_links(seed, merge_be
         diag[hi] += w
         links.append(w)
     diag = np.where(active, diag, 0.0)
+    return diag, links
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("merge_below,strength", [(2, 0.3), (4, 0.5)])
+def test_grid_aggregation_equals_the_csr_one_on_random_weak_links(seed, merge_below, strength):
+    """A random Laplacian (faces spanning decades: many weak links, so many small block
+    components that join a neighbour — chains of joins, joins inside a block whose pieces
+    interleave, joins across blocks; holes; some Dirichlet cells): the grid path's joins and
+    numbering stay those of the CSR's."""
+    diag, links = _random_laplacian(seed)
+    shape = diag.shape
     node, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
     halved = np.array([True, True, True])
     coarse = (np.array(shape) + 1) // 2
@@ -291,3 +299,26 @@ def test_grid_aggregation_equals_the_csr_one_on_random_weak_links(seed, merge_be
     # unset slot in its neighbours' rows
     assert ((lv["indices"] >= 0) & (lv["indices"] < len(lv["d"]))).all()
     assert (lv["w"] > 0).all() and lv["indptr"][-1] == len(lv["indices"])
+
+
+@pytest.mark.parametrize("case", ["random-0", "random-1", "random-2", "two-phase", "maze"])
+def test_grid_aggregation_of_a_float32_stencil_is_that_of_its_float64_copy(case):
+    """The hierarchy hands the aggregation a float32 stencil as it is (no float64 copy):
+    every sum is float64, so level 1 is that of the exact float64 copy, bit for bit — on
+    faces spanning decades too."""
+    if case.startswith("random"):
+        diag, links = _random_laplacian(int(case[-1]))
+    else:
+        diag, links = grid_stencil_3d(scene(case, (17, 19, 16), seed=1))
+    d32, l32 = diag.astype(np.float32), [w.astype(np.float32) for w in links]
+    halved = np.array([True, True, True])
+    coarse = (np.array(diag.shape) + 1) // 2
+    args = (halved, coarse, 0.5, 0.3, 3)
+    want = grid_aggregate(d32.astype(np.float64), *(w.astype(np.float64) for w in l32), *args)
+    got = grid_aggregate(d32, *l32, *args)
+    for a, b in zip(got[:3], want[:3], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert got[3] == want[3] and got[4].keys() == want[4].keys()
+    for k in want[4]:
+        assert got[4][k].dtype == want[4][k].dtype
+        np.testing.assert_array_equal(got[4][k], want[4][k])

@@ -386,8 +386,9 @@ def _coarse_links(mstart, members, agg, node, cell, lx, ly, lz, cindptr, scale, 
 
 def grid_aggregate(diag, lx, ly, lz, halved, coarse_shape, scale, strength, merge_below=0):
     """Level 0 of a stencil on the grid (`aggregate.grid_graph`'s arrays: diag (nx, ny, nz),
-    faces lx (nx-1, ny, nz), ly, lz; float64) coarsened once (`aggregate.aggregate`, not
-    pairwise) without its link CSR.
+    faces lx (nx-1, ny, nz), ly, lz; float64, or float32, read into float64 sums: the same
+    level as from their float64 copies) coarsened once (`aggregate.aggregate`, not pairwise)
+    without its link CSR.
 
     Returns (node, index, agg, links, level): node (nx, ny, nz) int32 (int64 from 2³¹ nodes;
     node id or -1), index

@@ -112,9 +112,13 @@ def _normalized_host(s_t, diag, faces, grid, dt: torch.dtype):
 
     d, links = grid_views(diag, faces)
     np_dt = torch.empty((), dtype=dt).numpy().dtype
-    s, e = np.empty(grid, dtype=np_dt), np.empty(grid, dtype=np_dt)
+    s_in = grid_views(s_t)[0]
+    # s in dt already: the kernels read it as it is (its copy would be one more grid field
+    # held for the solve; the kernel writes each cell's own value back, harmlessly)
+    s = s_in if s_in.dtype == np_dt else np.empty(grid, dtype=np_dt)
+    e = np.empty(grid, dtype=np_dt)
     out = [np.empty(w.shape, dtype=np_dt) for w in links]
-    normalize_stencil(grid_views(s_t)[0], d, *links, s, e, *out)
+    normalize_stencil(s_in, d, *links, s, e, *out)
     return s, e, out
 
 

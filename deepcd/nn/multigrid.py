@@ -62,13 +62,12 @@ GRID_FORM_EXTRA_MAX = 0.02
 
 @dataclass
 class StencilLevel:
-    """A stencil on the grid: diag (Bf, 1, *g), links[a] (Bf, 1, *g with axis a one shorter),
-    active (Bf, 1, *g; 1 where the level has an unknown) and inv_sqrt_diag (0 off active
-    cells); `cache` holds what an inference-mode network derives from the level once."""
+    """A stencil on the grid: diag (Bf, 1, *g), links[a] (Bf, 1, *g with axis a one shorter)
+    and inv_sqrt_diag (0 off active cells, those with diag > 0); `cache` holds what an
+    inference-mode network derives from the level once."""
 
     diag: torch.Tensor
     links: list[torch.Tensor]
-    active: torch.Tensor
     inv_sqrt_diag: torch.Tensor
     cache: dict = field(default_factory=dict)
     extra: ExtraLinks | None = None  # links that are no face of the grid (`grid_form`)
@@ -78,8 +77,17 @@ class StencilLevel:
         diag = diag.contiguous()
         links = [w.contiguous() for w in links]  # numba kernels read them as plain arrays
         positive = diag > 0
-        inv = torch.where(positive, diag.clamp_min(1e-30).rsqrt(), torch.zeros_like(diag))
-        return cls(diag, links, positive.to(diag.dtype), inv)
+        # in place: at 256³ each temporary is 64 MiB of fresh pages (~7 µs each on a VM)
+        inv = diag.clamp_min(1e-30).rsqrt_().masked_fill_(~positive, 0.0)
+        return cls(diag, links, inv)
+
+    @property
+    def active(self) -> torch.Tensor:
+        """(Bf, 1, *g) in diag's dtype: 1 where the level has an unknown, else 0 — made on
+        first use (CPU inference never reads it: one grid field less to hold)."""
+        if "active" not in self.cache:
+            self.cache["active"] = (self.diag > 0).to(self.diag.dtype)
+        return self.cache["active"]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -263,7 +271,7 @@ class Hierarchy:
     levels: list[GraphLevel]
     columns: int
     coarse_inverse: torch.Tensor | None
-    grid_agg: torch.Tensor | None = None  # (Bf·G,): level-1 unknown of each cell, or -1
+    grid_agg: torch.Tensor | None = None  # (Bf·G,) int32/64: level-1 unknown of each cell, or -1
     # the depth of `grid` in the hierarchy this one is part of (`grid_form`: a graph level
     # run on its grid), which the network's per-level parameters are indexed by
     offset: int = 0
@@ -330,8 +338,8 @@ class Hierarchy:
     def grid_map(self) -> np.ndarray:
         """`grid_agg` as the CPU kernels read it: (cells,) int32 numpy, cached (the fused
         restriction scatters through it and needs no members)."""
-        if self._agg32 is None:
-            self._agg32 = self.grid_agg.cpu().numpy().astype(np.int32)
+        if self._agg32 is None:  # int32 already (`_cell_index_dtype`): a view
+            self._agg32 = self.grid_agg.cpu().numpy().astype(np.int32, copy=False)
         return self._agg32
 
     def index_host(self) -> np.ndarray:
@@ -569,11 +577,15 @@ def build_hierarchy(
     strength = STRENGTH if strength is None else strength
     merge_below = MERGE_BELOW if merge_below is None else merge_below
 
-    def host_stencil(b: int):
+    def host_stencil(b: int, native: bool = False):
+        """Field b's stencil as numpy grid arrays (`grid_views`) in float64 or, native, in
+        the stencil's own dtype: no copy on the CPU (the level-1 aggregation reads float32
+        faces into float64 sums exactly; a float64 copy was 0.5 GiB of fresh pages at 256³)."""
         from deepcd.nn.fastpath import grid_views
 
         def host(t: torch.Tensor) -> torch.Tensor:
-            return t[b : b + 1].detach().to("cpu", torch.float64)
+            t = t[b : b + 1].detach()
+            return t.cpu() if native else t.to("cpu", torch.float64)
 
         return grid_views(host(lap.diag), [host(w) for w in lap.links()])
 
@@ -608,7 +620,7 @@ def build_hierarchy(
     inv = _coarse_inverse(merged[-1])
     grid_agg = None
     if len(levels) > 1:
-        cells = np.full(bf * grid.diag[0].numel(), -1, dtype=np.int64)
+        cells = np.full(bf * grid.diag[0].numel(), -1, dtype=_cell_index_dtype(levels[1].n))
         cells[index] = merged[0]["agg"]
         grid_agg = torch.as_tensor(cells, device=device)
     return Hierarchy(
@@ -622,10 +634,17 @@ def build_hierarchy(
     )
 
 
+def _cell_index_dtype(m: int) -> np.dtype:
+    """The dtype of a map from grid cells to m coarse nodes (−1: none): int32 where it fits,
+    as the CPU kernels read it (an int64 copy held beside it was one more grid field's
+    worth of memory, 128 MiB at 256³); torch indexes with either."""
+    return np.dtype(np.int32 if m < 2**31 else np.int64)
+
+
 def _levels_from_grid(
     host_stencil, plan3, scale: float, strength: float, merge_below: int, dim: int, device, dtype
 ) -> list[dict] | None:
-    """`_host_levels` of one flag field (host_stencil(0): its float64 stencil) with level 1
+    """`_host_levels` of one flag field (host_stencil(0): its stencil) with level 1
     made straight from the grid (`deepcd.kernels.grid_aggregate`: the same levels without
     level 0's link CSR). Level 0's dict holds index, agg and, as "lazy", its `GraphLevel`,
     whose arrays are built on first use. None when level 1 would be empty (every region
@@ -633,7 +652,7 @@ def _levels_from_grid(
     from deepcd.kernels.grid_aggregate import grid_aggregate
     from deepcd.nn.fastpath import GRID_SERIAL_BELOW
 
-    diag, links = host_stencil(0)
+    diag, links = host_stencil(0, native=True)
     h = np.array(plan3[0], dtype=np.bool_)
     shape = np.where(h, (np.array(diag.shape) + 1) // 2, diag.shape).astype(np.int64)
     with K.serial_if_small(diag.size, GRID_SERIAL_BELOW):
@@ -648,10 +667,15 @@ def _levels_from_grid(
     if factor != 1.0:
         lv1["w"], lv1["d"] = lv1["w"] * factor, lv1["d"] * factor
 
+    # what the lazy level 0 keeps of agg until it is built: int32 where it fits, half of
+    # the int64 map (which the hierarchy turns into its grid map and lets go)
+    kept = agg.astype(_cell_index_dtype(len(lv1["d"])))
+
     def level0_host() -> dict:
         diag, links = host_stencil(0)
         _, coords, d, indptr, indices, w, axis = K.grid_graph(diag, *links)
-        lv = dict(coords=coords, d=d, indptr=indptr, indices=indices, w=w, axis=axis, agg=agg)
+        lv = dict(coords=coords, d=d, indptr=indptr, indices=indices, w=w, axis=axis)
+        lv["agg"] = kept.astype(np.int64)
         return _graph_level(lv, dim, device, dtype).host
 
     halved = tuple(bool(v) for v in plan3[0])
@@ -710,9 +734,11 @@ def _grid_axis_weights_host(grid: StencilLevel) -> list[tuple[torch.Tensor, torc
             continue
         nlink, deg = np.empty_like(faces[a + 3 - dim]), np.empty_like(diag)
         axis_weights(faces[a + 3 - dim], wmax, a + 3 - dim, nlink, deg)
+        # a flag Laplacian's ŵ are its faces (0 or 1): hold those, not a copy of them
+        same = nlink.dtype == faces[a + 3 - dim].dtype and np.array_equal(nlink, faces[a + 3 - dim])
         out.append(
             (
-                torch.from_numpy(nlink).reshape(link.shape),
+                link if same else torch.from_numpy(nlink).reshape(link.shape),
                 torch.from_numpy(deg).reshape(grid.diag.shape),
             )
         )
@@ -812,7 +838,7 @@ def _grid_form(h: Hierarchy, depth: int) -> Hierarchy | None:
     stencil = StencilLevel.from_parts(
         _grid_field(diag, dim, dtype), [_grid_field(f, dim, dtype) for f in faces[3 - dim :]]
     )
-    agg = np.full(int(np.prod(shape3)), -1, dtype=np.int64)
+    agg = np.full(int(np.prod(shape3)), -1, dtype=_cell_index_dtype(h.levels[depth + 1].n))
     agg[cell] = host["agg"]
     sub = Hierarchy(
         grid=stencil,

@@ -499,7 +499,7 @@ class VCycleNet(GridNet):
             # twice — from cache the second time — instead of two from memory
             faces = self._grid_arrays(h.grid, dtype)[2][3 - self.dim :]  # 2D: no x-faces
             h.grid.cache[key] = [
-                (face if np.array_equal(w, face) else w, deg)
+                (face if _same_array(w, face) else w, deg)
                 for (w, deg), face in zip(arrays, faces, strict=True)
             ]
         return h.grid.cache[key]
@@ -1120,6 +1120,14 @@ def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.is_contiguous() and b.is_contiguous() and size % 8 == 0 and size > 0:
         return torch.equal(a.reshape(-1).view(torch.int64), b.reshape(-1).view(torch.int64))
     return torch.equal(a, b)
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    """a and b hold the same values: views of the same memory (no scan) or equal arrays."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    same = a.strides == b.strides and a.ctypes.data == b.ctypes.data
+    return same or np.array_equal(a, b)
 
 
 def _weighted_axis(nlink: torch.Tensor, omega: torch.Tensor, a: int):
