@@ -391,10 +391,9 @@ def grid_aggregate(diag, lx, ly, lz, halved, coarse_shape, scale, strength, merg
     without its link CSR.
 
     Returns (node, index, agg, links, level): node (nx, ny, nz) int32 (int64 from 2³¹ nodes;
-    node id or -1), index
-    (n,) int64 each node's flat cell, agg (n,) int64 each node's coarse node (-1: none),
-    links level 0's link count (both ways), and level 1 as a dict (coords, d, indptr,
-    indices, w, axis) exactly as `aggregate` makes it.
+    node id or -1), index (n,) each node's flat cell (int32; int64 from 2³¹ cells), agg (n,)
+    int64 each node's coarse node (-1: none), links level 0's link count (both ways), and
+    level 1 as a dict (coords, d, indptr, indices, w, axis) exactly as `aggregate` makes it.
     """
     if max(diag.shape) > _MASK:
         raise ValueError(f"grid_aggregate packs a cell in 3×{_BITS} bits: {diag.shape} is too big")
@@ -403,7 +402,7 @@ def grid_aggregate(diag, lx, ly, lz, halved, coarse_shape, scale, strength, merg
     np.cumsum(per_row, out=offset[1:])
     n = int(offset[-1])
     node = np.empty(diag.shape, dtype=np.int32 if n < 2**31 else np.int64)
-    index = np.empty(n, dtype=np.int64)
+    index = np.empty(n, dtype=np.int32 if diag.size < 2**31 else np.int64)
     cell = np.empty(n, dtype=np.int64)
     d = np.empty(n)
     _number_grid(diag, offset, node, index, cell, d)

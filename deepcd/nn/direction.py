@@ -50,9 +50,7 @@ class NetworkDirection:
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.dtype = dtype
-        self.index = torch.as_tensor(
-            np.flatnonzero(problem.flags.ravel() == FLUID), device=self.device
-        )
+        flat = np.flatnonzero(problem.flags.ravel() == FLUID)
         self.flags = torch.tensor(problem.flags, device=self.device)[None, None]
         self.boundary = tuple(problem.boundary)
         # a variable-coefficient problem: the network reads A's own stencil
@@ -65,7 +63,10 @@ class NetworkDirection:
         # the numba scatter/gather's index: int32 where it fits, half the bytes of int64 to
         # stream on every application
         small = problem.flags.size < 2**31
-        self._index_np = self.index.cpu().numpy().astype(np.int32 if small else np.int64)
+        self._index_np = flat.astype(np.int32 if small else np.int64, copy=False)
+        # the torch index of the other devices and dtypes (the CPU host path needs none: at
+        # 256³ an int64 copy held for the solve was 128 MiB)
+        self.index = None if self._host else torch.as_tensor(flat, device=self.device)
         self.n = problem.n
         # their serial copies below SERIAL_BELOW unknowns: a parallel launch costs more than
         # the copy there (`benchmarks/smoother-bound`)

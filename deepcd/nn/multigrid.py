@@ -262,7 +262,8 @@ class GraphLevel:
 
 @dataclass
 class Hierarchy:
-    """The grid level 0, its unknowns `index` (n0,) into the flattened (Bf·G) grid, the graph
+    """The grid level 0, its unknowns `index` (n0,) into the flattened (Bf·G) grid (int32 or
+    int64), the graph
     levels (levels[0] is level 0 as a graph), the columns C per node vector, and the dense
     inverse of the coarsest level (None when it has more than DENSE_MAX unknowns)."""
 
@@ -282,6 +283,7 @@ class Hierarchy:
     _grid_axis: list | None = field(default=None, repr=False)  # `grid_axis`, on first use
     _agg32: np.ndarray | None = field(default=None, repr=False)  # `grid_map`, on first use
     _index_np: np.ndarray | None = field(default=None, repr=False)  # `index_host`
+    _index_long: torch.Tensor | None = field(default=None, repr=False)  # `index_long`
     _forms: dict = field(default_factory=dict, repr=False)  # `grid_form`, per depth
 
     @property
@@ -342,6 +344,13 @@ class Hierarchy:
             self._agg32 = self.grid_agg.cpu().numpy().astype(np.int32, copy=False)
         return self._agg32
 
+    def index_long(self) -> torch.Tensor:
+        """`index` in int64, as torch's index_copy takes it (cached; `index` itself is int32
+        where it fits: at 256³ an int64 copy held for the solve was 128 MiB)."""
+        if self._index_long is None:
+            self._index_long = self.index.long()
+        return self._index_long
+
     def index_host(self) -> np.ndarray:
         """`index` as a numpy array (cached): what the CPU conversions gather through."""
         if self._index_np is None:
@@ -375,7 +384,8 @@ class Hierarchy:
             field = np.zeros(g, dtype=v.numpy().dtype)
             scatter(v.contiguous().numpy().reshape(-1), self.index_host(), field)
             return torch.from_numpy(field).reshape(1, 1, *self.shape)
-        flat = torch.zeros((bf * g, c), dtype=v.dtype, device=v.device).index_copy(0, self.index, v)
+        flat = torch.zeros((bf * g, c), dtype=v.dtype, device=v.device)
+        flat = flat.index_copy(0, self.index_long(), v)
         return flat.reshape(bf, g, c).transpose(1, 2).reshape(bf * c, 1, *self.shape)
 
 

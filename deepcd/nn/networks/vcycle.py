@@ -354,7 +354,7 @@ class VCycleNet(GridNet):
                 return graph.inv_sqrt_diag.to(dtype) / g.sqrt()[:, None]
             bf = h.grid.diag.shape[0]
             field = torch.ones(bf * int(np.prod(h.shape)), dtype=dtype, device=g.device)
-            field = field.index_copy(0, h.index, g).reshape(bf, 1, *h.shape)
+            field = field.index_copy(0, h.index_long(), g).reshape(bf, 1, *h.shape)
             return h.grid.inv_sqrt_diag.to(dtype) / field.sqrt()
 
         cache = h.grid.cache if on_grid else graph.cache
