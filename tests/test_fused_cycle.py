@@ -186,3 +186,27 @@ def test_flag_laplacian_transfers_read_the_stencil_faces(dim, name, shared):
         assert (w is face) == shared
         if not shared:
             assert not np.array_equal(w, face)
+
+
+@pytest.mark.parametrize("name", ["smoke-obstacles", "two-phase"])
+def test_fused_transfers_make_no_degree_fields(name):
+    """The fused passes read ŵ only: CPU inference makes no degree fields (three grid
+    fields, 192 MiB at 256³); asked for later (the unfused passes), the degrees come paired
+    with the ŵ already held, the numbers of a fresh build, and the V-cycle is the same."""
+    from deepcd.nn import multigrid as mg
+    from deepcd.nn.direction import NetworkDirection
+    from deepcd.nn.weights import load_solver
+
+    problem = scene(name, (20, 18, 16), seed=0)
+    net = load_solver("vcycle-3d")[0]
+    direction = NetworkDirection(net, problem)
+    direction.prepare()
+    r = np.random.default_rng(2).standard_normal(problem.n)
+    before = direction(r)
+    h = net._cache[2]
+    assert h._grid_axis is None and h._grid_faces is not None
+    faces = h.grid_axis_faces
+    fresh = mg._grid_axis_weights(h.grid)
+    for (w, deg), face, (w0, deg0) in zip(h.grid_axis, faces, fresh, strict=True):
+        assert w is face and torch.equal(w, w0) and torch.equal(deg, deg0)
+    np.testing.assert_array_equal(direction(r), before)

@@ -69,8 +69,10 @@ def largest_face(lx, ly, lz, wmax):
 def axis_weights(w, wmax, axis, nlink, deg):
     """Along `axis`: nlink (faces) = w / max(wmax on both sides, 1e-30) where w > 0, else 0,
     and deg (cells) = the sum of a cell's two nlink (its + face first): `_normalized` in grid
-    form. w, nlink: faces along axis; wmax, deg (nx, ny, nz); all one dtype."""
+    form. w, nlink: faces along axis; wmax, deg (nx, ny, nz) — or deg empty: not written;
+    all one dtype."""
     nx, ny, nz = wmax.shape
+    with_deg = deg.size > 0
     tiny = wmax.dtype.type(1e-30)
     zero = wmax.dtype.type(0)
     di, dj, dk = int(axis == 0), int(axis == 1), int(axis == 2)
@@ -90,7 +92,8 @@ def axis_weights(w, wmax, axis, nlink, deg):
                     lo = w[i - di, j - dj, k - dk]
                     v = lo / max(max(wmax[i - di, j - dj, k - dk], wmax[i, j, k]), tiny)
                     total = total + (v if lo > 0 else zero)
-                deg[i, j, k] = total
+                if with_deg:
+                    deg[i, j, k] = total
 
 
 # -- a graph level's links (CSR), the same numbers as the numpy forms they replace -------------

@@ -391,7 +391,8 @@ def transfer_args(grid: tuple[int, ...], axes: list[int], pairs: list, omegas: l
     """(view, args) for the grid transfer kernels: view(t) a grid array (3D; 2D as (1, nx,
     ny)) as the kernels sweep it, args (w0, g0, w1, g1, w2, g2, om0, om1, om2, use) their
     per-axis weights, ω and flags for the S_a with a in `axes` (3D numbering); pairs[a] =
-    (ŵ_a, degree_a) and omegas[a] per 3D axis a."""
+    (ŵ_a, degree_a) and omegas[a] per 3D axis a (degree_a None: a dummy, for the fused
+    kernels, which do not read it)."""
     if grid[0] == 1 and 0 not in axes:  # 2D as (1, nx, ny): sweep its x as planes
 
         def view(t: np.ndarray) -> np.ndarray:
@@ -411,7 +412,7 @@ def transfer_args(grid: tuple[int, ...], axes: list[int], pairs: list, omegas: l
     use = np.zeros(3, dtype=np.bool_)
     for a in axes:
         b = place[a]
-        w[b], g[b] = (np.ascontiguousarray(view(t)) for t in pairs[a])
+        w[b], g[b] = (dummy if t is None else np.ascontiguousarray(view(t)) for t in pairs[a])
         om[b], use[b] = float(omegas[a]), True
     return view, (w[0], g[0], w[1], g[1], w[2], g[2], *om, use)
 

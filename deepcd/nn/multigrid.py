@@ -281,6 +281,7 @@ class Hierarchy:
     host_stencil: Callable[[], tuple] | None = field(default=None, repr=False)
     _members: tuple | None = field(default=None, repr=False)  # `grid_members`, on first use
     _grid_axis: list | None = field(default=None, repr=False)  # `grid_axis`, on first use
+    _grid_faces: list | None = field(default=None, repr=False)  # `grid_axis_faces`
     _agg32: np.ndarray | None = field(default=None, repr=False)  # `grid_map`, on first use
     _index_np: np.ndarray | None = field(default=None, repr=False)  # `index_host`
     _index_long: torch.Tensor | None = field(default=None, repr=False)  # `index_long`
@@ -295,8 +296,22 @@ class Hierarchy:
         """Per axis (ŵ, degree) of level 0 on the grid (`_grid_axis_weights`), made on first
         use: a hierarchy whose level 0 runs on its graph never reads them."""
         if self._grid_axis is None:
-            self._grid_axis = _grid_axis_weights(self.grid)
+            pairs = _grid_axis_weights(self.grid)
+            if self._grid_faces is not None:  # the ŵ already held (the same numbers)
+                pairs = [(w, d) for w, (_, d) in zip(self._grid_faces, pairs, strict=True)]
+            self._grid_axis = pairs
         return self._grid_axis
+
+    @property
+    def grid_axis_faces(self) -> list[torch.Tensor]:
+        """Per axis ŵ of level 0 on the grid, without the degrees `grid_axis` pairs them with
+        (the fused transfers and the local weights read only these: at 256³ the three degree
+        fields would be 192 MiB more to hold), made on first use."""
+        if self._grid_axis is not None:
+            return [w for w, _ in self._grid_axis]
+        if self._grid_faces is None:
+            self._grid_faces = [w for w, _ in _grid_axis_weights(self.grid, degrees=False)]
+        return self._grid_faces
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         """Grid field (B, 1, *g) → (Bf·G, C): cells sample-major, columns last."""
@@ -694,11 +709,12 @@ def _levels_from_grid(
     return [dict(index=index, agg=agg, halved=halved, lazy=level0), *levels]
 
 
-def _grid_axis_weights(grid: StencilLevel) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _grid_axis_weights(grid: StencilLevel, degrees: bool = True) -> list[tuple]:
     """Per axis, the normalized face weights ŵ (Bf, 1, *g_a) and their sum per cell (the
-    degree, Bf, 1, *g) of level 0 on the grid — `_normalized` in grid form."""
+    degree, Bf, 1, *g; None on the CPU path without `degrees`) of level 0 on the grid —
+    `_normalized` in grid form."""
     if grid.diag.device.type == "cpu" and grid.diag.shape[0] == 1:
-        return _grid_axis_weights_host(grid)
+        return _grid_axis_weights_host(grid, degrees)
     return _grid_axis_weights_torch(grid)
 
 
@@ -727,9 +743,9 @@ def _grid_axis_weights_torch(grid: StencilLevel) -> list[tuple[torch.Tensor, tor
     return out
 
 
-def _grid_axis_weights_host(grid: StencilLevel) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _grid_axis_weights_host(grid: StencilLevel, degrees: bool = True) -> list[tuple]:
     """`_grid_axis_weights` of one field on the CPU, in two parallel passes per axis
-    (`deepcd.kernels.normalize`: the same numbers)."""
+    (`deepcd.kernels.normalize`: the same numbers); the degrees None unless `degrees`."""
     from deepcd.kernels.normalize import axis_weights, largest_face
     from deepcd.nn.fastpath import grid_views
 
@@ -740,16 +756,17 @@ def _grid_axis_weights_host(grid: StencilLevel) -> list[tuple[torch.Tensor, torc
     out = []
     for a, link in enumerate(grid.links):
         if grid.diag.shape[a + 2] < 2:
-            out.append((link, torch.zeros_like(grid.diag)))
+            out.append((link, torch.zeros_like(grid.diag) if degrees else None))
             continue
-        nlink, deg = np.empty_like(faces[a + 3 - dim]), np.empty_like(diag)
+        nlink = np.empty_like(faces[a + 3 - dim])
+        deg = np.empty_like(diag) if degrees else np.empty((0, 0, 0), dtype=diag.dtype)
         axis_weights(faces[a + 3 - dim], wmax, a + 3 - dim, nlink, deg)
         # a flag Laplacian's ŵ are its faces (0 or 1): hold those, not a copy of them
         same = nlink.dtype == faces[a + 3 - dim].dtype and np.array_equal(nlink, faces[a + 3 - dim])
         out.append(
             (
                 link if same else torch.from_numpy(nlink).reshape(link.shape),
-                torch.from_numpy(deg).reshape(grid.diag.shape),
+                torch.from_numpy(deg).reshape(grid.diag.shape) if degrees else None,
             )
         )
     return out

@@ -379,7 +379,7 @@ class VCycleNet(GridNet):
 
         def make_grid():
             out = []
-            for a, (link, (nlink, _)) in enumerate(zip(h.grid.links, h.grid_axis, strict=True)):
+            for a, (link, nlink) in enumerate(zip(h.grid.links, h.grid_axis_faces, strict=True)):
                 if link.shape[a + 2] == 0:
                     out.append(link)
                     continue
@@ -448,7 +448,7 @@ class VCycleNet(GridNet):
         from deepcd.kernels.local import grid_face_omega
 
         lead = (1,) * (3 - self.dim)
-        link, nlink = h.grid.links[a], h.grid_axis[a][0]
+        link, nlink = h.grid.links[a], h.grid_axis_faces[a]
 
         def view(t: torch.Tensor) -> np.ndarray:
             return t.detach().contiguous().numpy().reshape(lead + tuple(t.shape[2:]))
@@ -477,23 +477,32 @@ class VCycleNet(GridNet):
             level.cache[key] = axis_layout(h["indptr"], h["indices"], nweight, h["axis"], 3)
         return level.cache[key]
 
-    def _grid_axis_arrays(self, h, dtype: torch.dtype, omegas) -> list:
+    def _grid_axis_arrays(self, h, dtype: torch.dtype, omegas, degrees: bool = True) -> list:
         """Per grid axis, (ŵ, degree) of level 0 as 3D numpy arrays in dtype (ω per face
-        folded in with local weights; the kernels then take ω = 1), cached on the grid."""
+        folded in with local weights; the kernels then take ω = 1), cached on the grid;
+        without `degrees` (the fused transfers do not read them) the degree is None, except
+        with local weights, whose degrees come with their ω·ŵ."""
         local = self.local is not None
-        key = ("axis", _np_dtype(dtype), self.local.version() if local else None)
+        degrees = degrees or local
+        key = ("axis", _np_dtype(dtype), self.local.version() if local else None, degrees)
         if key not in h.grid.cache:
-            pairs = h.grid_axis
             if local:
                 pairs = [
                     _weighted_axis(nl, w, a)
-                    for a, ((nl, _), w) in enumerate(zip(h.grid_axis, omegas, strict=True))
+                    for a, (nl, w) in enumerate(zip(h.grid_axis_faces, omegas, strict=True))
                 ]
+            elif degrees:
+                pairs = h.grid_axis
+            else:
+                pairs = [(w, None) for w in h.grid_axis_faces]
             lead = (1,) * (3 - self.dim)
-            arrays = [
-                tuple(t.to(dtype).contiguous().numpy().reshape(lead + t.shape[2:]) for t in pair)
-                for pair in pairs
-            ]
+
+            def host(t: torch.Tensor | None) -> np.ndarray | None:
+                if t is None:
+                    return None
+                return t.to(dtype).contiguous().numpy().reshape(lead + t.shape[2:])
+
+            arrays = [tuple(host(t) for t in pair) for pair in pairs]
             # A flag Laplacian's ŵ are its faces (0 or 1, each face over the larger of its
             # cells' largest, 1): then the fused passes, which read both, read one array
             # twice — from cache the second time — instead of two from memory
@@ -563,13 +572,13 @@ class VCycleNet(GridNet):
         if wavefront_work(h.grid.cache, grid, _np_dtype(dtype), deg, lag) is not None:
             sweep_faces(h.grid.cache, grid, links)
         if len(h.levels) > 1:
-            self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
             if self.fused_cycle and any(h.levels[0].halved) and extra is None:
                 from deepcd.nn.fastpath import restrict_splits
 
-                self._fused_transfer_args(h, dtype, grid)
+                self._fused_transfer_args(h, dtype, grid)  # ŵ only: no degrees to hold
                 restrict_splits(h.grid.cache, grid, h.grid_map(), h.levels[1].n)
             else:
+                self._grid_axis_arrays(h, dtype, self._level_omegas(h, 0))
                 h.grid_members()
 
     def _smooth_axes(self, level, x: torch.Tensor, omegas, axes) -> torch.Tensor:
@@ -677,7 +686,7 @@ class VCycleNet(GridNet):
             return torch.from_numpy(v.copy() if not axes else v).reshape(x.shape)
         for a in axes:
             if local:
-                nlink, deg = _weighted_axis(h.grid_axis[a][0], omegas[a], a)
+                nlink, deg = _weighted_axis(h.grid_axis_faces[a], omegas[a], a)
                 x = _grid_axis_step(x, nlink, deg, a)
             else:
                 x = h.smooth_grid_axis(x, a, omegas[a])
@@ -761,7 +770,7 @@ class VCycleNet(GridNet):
         from deepcd.nn.fastpath import transfer_args
 
         omegas = self._level_omegas(h, 0)
-        weights = self._grid_axis_arrays(h, dtype, omegas)
+        weights = self._grid_axis_arrays(h, dtype, omegas, degrees=False)
         lead = 3 - self.dim
         oms = (1.0,) * 3 if self.local is not None else (0.0,) * lead + tuple(map(float, omegas))
         key = ("fused_transfer", _np_dtype(dtype).str)
