@@ -58,3 +58,5 @@ DEEPCD_THREADS=1 .venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 1
 .venv/bin/python benchmarks/wait_policy.py --out benchmarks/wait-policy
 # 19. The graph levels' V-cycle from a plan against looked up on every call.
 .venv/bin/python benchmarks/graph_plans.py --out benchmarks/graph-plans
+# 20. An SPD network's PCG orthogonalized against one stored direction or two (DCDM keeps two).
+.venv/bin/python benchmarks/pcg_truncation.py --out benchmarks/pcg-truncation
