@@ -262,10 +262,10 @@ class GraphLevel:
 
 @dataclass
 class Hierarchy:
-    """The grid level 0, its unknowns `index` (n0,) into the flattened (Bf·G) grid (int32 or
-    int64), the graph
-    levels (levels[0] is level 0 as a graph), the columns C per node vector, and the dense
-    inverse of the coarsest level (None when it has more than DENSE_MAX unknowns)."""
+    """The grid level 0, its unknowns `index` (n0,) into the flattened (Bf·G) grid (int32
+    where it fits, else int64), the graph levels (levels[0] is level 0 as a graph), the
+    columns C per node vector, and the dense inverse of the coarsest level (None when it has
+    more than DENSE_MAX unknowns)."""
 
     grid: StencilLevel
     index: torch.Tensor
