@@ -762,7 +762,7 @@ def _grid_axis_weights_host(grid: StencilLevel, degrees: bool = True) -> list[tu
         deg = np.empty_like(diag) if degrees else np.empty((0, 0, 0), dtype=diag.dtype)
         axis_weights(faces[a + 3 - dim], wmax, a + 3 - dim, nlink, deg)
         # a flag Laplacian's ŵ are its faces (0 or 1): hold those, not a copy of them
-        same = nlink.dtype == faces[a + 3 - dim].dtype and np.array_equal(nlink, faces[a + 3 - dim])
+        same = np.array_equal(nlink, faces[a + 3 - dim])  # nlink has the faces' dtype
         out.append(
             (
                 link if same else torch.from_numpy(nlink).reshape(link.shape),
