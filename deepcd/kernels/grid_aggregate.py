@@ -129,40 +129,98 @@ def _block_cells(node, bx, by, bz, sx, sy, sz, ids, xs, ys, zs):
     return k
 
 
+@nb.njit(inline="always")
+def _open(top, cnt, w, j):
+    """`_largest_link`'s running (largest weight, count) with one more link of weight w to
+    node j (counted when w > 0 and j >= 0), and the weight it counts (0: none)."""
+    if w > 0.0 and j >= 0:
+        return max(top, w), cnt + 1, w
+    return top, cnt, 0.0
+
+
+@nb.njit(inline="always")
+def _cell_links(node, lx, ly, lz, x, y, z, x1, y1, z1):
+    """(largest link weight, number of links) of cell (x, y, z), as `_largest_link`, then
+    the weights of its links x+, y+, z+ to cells still inside its block (ends x1, y1, z1
+    exclusive; 0: none) — one read of the six links, each written out per axis rather than
+    through `_link`'s q (with the block's slots by position, 1.6× faster over
+    `_block_components` at 128³; a row view of a scratch array as output cost that back)."""
+    nx, ny, nz = node.shape
+    top, cnt, f0, f1, f2 = 0.0, 0, 0.0, 0.0, 0.0
+    if x > 0:
+        top, cnt, _ = _open(top, cnt, lx[x - 1, y, z], node[x - 1, y, z])
+    if x < nx - 1:
+        top, cnt, w = _open(top, cnt, lx[x, y, z], node[x + 1, y, z])
+        f0 = w if x + 1 < x1 else 0.0
+    if y > 0:
+        top, cnt, _ = _open(top, cnt, ly[x, y - 1, z], node[x, y - 1, z])
+    if y < ny - 1:
+        top, cnt, w = _open(top, cnt, ly[x, y, z], node[x, y + 1, z])
+        f1 = w if y + 1 < y1 else 0.0
+    if z > 0:
+        top, cnt, _ = _open(top, cnt, lz[x, y, z - 1], node[x, y, z - 1])
+    if z < nz - 1:
+        top, cnt, w = _open(top, cnt, lz[x, y, z], node[x, y, z + 1])
+        f2 = w if z + 1 < z1 else 0.0
+    return top, cnt, f0, f1, f2
+
+
 @nb.njit(parallel=True, cache=True)
 def _block_components(node, lx, ly, lz, steps, cshape, strength, merge_below, root, ncomp, nnode):
     """`aggregate._components_in_blocks` block by block, the block's cells found by arithmetic
     (no sort by block): root (n,) each node's component root (its smallest node: the root
     `_union` keeps), ncomp / nnode (blocks,) each block's components and nodes. Returns
-    level 0's link count (both ways) and the number of components under merge_below nodes."""
+    level 0's link count (both ways) and the number of components under merge_below nodes.
+
+    A block's cells sit at positions ((x − x0)·2 + (y − y0))·2 + (z − z0) of a 2×2×2 frame
+    (slot: their index among its nodes, −1: no node), so a link inside the block finds its
+    other end at position + 4, + 2 or + 1 without a search."""
+    nx, ny, nz = node.shape
     sx, sy, sz = steps[0], steps[1], steps[2]
     cx, cy, cz = cshape[0], cshape[1], cshape[2]
     links, small = 0, 0
     for row in nb.prange(cx * cy):
         bx, by = row // cy, row % cy
+        x0, y0 = bx * sx, by * sy
+        x1, y1 = min(nx, x0 + sx), min(ny, y0 + sy)
         ids = np.empty(8, dtype=np.int64)
-        xs, ys, zs = np.empty(8, np.int64), np.empty(8, np.int64), np.empty(8, np.int64)
+        slot = np.empty(8, dtype=np.int64)
+        fwd = np.zeros((8, 3))
         wl = np.empty(8)
         lp = np.empty(8, dtype=np.int64)
         size = np.empty(8, dtype=np.int64)
         row_links, row_small = 0, 0
         for bz in range(cz):
             b = row * cz + bz
-            k = _block_cells(node, bx, by, bz, sx, sy, sz, ids, xs, ys, zs)
-            for s in range(k):
-                wl[s], cnt = _largest_link(node, lx, ly, lz, xs[s], ys[s], zs[s])
-                row_links += cnt
-                lp[s] = s
-            for s in range(k):
-                for q in range(1, 6, 2):  # the links to larger nodes: x+, y+, z+
-                    j, w = _link(node, lx, ly, lz, xs[s], ys[s], zs[s], q)
-                    if j < 0:
-                        continue
-                    for t in range(s + 1, k):  # j's slot, when it is in this block
-                        if ids[t] == j:
-                            if _strong(w, wl[s], wl[t], strength):
-                                _union(lp, s, t)
-                            break
+            z0 = bz * sz
+            z1 = min(nz, z0 + sz)
+            k = 0
+            for x in range(x0, x1):
+                for y in range(y0, y1):
+                    for z in range(z0, z1):
+                        pos = ((x - x0) * 2 + (y - y0)) * 2 + (z - z0)
+                        j = node[x, y, z]
+                        slot[pos] = k if j >= 0 else -1
+                        if j < 0:
+                            continue
+                        ids[k], lp[k] = j, k
+                        wl[k], cnt, f0, f1, f2 = _cell_links(node, lx, ly, lz, x, y, z, x1, y1, z1)
+                        fwd[k, 0], fwd[k, 1], fwd[k, 2] = f0, f1, f2
+                        row_links += cnt
+                        k += 1
+            for x in range(x0, x1):  # every largest link known: the strong links inside
+                for y in range(y0, y1):
+                    for z in range(z0, z1):
+                        pos = ((x - x0) * 2 + (y - y0)) * 2 + (z - z0)
+                        s = slot[pos]
+                        if s < 0:
+                            continue
+                        for a in range(3):
+                            w = fwd[s, a]
+                            if w > 0.0:
+                                t = slot[pos + (4 if a == 0 else (2 if a == 1 else 1))]
+                                if _strong(w, wl[s], wl[t], strength):
+                                    _union(lp, s, t)
             comps = 0
             for s in range(k):
                 size[s] = 0
