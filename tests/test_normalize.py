@@ -68,6 +68,40 @@ def test_variable_coefficients_bit_for_bit():
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.parametrize(
+    "case", ["smoke-obstacles", "maze", "splash", "two-phase", "one-half", "all-two", "negative"]
+)
+def test_transfer_weights_without_degrees_equal_the_torch_form(case):
+    """The fused path's ŵ (no degrees): a flag Laplacian's faces (0 or 1) are held as they
+    are, and any other faces — variable coefficients, a single 0.5, every face 2 (whose ŵ
+    are 1, not 2), a negative face (ŵ 0) — are computed; either way the torch form's ŵ."""
+    from deepcd.kernels.normalize import binary_faces
+    from deepcd.nn.fastpath import grid_views
+    from deepcd.nn.stencil import GridLaplacian
+
+    shape = (17, 18) if case == "splash" else (16, 17, 18)
+    name = case if case in ("smoke-obstacles", "maze", "splash", "two-phase") else "maze"
+    lap = GridLaplacian.from_problem(scene(name, shape, seed=1), "cpu", torch.float32)
+    links = [w.clone() for w in lap.links()]
+    if case == "one-half":
+        links[-1].view(-1)[torch.nonzero(links[-1].view(-1))[3]] = 0.5
+    elif case == "all-two":
+        links = [2 * w for w in links]
+    elif case == "negative":
+        links[0].view(-1)[5] = -1.0
+    grid = mg.StencilLevel.from_parts(lap.diag, links)
+    binary = case in ("smoke-obstacles", "maze", "splash")
+    assert binary_faces(*grid_views(grid.diag, grid.links)[1]) == binary
+    got = mg._grid_axis_weights_host(grid, degrees=False)
+    for (nl, deg), (ref, _), link in zip(
+        got, mg._grid_axis_weights_torch(grid), links, strict=True
+    ):
+        assert deg is None
+        torch.testing.assert_close(nl, ref, rtol=0, atol=0)
+        if binary:  # held, not computed and copied
+            assert nl is link
+
+
 @pytest.mark.parametrize("n,most", [(0, 0), (1, 0), (50, 3), (400, 7)])
 def test_graph_link_kernels_equal_their_numpy_forms(n, most):
     """`scaled_links` and `largest_normalized_links` give the numpy expressions they replace,

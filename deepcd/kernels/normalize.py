@@ -66,6 +66,26 @@ def largest_face(lx, ly, lz, wmax):
 
 
 @nb.njit(parallel=True, cache=True)
+def _not_binary(w) -> int:
+    """How many of the weights w are neither 0 nor 1."""
+    nx, ny, nz = w.shape
+    other = 0
+    for i in nb.prange(nx):
+        for j in range(ny):
+            for k in range(nz):
+                v = w[i, j, k]
+                other += 0 if v == 0 or v == 1 else 1
+    return other
+
+
+def binary_faces(lx, ly, lz) -> bool:
+    """Whether every face weight is 0 or 1, as a flag Laplacian's are: then each positive
+    face's cells have 1 as their largest face, and `axis_weights`' ŵ = w / max(1, 1) are the
+    faces themselves (one read of the faces instead of computing ŵ and comparing)."""
+    return all(_not_binary(w) == 0 for w in (lx, ly, lz))
+
+
+@nb.njit(parallel=True, cache=True)
 def axis_weights(w, wmax, axis, nlink, deg):
     """Along `axis`: nlink (faces) = w / max(wmax on both sides, 1e-30) where w > 0, else 0,
     and deg (cells) = the sum of a cell's two nlink (its + face first): `_normalized` in grid

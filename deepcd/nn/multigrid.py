@@ -746,11 +746,13 @@ def _grid_axis_weights_torch(grid: StencilLevel) -> list[tuple[torch.Tensor, tor
 def _grid_axis_weights_host(grid: StencilLevel, degrees: bool = True) -> list[tuple]:
     """`_grid_axis_weights` of one field on the CPU, in two parallel passes per axis
     (`deepcd.kernels.normalize`: the same numbers); the degrees None unless `degrees`."""
-    from deepcd.kernels.normalize import axis_weights, largest_face
+    from deepcd.kernels.normalize import axis_weights, binary_faces, largest_face
     from deepcd.nn.fastpath import grid_views
 
     dim = grid.diag.ndim - 2
     diag, faces = grid_views(grid.diag, grid.links)
+    if not degrees and binary_faces(*faces):  # a flag Laplacian: ŵ = w (binary_faces)
+        return [(link, None) for link in grid.links]
     wmax = np.empty_like(diag)
     largest_face(*faces, wmax)
     out = []
