@@ -539,7 +539,7 @@ def keep_components(agg, mstart, members, counts, cblock, cd, scale, cy, cz):
     if mc == m:  # nothing dropped: agg, the members and their starts stand as they are
         _fill_cells(keep, cblock, cd, scale, cy, cz, ccoords, cdiag)
         return mstart, members, cindptr, ccoords, cdiag
-    kmembers = np.empty(kstart[mc], dtype=np.int64)
+    kmembers = np.empty(kstart[mc], dtype=members.dtype)
     _fill_kept(agg, keep, mstart, members, kstart, kmembers)
     _fill_cells(keep, cblock, cd, scale, cy, cz, ccoords, cdiag)
     return kstart, kmembers, cindptr, ccoords, cdiag

@@ -76,9 +76,9 @@ def _flat_cell(index, i, ny, nz):
 
 
 @nb.njit(parallel=True, cache=True)
-def _number_grid(diag, offset, node, index, cell, d):
+def _number_grid(diag, offset, node, index, cell):
     """Number the cells with diag > 0 in C order (row (i, j) from offset[i·ny + j]): node
-    (id or -1), each node's flat cell index, its packed cell (`_cell`) and diagonal."""
+    (id or -1), each node's flat cell index and its packed cell (`_cell`)."""
     nx, ny, nz = diag.shape
     for ij in nb.prange(nx * ny):
         i, j = ij // ny, ij % ny
@@ -89,7 +89,6 @@ def _number_grid(diag, offset, node, index, cell, d):
                 node[i, j, k] = a
                 index[a] = (i * ny + j) * nz + k
                 cell[a] = (np.int64(i) << (2 * _BITS)) | (np.int64(j) << _BITS) | k
-                d[a] = v
                 a += 1
             else:
                 node[i, j, k] = -1
@@ -347,7 +346,7 @@ def _merged_members(agg, mstart, members, cblock, final, count):
         fstart[f + 1] += fstart[f]
     fill = fstart[:-1].copy()
     pieces = np.zeros(count, dtype=np.int64)
-    fmembers = np.empty(members.shape[0], dtype=np.int64)
+    fmembers = np.empty(members.shape[0], dtype=members.dtype)
     for c in range(m):
         f = final[c]
         pieces[f] += 1
@@ -375,9 +374,11 @@ def _renumber(agg, final):
 
 
 @nb.njit(parallel=True, cache=True)
-def _component_sums(mstart, members, agg, d, node, cell, lx, ly, lz, chunk):
-    """`aggregate._component_sums` on the grid; the scratch size returned is 6 links per
-    member of the largest component (a bound on its distinct neighbours)."""
+def _component_sums(mstart, members, agg, diag, node, cell, lx, ly, lz, chunk):
+    """`aggregate._component_sums` on the grid, each member's diagonal read from the grid
+    (diag (nx, ny, nz), float64 or float32 read as float64: the CSR's values; no per-node
+    copy: 128 MiB of fresh pages at 256³); the scratch size returned is
+    6 links per member of the largest component (a bound on its distinct neighbours)."""
     m = mstart.shape[0] - 1
     ny, nz = node.shape[1], node.shape[2]
     cd = np.zeros(m)
@@ -396,8 +397,8 @@ def _component_sums(mstart, members, agg, d, node, cell, lx, ly, lz, chunk):
             acc, cnt = 0.0, 0
             for t in range(mstart[c], mstart[c + 1]):
                 i = members[t]
-                acc += d[i]
                 x, y, z = _cell(cell, i, ny, nz)
+                acc += np.float64(diag[x, y, z])
                 for q in range(6):
                     j, w = _link(node, lx, ly, lz, x, y, z, q)
                     if j < 0:
@@ -462,8 +463,7 @@ def grid_aggregate(diag, lx, ly, lz, halved, coarse_shape, scale, strength, merg
     node = np.empty(diag.shape, dtype=np.int32 if n < 2**31 else np.int64)
     index = np.empty(n, dtype=np.int32 if diag.size < 2**31 else np.int64)
     cell = np.empty(n, dtype=np.int64)
-    d = np.empty(n)
-    _number_grid(diag, offset, node, index, cell, d)
+    _number_grid(diag, offset, node, index, cell)
     steps = np.where(np.asarray(halved, dtype=np.bool_), 2, 1).astype(np.int64)
     cx, cy, cz = (int(v) for v in coarse_shape)
     cshape = np.array([cx, cy, cz], dtype=np.int64)
@@ -477,7 +477,7 @@ def grid_aggregate(diag, lx, ly, lz, halved, coarse_shape, scale, strength, merg
     ncomp[0] = nnode[0] = 0
     nstart, cstart = np.cumsum(nnode, out=nnode), np.cumsum(ncomp, out=ncomp)
     m = int(cstart[-1])
-    mstart, members = np.empty(m + 1, dtype=np.int64), np.empty(n, dtype=np.int64)
+    mstart, members = np.empty(m + 1, dtype=np.int64), np.empty(n, dtype=index.dtype)
     cblock = np.empty(m, dtype=np.int64)
     _number_in_blocks(node, steps, cshape, agg, cstart, nstart, mstart, members, cblock)
     mstart[m] = n
@@ -488,7 +488,7 @@ def grid_aggregate(diag, lx, ly, lz, halved, coarse_shape, scale, strength, merg
         if len(final):
             mstart, members, cblock = _merged_members(agg, mstart, members, cblock, final, m)
             _renumber(agg, final)
-    cd, counts, most = _component_sums(mstart, members, agg, d, *grid, _CHUNK)
+    cd, counts, most = _component_sums(mstart, members, agg, diag, *grid, _CHUNK)
     kstart, kmembers, cindptr, ccoords, cdiag = keep_components(
         agg, mstart, members, counts, cblock, cd, scale, cy, cz
     )
