@@ -13,11 +13,13 @@ grid, the residual before the restriction and the correction and residual after 
 prolongation are fused into them, `VCycleNet.fused_cycle`, and counted there; the graph
 levels below the grid levels run as one plan, `deepcd.nn.graph_cycle`, timed as a whole); the
 solve's own loop (matvec, A-orthogonalization, line search: everything that is not the
-network) is the solve time minus the network's. The floor of a fine-level component is the
-bytes its passes must move (float32, counted like STREAM, no write-allocate) over the STREAM
-triad bandwidth measured in the same run (`benchmarks/cg_kernels.py`'s triad) — one pass per
-Clenshaw step, so the wavefront smoother, which reads the stencil once for all the steps of a
-smoothing, can run below it:
+network) is the solve time minus the network's. Then the next scene of the size (seed + 1:
+new flags, so a hierarchy built again) is solved in the same process, heap and kernels warm —
+a simulation's next frame when its obstacles move — and its total reported. The floor of a
+fine-level component is the bytes its passes must move (float32, counted like STREAM, no
+write-allocate) over the STREAM triad bandwidth measured in the same run
+(`benchmarks/cg_kernels.py`'s triad) — one pass per Clenshaw step, so the wavefront smoother,
+which reads the stencil once for all the steps of a smoothing, can run below it:
   smoother  (degree m, Clenshaw):  12 + 28 + 32·(m − 3) + 36 B per cell and application
   residual (smooth > 1 only):      28 B per cell
   residual + restriction (fused):  r, x, diag, d faces, d transfer faces, the coarse map:
@@ -166,6 +168,12 @@ def profile(
     deepcd.solve_result(problem, rtol=1e-6, model=net)  # loads the loop's kernels: not timed
     res = deepcd.solve_result(problem, rtol=1e-6, model=net)
     loop_s = res.solve_s - res.settings["direction_s"]
+    # the next scene of this size, as a simulation's next frame with moving obstacles: new
+    # flags (the hierarchy is built again) in a process whose heap and kernels are warm
+    following = scene(name, (n,) * dim, seed=seed + 1)
+    f = minor_faults()
+    nxt = deepcd.solve_result(following, rtol=1e-6, model=net)
+    next_faults = minor_faults() - f
     cells = n**dim
     floor = {
         k: b * cells / bandwidth
@@ -191,6 +199,15 @@ def profile(
         "dcdm_network_s": res.settings["direction_s"],
         "dcdm_loop_s": loop_s,
         "loop_per_iteration_s": loop_s / max(res.iterations, 1),
+        "next_scene": {
+            "seed": seed + 1,
+            "unknowns": following.n,
+            "iterations": nxt.iterations,
+            "setup_s": nxt.setup_s,
+            "solve_s": nxt.solve_s,
+            "total_s": nxt.total_s,
+            "minor_faults": next_faults,
+        },
     }
 
 
@@ -221,6 +238,18 @@ def markdown(rows: list[dict], bandwidth: float, command: str) -> str:
             f"the loop (matvec, orthogonalization, updates) {r['dcdm_loop_s']:.3f} s "
             f"({r['loop_per_iteration_s'] * 1e3:.1f} ms per iteration).",
             "",
+        ]
+        nxt = r.get("next_scene")
+        if nxt:
+            lines += [
+                f"The next scene of this size in the same process (seed {nxt['seed']}: new "
+                "flags, so a new hierarchy; warm heap and kernels, as a simulation's next "
+                f"frame): {nxt['unknowns']:,} unknowns, DCDM {nxt['iterations']} iterations, "
+                f"setup {nxt['setup_s']:.3f} s + solve {nxt['solve_s']:.3f} s = "
+                f"**{nxt['total_s']:.3f} s**, minor page faults {nxt['minor_faults']:,}.",
+                "",
+            ]
+        lines += [
             "| component | ms per V-cycle | floor ms | × floor |",
             "|---|---|---|---|",
         ]
