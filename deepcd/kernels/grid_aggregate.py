@@ -377,8 +377,8 @@ def _renumber(agg, final):
 def _component_sums(mstart, members, agg, diag, node, cell, lx, ly, lz, chunk):
     """`aggregate._component_sums` on the grid, each member's diagonal read from the grid
     (diag (nx, ny, nz), float64 or float32 read as float64: the CSR's values; no per-node
-    copy: 128 MiB of fresh pages at 256³); the scratch size returned is
-    6 links per member of the largest component (a bound on its distinct neighbours)."""
+    copy, 128 MiB of fresh pages at 256³); the scratch size returned is 6 links per member
+    of the largest component (a bound on its distinct neighbours)."""
     m = mstart.shape[0] - 1
     ny, nz = node.shape[1], node.shape[2]
     cd = np.zeros(m)

@@ -745,7 +745,9 @@ def _grid_axis_weights_torch(grid: StencilLevel) -> list[tuple[torch.Tensor, tor
 
 def _grid_axis_weights_host(grid: StencilLevel, degrees: bool = True) -> list[tuple]:
     """`_grid_axis_weights` of one field on the CPU, in two parallel passes per axis
-    (`deepcd.kernels.normalize`: the same numbers); the degrees None unless `degrees`."""
+    (`deepcd.kernels.normalize`: the same numbers); the degrees None unless `degrees`.
+    Without degrees, a flag Laplacian's ŵ are its faces (`normalize.binary_faces`): held,
+    not computed."""
     from deepcd.kernels.normalize import axis_weights, binary_faces, largest_face
     from deepcd.nn.fastpath import grid_views
 
