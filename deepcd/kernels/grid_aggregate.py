@@ -100,18 +100,6 @@ def _strong(w, wi, wj, strength):
 
 
 @nb.njit(inline="always")
-def _largest_link(node, lx, ly, lz, x, y, z):
-    """(largest link weight, number of links) of cell (x, y, z)."""
-    top, cnt = 0.0, 0
-    for q in range(6):
-        j, w = _link(node, lx, ly, lz, x, y, z, q)
-        if j >= 0:
-            top = max(top, w)
-            cnt += 1
-    return top, cnt
-
-
-@nb.njit(inline="always")
 def _block_cells(node, bx, by, bz, sx, sy, sz, ids, xs, ys, zs):
     """The nodes of coarse block (bx, by, bz) — sx × sy × sz fine cells (2 on a halved axis,
     else 1) — in C order, which is their node order: ids and cells into the scratch arrays
@@ -130,8 +118,9 @@ def _block_cells(node, bx, by, bz, sx, sy, sz, ids, xs, ys, zs):
 
 @nb.njit(inline="always")
 def _open(top, cnt, w, j):
-    """`_largest_link`'s running (largest weight, count) with one more link of weight w to
-    node j (counted when w > 0 and j >= 0), and the weight it counts (0: none)."""
+    """A cell's running (largest link weight, link count) with one more link of weight w to
+    node j (counted when w > 0 and j >= 0, as `_link` does), and the weight it counts (0:
+    none)."""
     if w > 0.0 and j >= 0:
         return max(top, w), cnt + 1, w
     return top, cnt, 0.0
@@ -139,11 +128,12 @@ def _open(top, cnt, w, j):
 
 @nb.njit(inline="always")
 def _cell_links(node, lx, ly, lz, x, y, z, x1, y1, z1):
-    """(largest link weight, number of links) of cell (x, y, z), as `_largest_link`, then
-    the weights of its links x+, y+, z+ to cells still inside its block (ends x1, y1, z1
-    exclusive; 0: none) — one read of the six links, each written out per axis rather than
-    through `_link`'s q (with the block's slots by position, 1.6× faster over
-    `_block_components` at 128³; a row view of a scratch array as output cost that back)."""
+    """(largest link weight, number of links) of cell (x, y, z), then the weights of its
+    links x+, y+, z+ to cells still inside its block (ends x1, y1, z1 exclusive; 0: none;
+    x1 = x, y1 = y, z1 = z: none asked for) — one read of the six links, each written out
+    per axis rather than through `_link`'s q (with the block's slots by position, 1.6× faster
+    over `_block_components` at 128³; a row view of a scratch array as output cost that
+    back)."""
     nx, ny, nz = node.shape
     top, cnt, f0, f1, f2 = 0.0, 0, 0.0, 0.0, 0.0
     if x > 0:
@@ -291,13 +281,13 @@ def _best_links(node, cell, lx, ly, lz, agg, mstart, members, strength, merge_be
         best_w = 0.0
         for t in range(mstart[c], mstart[c + 1]):
             x, y, z = _cell(cell, members[t], ny, nz)
-            wi = _largest_link(node, lx, ly, lz, x, y, z)[0]
+            wi = _cell_links(node, lx, ly, lz, x, y, z, x, y, z)[0]
             for q in range(6):
                 j, w = _link(node, lx, ly, lz, x, y, z, q)
                 if j < 0 or agg[j] == c or not w > best_w:
                     continue
                 u, v, k = _neighbour(x, y, z, q)
-                if _strong(w, wi, _largest_link(node, lx, ly, lz, u, v, k)[0], strength):
+                if _strong(w, wi, _cell_links(node, lx, ly, lz, u, v, k, u, v, k)[0], strength):
                     best_w, best[c] = w, agg[j]
     return best
 
@@ -377,7 +367,7 @@ def _renumber(agg, final):
 def _component_sums(mstart, members, agg, diag, node, cell, lx, ly, lz, chunk):
     """`aggregate._component_sums` on the grid, each member's diagonal read from the grid
     (diag (nx, ny, nz), float64 or float32 read as float64: the CSR's values; no per-node
-    copy, 128 MiB of fresh pages at 256³); the scratch size returned is 6 links per member
+    copy, ~124 MiB of fresh pages at 256³); the scratch size returned is 6 links per member
     of the largest component (a bound on its distinct neighbours)."""
     m = mstart.shape[0] - 1
     ny, nz = node.shape[1], node.shape[2]
