@@ -11,13 +11,14 @@ residual, restriction and prolongation, on the grid level and on the coarse leve
 counts every level below level 0, those run on the grid kernels (`grid_form`) too; on the
 grid, the residual before the restriction and the correction and residual after the
 prolongation are fused into them, `VCycleNet.fused_cycle`, and counted there; the graph
-levels below the grid levels run as one plan, `deepcd.nn.graph_cycle`, timed as a whole); the
-solve's own loop (matvec, A-orthogonalization, line search: everything that is not the
-network) is the solve time minus the network's. Then the scene is solved again with its
+levels below the grid levels run as one plan, `deepcd.nn.graph_cycle`, timed as a whole), and
+the direction's scatter of r into the grid and gather back; the solve's own loop (everything
+that is not the network) is the solve time minus the network's, split into its matvec,
+A-orthogonalization and step (`LOOP_PARTS`, against the bytes of `LOOP_BYTES`); the setup is
+split into the hierarchy's kernels (`SETUP_PARTS`). Then the scene is solved again with its
 hierarchy built anew, heap and kernels warm — a simulation's frame whose flags changed — and
-its total reported (the first solve of a size also pays fresh pages, ~7 µs each on the
-project's VM). The floor of a
-fine-level component is the bytes its passes must move (float32, counted like STREAM, no
+its total reported (the first solve of a size also pays fresh pages: what they cost is
+measured at the end of the run, `fresh_page_cost`). The floor of a fine-level component is the bytes its passes must move (float32, counted like STREAM, no
 write-allocate) over the STREAM triad bandwidth measured in the same run
 (`benchmarks/cg_kernels.py`'s triad) — one pass per Clenshaw step, so the wavefront smoother,
 which reads the stencil once for all the steps of a smoothing, can run below it:
@@ -35,6 +36,7 @@ import argparse
 import collections
 import gc
 import json
+import mmap
 import resource
 import statistics
 import time
@@ -107,6 +109,118 @@ def instrument(times: dict) -> None:
     GraphCycle.__call__ = planned
 
 
+# the setup's parts: (module, functions) whose wall time is summed per label; every one is
+# called through its module's global name from Python, so wrapping that name times it
+SETUP_PARTS = {
+    "level 1 on the grid: components in blocks": (
+        "deepcd.kernels.grid_aggregate",
+        (
+            "_number_grid",
+            "_block_components",
+            "_number_in_blocks",
+            "_best_links",
+            "_merge_components",
+            "_merged_members",
+            "_renumber",
+        ),
+    ),
+    "level 1 on the grid: its diagonal and links": (
+        "deepcd.kernels.grid_aggregate",
+        ("_component_sums", "keep_components", "_coarse_links"),
+    ),
+    "coarser levels: aggregation on the graph": ("deepcd.kernels.aggregate", ("aggregate",)),
+    "coarser levels: their grid stencils": ("deepcd.kernels.aggregate", ("grid_stencil",)),
+    "level 0: the Laplacian's masks": ("deepcd.kernels.masks", ("laplacian_masks",)),
+    "normalized stencils": ("deepcd.kernels.normalize", ("normalize_stencil",)),
+    "transfers' thread splits": ("deepcd.kernels.cycle", ("plane_splits",)),
+}
+# the DCDM loop's parts (`deepcd.iterative.dcdm`'s kernels; the matvec is the operator's)
+LOOP_PARTS = {
+    "orthogonalization (k = 2)": ("deepcd.iterative.dcdm", ("dots2", "subtract2", "dot")),
+    "step (x, r and their dots)": ("deepcd.iterative.dcdm", ("step_along", "dcdm_step")),
+    "true residual (start, convergence)": ("deepcd.iterative.dcdm", ("residual",)),
+}
+# bytes per unknown of the loop's vector passes (float64): dots2 reads 3 vectors, subtract2
+# reads 7 and writes 2; the step reads 5 and writes 2. The matvec (`loop_floors`) reads x and
+# the uint8 diagonal and writes out per unknown, and the int32 index per cell.
+LOOP_BYTES = {
+    "orthogonalization (k = 2)": 3 * 8 + 9 * 8,
+    "step (x, r and their dots)": 7 * 8,
+}
+
+
+def loop_floors(unknowns: int, cells: int, bandwidth: float) -> dict:
+    """Seconds per iteration the loop's passes take at `bandwidth` (bytes/s)."""
+    floors = {k: b * unknowns / bandwidth for k, b in LOOP_BYTES.items()}
+    floors["matvec"] = (17 * unknowns + 4 * cells) / bandwidth
+    return floors
+
+
+def wrap_globals(parts: dict, times: dict) -> None:
+    """Wrap each of `parts`' module-level functions to add its wall time to times[label]."""
+    import importlib
+
+    for label, (module, names) in parts.items():
+        mod = importlib.import_module(module)
+        for name in names:
+            fn = getattr(mod, name)
+
+            def timed(*args, _fn=fn, _label=label, **kwargs):
+                t = time.perf_counter()
+                out = _fn(*args, **kwargs)
+                times[_label] += time.perf_counter() - t
+                return out
+
+            setattr(mod, name, timed)
+
+
+def wrap_loop(times: dict) -> None:
+    """Time the DCDM loop's kernels (`LOOP_PARTS`) and its operator's matvec into `times`;
+    the matvec only between `dcdm`'s start and its result (the API's checks before it and
+    the result's true residual after it are not the loop's)."""
+    from deepcd import operators
+    from deepcd.iterative import dcdm
+
+    wrap_globals(LOOP_PARTS, times)
+    inside = [False]
+    start, finish = dcdm.start_iteration, dcdm.finish_result
+
+    def started(*args, **kwargs):
+        inside[0] = True
+        return start(*args, **kwargs)
+
+    def finished(*args, **kwargs):
+        inside[0] = False
+        return finish(*args, **kwargs)
+
+    dcdm.start_iteration, dcdm.finish_result = started, finished
+    for op_type in (operators.StencilOperator, operators.WeightedStencilOperator):
+        fn = op_type.__dict__["matvec"]
+
+        def timed(self, *args, _fn=fn, **kwargs):
+            t = time.perf_counter()
+            out = _fn(self, *args, **kwargs)
+            if inside[0]:
+                times["matvec"] += time.perf_counter() - t
+            return out
+
+        op_type.matvec = timed
+
+
+def wrap_direction(direction, times: dict) -> None:
+    """Time a `NetworkDirection`'s scatter of r into its grid and gather of the direction."""
+    for attr, label in (("_scatter", "scatter (r into the grid)"), ("_gather", "gather (checked)")):
+        fn = getattr(direction, attr)
+
+        def timed(*args, _fn=fn, _label=label):
+            t = time.perf_counter()
+            out = _fn(*args)
+            times[_label] += time.perf_counter() - t
+            return out
+
+        setattr(direction, attr, timed)
+
+
 def fine_bytes(degree: int, smooth: int, dim: int) -> dict:
     """Bytes per cell of one V-cycle's fine-level passes, by component (see the docstring)."""
     per_smooth = 12 + 28 + 32 * max(degree - 3, 0) + 36 if degree >= 3 else 12 + 36
@@ -139,21 +253,52 @@ def off_grid_links(net) -> dict:
     return {"links": int(off.sum()), "unknowns": len(np.unique(rows[off]))}
 
 
+def fresh_page_cost(mib: int = 256) -> float:
+    """Seconds per GiB to first-touch a new anonymous mapping of `mib` MiB (one write per
+    4 KiB page): what the page faults of a first application or a grown heap cost here. On
+    the project's VM, memory the host has not backed yet cost ~2.7 s per GiB and pages the
+    guest had just freed ~0.4 (probe): far more than the kernel's zeroing alone."""
+    size = mib << 20
+    with mmap.mmap(-1, size) as block:
+        view = np.frombuffer(block, dtype=np.uint8)
+        t = time.perf_counter()
+        view[::4096] = 1  # one write per 4 KiB page
+        elapsed = time.perf_counter() - t
+        del view
+    return elapsed * (1 << 30) / size
+
+
 def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def profile(
-    name: str, n: int, dim: int, repeats: int, times: dict, bandwidth: float, seed: int = 0
+    name: str,
+    n: int,
+    dim: int,
+    repeats: int,
+    times: dict,
+    bandwidth: float,
+    seed: int = 0,
+    setup_times: dict | None = None,
+    loop_times: dict | None = None,
 ) -> dict:
+    """One size's row; setup_times and loop_times are the dicts `wrap_globals` (SETUP_PARTS)
+    and `wrap_loop` fill (empty dicts: no breakdowns)."""
     import deepcd
 
+    setup_times = {} if setup_times is None else setup_times
+    loop_times = {} if loop_times is None else loop_times
     problem = scene(name, (n,) * dim, seed=seed)
     net, card = load_solver(default_solver(dim))
     direction = NetworkDirection(net, problem)
+    wrap_direction(direction, times)
+    setup_times.clear()
     f, t = minor_faults(), time.perf_counter()
     direction.prepare()
     setup_s, setup_faults = time.perf_counter() - t, minor_faults() - f
+    setup_parts = dict(setup_times)
+    setup_parts["other (numpy, torch, Python)"] = setup_s - sum(setup_parts.values())
     r = np.random.default_rng(0).standard_normal(problem.n)
     f, t = minor_faults(), time.perf_counter()
     direction(r)
@@ -166,10 +311,17 @@ def profile(
         cycle.append(time.perf_counter() - t)
     per = {k: v / repeats for k, v in times.items()}
     cycle_s = statistics.median(cycle)
-    per["other (scatter/gather, conversions, Python)"] = cycle_s - sum(per.values())
+    per["other (conversions, Python)"] = cycle_s - sum(per.values())
     deepcd.solve_result(problem, rtol=1e-6, model=net)  # loads the loop's kernels: not timed
+    loop_times.clear()
     res = deepcd.solve_result(problem, rtol=1e-6, model=net)
     loop_s = res.solve_s - res.settings["direction_s"]
+    its = max(res.iterations, 1)
+    loop_parts = {k: v / its for k, v in loop_times.items()}
+    if loop_parts:
+        loop_parts["other (Python, history, the safeguard's bookkeeping)"] = loop_s / its - sum(
+            loop_parts.values()
+        )
     cells = n**dim
     floor = {
         k: b * cells / bandwidth
@@ -184,6 +336,9 @@ def profile(
     # changed: heap and kernels warm (this solve's arrays are released first, as the previous
     # frame's would be), so its total is a steady frame's, not the first solve's of this size
     solved = {
+        "setup_components_s": setup_parts,
+        "loop_components_s": loop_parts,
+        "loop_floor_s": loop_floors(problem.n, n**dim, bandwidth),
         "dcdm_iterations": res.iterations,
         "dcdm_solve_s": res.solve_s,
         "dcdm_network_s": res.settings["direction_s"],
@@ -220,7 +375,7 @@ def profile(
     }
 
 
-def markdown(rows: list[dict], bandwidth: float, command: str) -> str:
+def markdown(rows: list[dict], bandwidth: float, command: str, fresh: list | None = None) -> str:
     lines = [
         "# CPU profile of a DCDM solve",
         "",
@@ -228,6 +383,15 @@ def markdown(rows: list[dict], bandwidth: float, command: str) -> str:
         "floors from the bytes of benchmarks/cpu_profile.py's docstring.",
         "",
     ]
+    if fresh:
+        lines += [
+            "Fresh memory — a first write to each 4 KiB page of a new 256 MiB mapping, at the "
+            f"end of the run — cost {fresh[0]:.2f} s per GiB, and {fresh[1]:.2f} s per GiB "
+            "mapped again right after: the price of the minor page faults counted below (a "
+            "virtual machine backs its memory lazily; pages the guest has just freed come "
+            "back cheaper).",
+            "",
+        ]
     for r in rows:
         grid = "×".join(map(str, r["shape"]))
         lines += [
@@ -272,6 +436,33 @@ def markdown(rows: list[dict], bandwidth: float, command: str) -> str:
             )
         fine_floor = sum(r["floor_s"].values())
         lines += ["", f"Fine-level floor in all: {fine_floor * 1e3:.1f} ms.", ""]
+        loop = r.get("loop_components_s")
+        if loop:
+            lines += [
+                "The loop, per iteration (the same solve; floors at the triad's bandwidth):",
+                "",
+                "| loop component | ms per iteration | floor ms | × floor |",
+                "|---|---|---|---|",
+            ]
+            for k, v in sorted(loop.items(), key=lambda kv: -kv[1]):
+                f = r["loop_floor_s"].get(k)
+                lines.append(
+                    f"| {k} | {v * 1e3:.2f} | {f * 1e3:.2f} | {v / f:.1f} |"
+                    if f
+                    else f"| {k} | {v * 1e3:.2f} | — | — |"
+                )
+            lines.append("")
+        setup = r.get("setup_components_s")
+        if setup:
+            lines += [
+                f"The setup ({r['hierarchy_s']:.3f} s above), by part:",
+                "",
+                "| setup component | ms |",
+                "|---|---|",
+            ]
+            for k, v in sorted(setup.items(), key=lambda kv: -kv[1]):
+                lines.append(f"| {k} | {v * 1e3:.1f} |")
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -291,20 +482,32 @@ def main() -> None:
     # its disk cache before the first profiled size, whose setup would otherwise include that
     warm_up(["dcdm"], args.dim)
     times: dict = collections.defaultdict(float)
+    setup_times: dict = collections.defaultdict(float)
+    loop_times: dict = collections.defaultdict(float)
     instrument(times)
+    wrap_globals(SETUP_PARTS, setup_times)
+    wrap_loop(loop_times)
     bandwidth = triad_bandwidth()
     rows = []
     for n in args.shape or [64, 128]:
-        rows.append(profile(args.scene, n, args.dim, args.repeats, times, bandwidth, args.seed))
+        parts = {"setup_times": setup_times, "loop_times": loop_times}
+        row = profile(args.scene, n, args.dim, args.repeats, times, bandwidth, args.seed, **parts)
+        rows.append(row)
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "components_s"}), flush=True)
     import sys
 
     command = "python benchmarks/cpu_profile.py " + " ".join(sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = {"command": command, "bandwidth_Bps": bandwidth, "environment": environment()}
+    fresh = [fresh_page_cost(), fresh_page_cost()]  # the second maps the pages just freed
+    data = {
+        "command": command,
+        "bandwidth_Bps": bandwidth,
+        "fresh_page_s_per_gib": fresh,  # two mappings, one after the other
+        "environment": environment(),
+    }
     (out / "results.json").write_text(json.dumps({**data, "rows": rows}, indent=1) + "\n")
-    text = markdown(rows, bandwidth, command)
+    text = markdown(rows, bandwidth, command, fresh)
     (out / "results.md").write_text(text)
     print(text)
 
