@@ -18,8 +18,9 @@ A-orthogonalization and step (`LOOP_PARTS`, against the bytes of `LOOP_BYTES`); 
 split into the hierarchy's kernels (`SETUP_PARTS`). Then the scene is solved again with its
 hierarchy built anew, heap and kernels warm — a simulation's frame whose flags changed — and
 its total reported (the first solve of a size also pays fresh pages: what they cost is
-measured at the end of the run, `fresh_page_cost`). The floor of a fine-level component is the bytes its passes must move (float32, counted like STREAM, no
-write-allocate) over the STREAM triad bandwidth measured in the same run
+measured at the end of the run, `fresh_page_cost`). The floor of a fine-level component is
+the bytes its passes must move (float32, counted like STREAM, no write-allocate) over the
+STREAM triad bandwidth measured in the same run
 (`benchmarks/cg_kernels.py`'s triad) — one pass per Clenshaw step, so the wavefront smoother,
 which reads the stencil once for all the steps of a smoothing, can run below it:
   smoother  (degree m, Clenshaw):  12 + 28 + 32·(m − 3) + 36 B per cell and application
