@@ -13,8 +13,8 @@ grid, the residual before the restriction and the correction and residual after 
 prolongation are fused into them, `VCycleNet.fused_cycle`, and counted there; the graph
 levels below the grid levels run as one plan, `deepcd.nn.graph_cycle`, timed as a whole), and
 the direction's scatter of r into the grid and gather back; the solve's own loop (everything
-that is not the network) is the solve time minus the network's, split into its matvec,
-A-orthogonalization and step (`LOOP_PARTS`, against the bytes of `LOOP_BYTES`); the setup is
+that is not the network) is the solve time minus the network's, split into its matvec (with
+the projection's dots), projection and step (`LOOP_PARTS`, against `LOOP_BYTES`); the setup is
 split into the hierarchy's kernels (`SETUP_PARTS`). Then the scene is solved again with its
 hierarchy built anew, heap and kernels warm — a simulation's frame whose flags changed — and
 its total reported (the first solve of a size also pays fresh pages: what they cost is
@@ -135,26 +135,37 @@ SETUP_PARTS = {
     "normalized stencils": ("deepcd.kernels.normalize", ("normalize_stencil",)),
     "transfers' thread splits": ("deepcd.kernels.cycle", ("plane_splits",)),
 }
-# the DCDM loop's parts (`deepcd.iterative.dcdm`'s kernels; the matvec is the operator's)
+# the DCDM loop's parts (`deepcd.iterative.dcdm`'s kernels; the matvec is the operator's,
+# with the projection's dots taken in its pass, `Operator.matvec_dots`)
 LOOP_PARTS = {
-    "orthogonalization (k = 2)": ("deepcd.iterative.dcdm", ("dots2", "subtract2", "dot")),
-    "step (x, r and their dots)": ("deepcd.iterative.dcdm", ("step_along", "dcdm_step")),
+    "projection + step (one pass)": ("deepcd.iterative.dcdm", ("project_step",)),
+    "projection computed (dots2, subtract2)": (
+        "deepcd.iterative.dcdm",
+        ("dots2", "subtract2", "dot"),
+    ),
+    "step alone (step_along, dcdm_step)": ("deepcd.iterative.dcdm", ("step_along", "dcdm_step")),
     "true residual (start, convergence)": ("deepcd.iterative.dcdm", ("residual",)),
 }
-# bytes per unknown of the loop's vector passes (float64): dots2 reads 3 vectors, subtract2
-# reads 7 and writes 2; the step reads 5 and writes 2. The matvec (`loop_floors`) reads x and
-# the uint8 diagonal and writes out per unknown, and the int32 index per cell.
+# bytes per unknown of the loop's vector passes (float64): the projection + step reads w, Aw,
+# the two stored directions and their A-products, x, r and b and writes w, Aw, x and r;
+# dots2 reads 3 vectors, subtract2 reads 7 and writes 2; a step alone reads 5 and writes 2.
+# The matvec (`loop_floors`) reads x, the two stored directions, r and the uint8 diagonal
+# and writes out per unknown, and the int32 index per cell.
 LOOP_BYTES = {
-    "orthogonalization (k = 2)": 3 * 8 + 9 * 8,
-    "step (x, r and their dots)": 7 * 8,
+    "projection + step (one pass)": 13 * 8,
+    "projection computed (dots2, subtract2)": 3 * 8 + 9 * 8,
+    "step alone (step_along, dcdm_step)": 7 * 8,
 }
 
 
 def loop_floors(unknowns: int, cells: int, bandwidth: float) -> dict:
     """Seconds per iteration the loop's passes take at `bandwidth` (bytes/s)."""
     floors = {k: b * unknowns / bandwidth for k, b in LOOP_BYTES.items()}
-    floors["matvec"] = (17 * unknowns + 4 * cells) / bandwidth
+    floors[MATVEC] = (41 * unknowns + 4 * cells) / bandwidth
     return floors
+
+
+MATVEC = "matvec (with the projection's dots)"
 
 
 def wrap_globals(parts: dict, times: dict) -> None:
@@ -196,16 +207,17 @@ def wrap_loop(times: dict) -> None:
 
     dcdm.start_iteration, dcdm.finish_result = started, finished
     for op_type in (operators.StencilOperator, operators.WeightedStencilOperator):
-        fn = op_type.__dict__["matvec"]
+        for name in ("matvec", "matvec_dots"):
+            fn = op_type.__dict__[name]
 
-        def timed(self, *args, _fn=fn, **kwargs):
-            t = time.perf_counter()
-            out = _fn(self, *args, **kwargs)
-            if inside[0]:
-                times["matvec"] += time.perf_counter() - t
-            return out
+            def timed(self, *args, _fn=fn, **kwargs):
+                t = time.perf_counter()
+                out = _fn(self, *args, **kwargs)
+                if inside[0]:
+                    times[MATVEC] += time.perf_counter() - t
+                return out
 
-        op_type.matvec = timed
+            setattr(op_type, name, timed)
 
 
 def wrap_direction(direction, times: dict) -> None:

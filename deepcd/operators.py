@@ -15,9 +15,11 @@ from deepcd.kernels.stencil import (
     stencil_index_3d,
     stencil_matvec,
     stencil_matvec_dot,
+    stencil_matvec_dots,
     weighted_stencil_matvec_dot,
+    weighted_stencil_matvec_dots,
 )
-from deepcd.kernels.vector import inner
+from deepcd.kernels.vector import direction_dots, inner
 
 
 class Operator:
@@ -33,6 +35,15 @@ class Operator:
         """out = A x; return x·out."""
         self.matvec(x, out)
         return inner(x, out)
+
+    def matvec_dots(
+        self, x: np.ndarray, out: np.ndarray, p0: np.ndarray, p1: np.ndarray, use1: bool, r
+    ) -> tuple[float, float, float, float, float, float]:
+        """out = A x; returns (x·Ax, p0·Ax, p1·Ax, x·r, p0·r, p1·r), p1's two 0 unless use1
+        (`deepcd.kernels.vector.direction_dots`; the stencils take them in the matvec's own
+        pass). All float64 (n,)."""
+        self.matvec(x, out)
+        return direction_dots(x, out, p0, p1, use1, r)
 
     def diagonal(self) -> np.ndarray:
         raise TypeError(
@@ -99,6 +110,9 @@ class StencilOperator(Operator):
     def matvec_dot(self, x, out):
         return stencil_matvec_dot(self.index, self.diag, x, out)
 
+    def matvec_dots(self, x, out, p0, p1, use1, r):
+        return stencil_matvec_dots(self.index, self.diag, x, out, p0, p1, use1, r)
+
     def diagonal(self):
         return self.diag.astype(np.float64)
 
@@ -137,6 +151,10 @@ class WeightedStencilOperator(StencilOperator):
 
     def matvec_dot(self, x, out):
         return weighted_stencil_matvec_dot(self.index, self.diag, *self.faces, x, out)
+
+    def matvec_dots(self, x, out, p0, p1, use1, r):
+        args = (self.index, self.diag, *self.faces, x, out, p0, p1, use1, r)
+        return weighted_stencil_matvec_dots(*args)
 
     def diagonal(self):
         return self.diag.copy()

@@ -25,7 +25,11 @@ network as M (q = f(r), A-orthogonalized against the last k directions), with al
 guarantees, and the safeguard's M is only the measured alternative of rule 4. Mixing an SPD
 V-cycle's directions with a classical one loses PCG's conjugacy (as reported: 163 iterations
 against PCG's 110 on a 2D density-jump problem), and a one-step comparison switches it off on
-right-hand sides near an eigenvector (156 iterations against 3).
+right-hand sides near an eigenvector (156 iterations against 3). Such a step is two passes
+over memory besides the network: the matvec, which takes the dots of the projection in its
+pass (`Operator.matvec_dots`), and one that projects v and steps (`project_step`); the
+projected vᵀAv and vᵀr come by algebra from those dots, exact for A-orthogonal stored
+directions (where cancellation would leave rounding only, they are computed as before).
 
 Why this cannot stall: by induction r is orthogonal to every stored direction (each new p is
 A-orthogonal to them and the Galerkin step makes r ⊥ p), so vᵀr = zᵀr and vᵀAv <= zᵀAz, and the
@@ -56,6 +60,7 @@ from deepcd.kernels.vector import (
     dot,
     dots2,
     norm,
+    project_step,
     residual,
     step_along,
     subtract2,
@@ -68,6 +73,9 @@ Direction = Callable[[np.ndarray], np.ndarray]
 # a direction that merely ties (e.g. -r against Jacobi) would otherwise keep breaking PCG.
 WIN_MARGIN = 1.1
 REFRESH_EVERY = 50  # recompute the true residual this often (the recurrence drifts slowly)
+# `_DirectionStore.project_dots` takes the projected vᵀAv by algebra while it keeps more than
+# this share of vᵀAv (its rounding error is ~1e-16 / share of the result)
+PROJECTED_CANCEL = 1e-8
 
 
 class _DirectionStore:
@@ -105,6 +113,37 @@ class _DirectionStore:
             c0 = d0 / self.pap[rows[0]]
             c1 = d1 / self.pap[rows[1]] if use1 else 0.0
         return subtract2(w, aw, c0, p0, ap0, c1, p1, ap1, use1, r)
+
+    def project_dots(self, op: Operator, w: np.ndarray, aw: np.ndarray, r: np.ndarray):
+        """aw = A w, and (c0, c1, wᵀAw, wᵀr) of w projected off the stored directions
+        (w −= c0 p0 + c1 p1, `project_step` applies it) from the matvec's own pass
+        (`Operator.matvec_dots`): the projected dots by algebra, wᵀAw − Σ c_j (p_jᵀAw) and
+        wᵀr − Σ c_j (p_jᵀr), exact for A-orthogonal stored directions. None (aw computed,
+        w as it was) where that is not safe: more than two stored, or the projection
+        cancels all but 1e-8 of wᵀAw (then `orthogonalize_dots` computes them)."""
+        rows = self.order
+        if len(rows) > 2:
+            op.matvec(w, aw)
+            return None
+        use0, use1 = len(rows) >= 1, len(rows) == 2
+        p0 = self.p[rows[0]] if use0 else w
+        p1 = self.p[rows[1]] if use1 else p0
+        waw, d0, d1, wr, e0, e1 = op.matvec_dots(w, aw, p0, p1, use1, r)
+        c0 = d0 / self.pap[rows[0]] if use0 else 0.0
+        c1 = d1 / self.pap[rows[1]] if use1 else 0.0
+        vav = waw - c0 * d0 - c1 * d1
+        if not vav > PROJECTED_CANCEL * waw:  # NaN too: the computed dots decide
+            return None
+        return c0, c1, vav, wr - c0 * e0 - c1 * e1
+
+    def project_step(self, w, aw, c0: float, c1: float, c: float, x, r, b):
+        """`project_dots`' projection of w (and Aw) applied, then x += c w, r −= c Aw in one
+        pass (`deepcd.kernels.vector.project_step`); returns (wᵀAw, r·r, x·b + x·r)."""
+        rows = self.order
+        use0, use1 = len(rows) >= 1, len(rows) == 2
+        p0, ap0 = (self.p[rows[0]], self.ap[rows[0]]) if use0 else (w, aw)
+        p1, ap1 = (self.p[rows[1]], self.ap[rows[1]]) if use1 else (p0, ap0)
+        return project_step(w, aw, c0, p0, ap0, c1, p1, ap1, use1, c, x, r, b)
 
     def _spare(self) -> int:
         return next(j for j in range(self.k + 1) if j not in self.order)
@@ -343,14 +382,18 @@ def dcdm(
 
         # the classical direction: PCG's, with the SPD network or the safeguard's M
         v, av = z, av_buf
-        vav = vr = None
+        vav = vr = projected = None
         if source == "network-pcg":
             # built in the store's spare row, so the step keeps it without a copy
             v, av = store.slot()
             usable = network_into(r, rnorm, v)
             if usable:
-                op.matvec(v, av)
-                vav, vr = store.orthogonalize_dots(v, av, r)
+                # the projection's dots from the matvec's pass; it is applied in the step's
+                projected = store.project_dots(op, v, av, r)
+                if projected is None:
+                    vav, vr = store.orthogonalize_dots(v, av, r)
+                else:
+                    _, _, vav, vr = projected
             if not usable or not vav > 0.0 or not vr > 0.0:
                 # not positive definite after all (NaN, zeros, a broken net): PCG with M
                 # from here, which converges whatever the network was
@@ -363,7 +406,7 @@ def dcdm(
                 source = "safeguard"
                 stats["rejected_directions"] += 1
                 v, av = z, av_buf
-                vav = vr = None
+                vav = vr = projected = None
         if source != "network-pcg":
             if M is None:
                 v[:] = r
@@ -431,7 +474,10 @@ def dcdm(
         # direction store's next slot (u's buffer when there is none)
         if source == "network-pcg":  # the direction is v itself (scaled by c in the step)
             p_out, ap_out, pap = v, av, vav
-            rr, xbr = step_along(x, r, v, av, c, b)
+            if projected is None:
+                rr, xbr = step_along(x, r, v, av, c, b)
+            else:  # project v and step in one pass; the store keeps v's computed vᵀAv
+                pap, rr, xbr = store.project_step(v, av, projected[0], projected[1], c, x, r, b)
         else:
             p_out, ap_out = store.slot()
             pap, rr, xbr = dcdm_step(x, r, u, au, v, av, a, c, b, p_out, ap_out)

@@ -74,6 +74,39 @@ def stencil_matvec_dot(index, diag, x, out):
     return total
 
 
+@nb.njit(parallel=True, cache=True)
+def stencil_matvec_dots(index, diag, x, out, p0, p1, use1, r):
+    """out = A x and, from the same pass, (x·Ax, p0·Ax, p1·Ax, x·r, p0·r, p1·r) — p1's two 0
+    unless use1: what DCDM's projection of a new direction x off two stored ones p0, p1 and
+    its step need (`deepcd.iterative.dcdm`), with no pass of their own. Arrays as
+    `stencil_matvec`; p0, p1, r float64 (n,)."""
+    nx, ny, nz = index.shape
+    xax = d0 = d1 = xr = e0 = e1 = 0.0
+    for ij in nb.prange(nx * ny):
+        i = ij // ny
+        j = ij - i * ny
+        a0 = a1 = a2 = a3 = a4 = a5 = 0.0
+        for k in range(nz):
+            n = index[i, j, k]
+            if n >= 0:
+                s = _row(index, diag, x, i, j, k, n)
+                out[n] = s
+                a0 += x[n] * s
+                a1 += p0[n] * s
+                a3 += x[n] * r[n]
+                a4 += p0[n] * r[n]
+                if use1:
+                    a2 += p1[n] * s
+                    a5 += p1[n] * r[n]
+        xax += a0
+        d0 += a1
+        d1 += a2
+        xr += a3
+        e0 += a4
+        e1 += a5
+    return xax, d0, d1, xr, e0, e1
+
+
 @nb.njit(inline="always")
 def _face(w, x, index, i, j, k):
     """w·x at the neighbour (i, j, k) when it holds an unknown and the face a link (w > 0:
@@ -123,6 +156,37 @@ def weighted_stencil_matvec_dot(index, diag, wx, wy, wz, x, out):
                 part += x[n] * s
         total += part
     return total
+
+
+@nb.njit(parallel=True, cache=True)
+def weighted_stencil_matvec_dots(index, diag, wx, wy, wz, x, out, p0, p1, use1, r):
+    """`stencil_matvec_dots` for a variable-coefficient stencil (arrays as
+    `weighted_stencil_matvec_dot`)."""
+    nx, ny, nz = index.shape
+    xax = d0 = d1 = xr = e0 = e1 = 0.0
+    for ij in nb.prange(nx * ny):
+        i = ij // ny
+        j = ij - i * ny
+        a0 = a1 = a2 = a3 = a4 = a5 = 0.0
+        for k in range(nz):
+            n = index[i, j, k]
+            if n >= 0:
+                s = _weighted_row(index, diag, wx, wy, wz, x, i, j, k, n)
+                out[n] = s
+                a0 += x[n] * s
+                a1 += p0[n] * s
+                a3 += x[n] * r[n]
+                a4 += p0[n] * r[n]
+                if use1:
+                    a2 += p1[n] * s
+                    a5 += p1[n] * r[n]
+        xax += a0
+        d0 += a1
+        d1 += a2
+        xr += a3
+        e0 += a4
+        e1 += a5
+    return xax, d0, d1, xr, e0, e1
 
 
 def stencil_index_3d(index: np.ndarray) -> np.ndarray:

@@ -199,6 +199,50 @@ def subtract2(w, aw, c0, p0, ap0, c1, p1, ap1, use1, r):
 
 
 @nb.njit(parallel=True, cache=True)
+def direction_dots(x, ax, p0, p1, use1, r):
+    """(x·Ax, p0·Ax, p1·Ax, x·r, p0·r, p1·r) in one pass (p1's two 0 unless use1): the dots
+    `deepcd.kernels.stencil.stencil_matvec_dots` takes in its matvec's pass, for operators
+    without such a kernel."""
+    xax = d0 = d1 = xr = e0 = e1 = 0.0
+    for i in nb.prange(x.size):
+        a = ax[i]
+        xax += x[i] * a
+        d0 += p0[i] * a
+        xr += x[i] * r[i]
+        e0 += p0[i] * r[i]
+        if use1:
+            d1 += p1[i] * a
+            e1 += p1[i] * r[i]
+    return xax, d0, d1, xr, e0, e1
+
+
+@nb.njit(parallel=True, cache=True)
+def project_step(w, aw, c0, p0, ap0, c1, p1, ap1, use1, c, x, r, b):
+    """`subtract2` then `step_along` in one pass: w −= c0 p0 + c1 p1 and Aw likewise (the
+    p1 terms only when use1), then x += c w, r −= c Aw with the new w. Returns (wᵀAw of the
+    new w, r·r, x·b + x·r); c comes from dots taken before the pass (`direction_dots`)."""
+    waw = 0.0
+    rr = 0.0
+    xbr = 0.0
+    for i in nb.prange(w.size):
+        wi = w[i] - c0 * p0[i]
+        awi = aw[i] - c0 * ap0[i]
+        if use1:
+            wi -= c1 * p1[i]
+            awi -= c1 * ap1[i]
+        w[i] = wi
+        aw[i] = awi
+        waw += wi * awi
+        xi = x[i] + c * wi
+        ri = r[i] - c * awi
+        x[i] = xi
+        r[i] = ri
+        rr += ri * ri
+        xbr += xi * (b[i] + ri)
+    return waw, rr, xbr
+
+
+@nb.njit(parallel=True, cache=True)
 def step_along(x, r, v, av, c, b):
     """x += c v, r −= c Av in one pass; returns (r·r, x·b + x·r) — `dcdm_step` for a step
     along one direction that is kept as it is (no p = c v written)."""
