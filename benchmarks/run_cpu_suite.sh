@@ -60,3 +60,5 @@ DEEPCD_THREADS=1 .venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 1
 .venv/bin/python benchmarks/graph_plans.py --out benchmarks/graph-plans
 # 20. An SPD network's PCG orthogonalized against one stored direction or two (DCDM keeps two).
 .venv/bin/python benchmarks/pcg_truncation.py --out benchmarks/pcg-truncation
+# 21. DCDM's PCG step: the four passes it was (matvec, dots, projection, step) against its two.
+.venv/bin/python benchmarks/loop_passes.py --shape 128 --shape 256 --rounds 15 --out benchmarks/loop-passes

@@ -1,7 +1,8 @@
 """Linear operators the solvers iterate with: CSR (numba), matrix-free stencil, any LinearOperator.
 
 All share one small interface: `n`, `matvec(x, out)`, `matvec_dot(x, out) -> x·Ax`,
-`diagonal()` and `csr` (the scipy matrix, or a TypeError where there is none).
+`matvec_dots(x, out, p0, p1, use1, r)` (the dots of DCDM's projection and step with the
+matvec), `diagonal()` and `csr` (the scipy matrix, or a TypeError where there is none).
 """
 
 from __future__ import annotations

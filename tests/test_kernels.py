@@ -67,19 +67,16 @@ def test_scaled_scatter_and_checked_gather(dtype):
     assert gather_checked(np.zeros(40, dtype=dtype), index, out) == (0, 0)
 
 
-@pytest.mark.parametrize("stored", [0, 1, 2, 3])
-def test_fused_orthogonalization_is_the_sequential_one(stored):
-    """DCDM's direction store: the two-pass projection (coefficients in one pass, update and
-    dots in the next) gives the per-direction one on A-orthogonal stored directions."""
+def _store_of(rng, n: int, stored: int):
+    """A random SPD A (n, n) and DCDM's direction store (k = 3) holding `stored` A-orthogonal
+    directions, as the loop stores them: (A, store, the directions)."""
     from deepcd.iterative.dcdm import _DirectionStore
 
-    rng = np.random.default_rng(stored)
-    n = 60
     B = rng.standard_normal((n, n))
     A = B @ B.T + n * np.eye(n)
     store = _DirectionStore(n, k=3)
     basis = []
-    for _ in range(stored):  # A-orthogonal directions, as the loop stores them
+    for _ in range(stored):
         p = rng.standard_normal(n)
         for q in basis:
             p -= (p @ A @ q) / (q @ A @ q) * q
@@ -87,6 +84,17 @@ def test_fused_orthogonalization_is_the_sequential_one(stored):
         row, arow = store.slot()
         row[:], arow[:] = p, A @ p
         store.push(row, arow, p @ A @ p)
+    return A, store, basis
+
+
+@pytest.mark.parametrize("stored", [0, 1, 2, 3])
+def test_fused_orthogonalization_is_the_sequential_one(stored):
+    """DCDM's direction store: the two-pass projection (coefficients in one pass, update and
+    dots in the next) gives the per-direction one on A-orthogonal stored directions."""
+
+    rng = np.random.default_rng(stored)
+    n = 60
+    A, store, basis = _store_of(rng, n, stored)
     w, r = rng.standard_normal(n), rng.standard_normal(n)
     w1, aw1 = w.copy(), A @ w
     store.orthogonalize(w1, aw1)
@@ -175,25 +183,13 @@ def test_projected_dots_are_the_computed_ones(stored):
     """DCDM's direction store: the projection's dots by algebra from the matvec's pass
     (`project_dots`) are those `orthogonalize_dots` computes after projecting, and
     `project_step` leaves w, Aw as it does; more than two stored directions fall back."""
-    from deepcd.iterative.dcdm import _DirectionStore
     from deepcd.kernels.vector import step_along
     from deepcd.operators import CSROperator
 
     rng = np.random.default_rng(stored)
     n = 60
-    B = rng.standard_normal((n, n))
-    A = B @ B.T + n * np.eye(n)
+    A, store, _ = _store_of(rng, n, stored)
     op = CSROperator(sp.csr_matrix(A))
-    store = _DirectionStore(n, k=3)
-    basis = []
-    for _ in range(stored):
-        p = rng.standard_normal(n)
-        for q in basis:
-            p -= (p @ A @ q) / (q @ A @ q) * q
-        basis.append(p)
-        row, arow = store.slot()
-        row[:], arow[:] = p, A @ p
-        store.push(row, arow, p @ A @ p)
     w, r, x, b = (rng.standard_normal(n) for _ in range(4))
     w1, aw1 = w.copy(), A @ w
     waw, wr = store.orthogonalize_dots(w1, aw1, r)
