@@ -38,7 +38,13 @@ class Operator:
         return inner(x, out)
 
     def matvec_dots(
-        self, x: np.ndarray, out: np.ndarray, p0: np.ndarray, p1: np.ndarray, use1: bool, r
+        self,
+        x: np.ndarray,
+        out: np.ndarray,
+        p0: np.ndarray,
+        p1: np.ndarray,
+        use1: bool,
+        r: np.ndarray,
     ) -> tuple[float, float, float, float, float, float]:
         """out = A x; returns (x·Ax, p0·Ax, p1·Ax, x·r, p0·r, p1·r), p1's two 0 unless use1
         (`deepcd.kernels.vector.direction_dots`; the stencils take them in the matvec's own
