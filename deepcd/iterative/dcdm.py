@@ -103,16 +103,30 @@ class _DirectionStore:
         if len(self.order) > 2:
             self.orthogonalize(w, aw)
             return dot(w, aw), dot(w, r)
-        rows = self.order + [None] * (2 - len(self.order))
-        use1 = rows[1] is not None
-        p0, ap0 = (self.p[rows[0]], self.ap[rows[0]]) if rows[0] is not None else (w, aw)
-        p1, ap1 = (self.p[rows[1]], self.ap[rows[1]]) if use1 else (p0, ap0)
+        use0, use1, p0, ap0, p1, ap1 = self._pair(w, aw)
         c0 = c1 = 0.0
-        if rows[0] is not None:
+        if use0:
             d0, d1 = dots2(aw, p0, p1, use1)
-            c0 = d0 / self.pap[rows[0]]
-            c1 = d1 / self.pap[rows[1]] if use1 else 0.0
+            c0, c1 = self._coefficients(d0, d1)
         return subtract2(w, aw, c0, p0, ap0, c1, p1, ap1, use1, r)
+
+    def _pair(self, w: np.ndarray, aw: np.ndarray):
+        """(use0, use1, p0, Ap0, p1, Ap1) of at most two stored directions, oldest first, for
+        the two-direction kernels: w and Aw stand in for a missing p0, p0 for a missing p1
+        (read with a zero coefficient, or not at all unless use1)."""
+        rows = self.order
+        use0, use1 = len(rows) >= 1, len(rows) == 2
+        p0, ap0 = (self.p[rows[0]], self.ap[rows[0]]) if use0 else (w, aw)
+        p1, ap1 = (self.p[rows[1]], self.ap[rows[1]]) if use1 else (p0, ap0)
+        return use0, use1, p0, ap0, p1, ap1
+
+    def _coefficients(self, d0: float, d1: float) -> tuple[float, float]:
+        """The projection's coefficients p_jᵀAw / p_jᵀAp_j from d_j = p_jᵀAw (0 for a
+        direction not stored)."""
+        rows = self.order
+        c0 = d0 / self.pap[rows[0]] if len(rows) >= 1 else 0.0
+        c1 = d1 / self.pap[rows[1]] if len(rows) == 2 else 0.0
+        return c0, c1
 
     def project_dots(self, op: Operator, w: np.ndarray, aw: np.ndarray, r: np.ndarray):
         """aw = A w, and (c0, c1, wᵀAw, wᵀr) of w projected off the stored directions
@@ -121,16 +135,12 @@ class _DirectionStore:
         wᵀr − Σ c_j (p_jᵀr), exact for A-orthogonal stored directions. None (aw computed,
         w as it was) where that is not safe: more than two stored, or the projection
         cancels all but 1e-8 of wᵀAw (then `orthogonalize_dots` computes them)."""
-        rows = self.order
-        if len(rows) > 2:
+        if len(self.order) > 2:
             op.matvec(w, aw)
             return None
-        use0, use1 = len(rows) >= 1, len(rows) == 2
-        p0 = self.p[rows[0]] if use0 else w
-        p1 = self.p[rows[1]] if use1 else p0
+        _, use1, p0, _, p1, _ = self._pair(w, aw)
         waw, d0, d1, wr, e0, e1 = op.matvec_dots(w, aw, p0, p1, use1, r)
-        c0 = d0 / self.pap[rows[0]] if use0 else 0.0
-        c1 = d1 / self.pap[rows[1]] if use1 else 0.0
+        c0, c1 = self._coefficients(d0, d1)
         vav = waw - c0 * d0 - c1 * d1
         if not vav > PROJECTED_CANCEL * waw:  # NaN too: the computed dots decide
             return None
@@ -139,10 +149,7 @@ class _DirectionStore:
     def project_step(self, w, aw, c0: float, c1: float, c: float, x, r, b):
         """`project_dots`' projection of w (and Aw) applied, then x += c w, r −= c Aw in one
         pass (`deepcd.kernels.vector.project_step`); returns (wᵀAw, r·r, x·b + x·r)."""
-        rows = self.order
-        use0, use1 = len(rows) >= 1, len(rows) == 2
-        p0, ap0 = (self.p[rows[0]], self.ap[rows[0]]) if use0 else (w, aw)
-        p1, ap1 = (self.p[rows[1]], self.ap[rows[1]]) if use1 else (p0, ap0)
+        _, use1, p0, ap0, p1, ap1 = self._pair(w, aw)
         return project_step(w, aw, c0, p0, ap0, c1, p1, ap1, use1, c, x, r, b)
 
     def _spare(self) -> int:
