@@ -8,7 +8,7 @@ import torch
 from reference_aggregate import serial_aggregate
 
 from deepcd.kernels import aggregate as K
-from deepcd.kernels.grid_aggregate import grid_aggregate, grid_node_features
+from deepcd.kernels.grid_aggregate import _cube_at, grid_aggregate, grid_node_features
 from deepcd.nn import coarsening_plan
 from deepcd.nn import multigrid as mg
 from deepcd.nn.local import graph_features
@@ -299,6 +299,75 @@ def test_grid_aggregation_equals_the_csr_one_on_random_weak_links(seed, merge_be
     # unset slot in its neighbours' rows
     assert ((lv["indices"] >= 0) & (lv["indices"] < len(lv["d"]))).all()
     assert (lv["w"] > 0).all() and lv["indptr"][-1] == len(lv["indices"])
+
+
+def _open_laplacian(shape, seed: int, closed: float):
+    """An open box's random Laplacian (float64): every cell active, faces in [0.5, 1] — so a
+    coarse block's cells are one component, a whole 2×2×2 cube inside the box — a share
+    `closed` of them 0 (inside cubes too), some Dirichlet cells."""
+    rng = np.random.default_rng(seed)
+    diag = np.where(rng.random(shape) < 0.1, rng.random(shape), 0.0)
+    links = []
+    for a in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[a], hi[a] = slice(0, -1), slice(1, None)
+        w = 0.5 + 0.5 * rng.random(diag[tuple(lo)].shape)
+        w = np.where(rng.random(w.shape) < closed, 0.0, w)
+        diag[tuple(lo)] += w
+        diag[tuple(hi)] += w
+        links.append(w)
+    return diag, links
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 16), (17, 15, 13)])
+@pytest.mark.parametrize("closed", [0.0, 0.15])
+def test_grid_aggregation_of_whole_cubes_equals_the_csr_one(shape, closed):
+    """A component that is a whole 2×2×2 cube (most of an open region's) takes the grid path's
+    shortcut (`_cube_at`: its sums and coarse links without looking its cells' links up), and
+    level 1 is still `aggregate`'s bit for bit — cubes at the walls, faces of weight 0 inside
+    cubes, partial blocks at the far ends of odd axes."""
+    diag, links = _open_laplacian(shape, seed=sum(shape), closed=closed)
+    _, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
+    halved = np.array([True, True, True])
+    coarse = (np.array(shape) + 1) // 2
+    args = (halved, coarse, 0.5, False, STRENGTH, MERGE_BELOW)
+    want = K.aggregate(coords, d, indptr, indices, weight, axis, *args)
+    _, _, agg, _, lv = grid_aggregate(diag, *links, halved, coarse, 0.5, STRENGTH, MERGE_BELOW)
+    got = (agg, *(lv[k] for k in ("coords", "d", "indptr", "indices", "w", "axis")))
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    sizes = np.bincount(agg[agg >= 0])
+    assert (sizes == 8).mean() > 0.5  # the shortcut is what ran, mostly
+
+
+def _packed(cells):
+    return np.array([(x << 42) | (y << 21) | z for x, y, z in cells], dtype=np.int64)
+
+
+CUBE = [(x, y, z) for x in (2, 3) for y in (4, 5) for z in (0, 1)]
+
+
+@pytest.mark.parametrize(
+    "cells,origin",
+    [
+        (CUBE, (2, 4, 0)),
+        (CUBE[:7], None),  # seven cells
+        ([(x + 1, y, z) for x, y, z in CUBE], None),  # a cube at an odd x
+        ([*CUBE[:7], (4, 5, 1)], None),  # eight cells of two blocks (a merged component)
+        ([CUBE[1], CUBE[0], *CUBE[2:]], None),  # the cube's cells out of C order
+    ],
+)
+def test_cube_at_takes_only_a_whole_cube_in_c_order(cells, origin):
+    """`_cube_at` answers a cube's corner only for its 8 cells at even coordinates in C order:
+    anything else (fewer cells, an odd corner, cells of two blocks, another order) takes
+    the generic path."""
+    cell = _packed(cells)
+    members = np.arange(len(cells), dtype=np.int32)[::-1].copy()
+    cell = cell[::-1].copy()  # members point at their cells through any numbering
+    got = _cube_at(cell, members, 0, len(cells))
+    assert (tuple(got) if got[0] >= 0 else None) == origin
 
 
 @pytest.mark.parametrize("case", ["random-0", "random-1", "random-2", "two-phase", "maze"])

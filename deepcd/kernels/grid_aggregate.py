@@ -11,7 +11,11 @@ It works block by block: a coarse block's cells (at most 2×2×2) are found by a
 there is no sort of the nodes by block and no per-node block or order array; components are
 found, numbered and listed per block in parallel (they lie in one block until small ones
 join a neighbour, which then runs on component-sized arrays). Fewer and smaller n-sized
-arrays also mean fewer fresh pages, which cost ~7 µs each on the project's VM.
+arrays also mean fewer fresh pages, which cost ~7 µs each on the project's VM. A component
+that is a whole 2×2×2 cube — most of an open region's — has its coarse diagonal and links
+summed from its corner (`_cube_at`): which of its cells' links stay inside is known, and the
+branches on it fold away (`_coarse_links` 1.5–1.6× and `_component_sums` 1.2–1.3× faster on
+smoke-obstacles at 128³ and 256³; the same sums in the same order).
 """
 
 from __future__ import annotations
@@ -363,6 +367,129 @@ def _renumber(agg, final):
         agg[i] = final[agg[i]]
 
 
+@nb.njit(inline="always")
+def _cube_at(cell, members, lo, hi):
+    """(x0, y0, z0) when members[lo:hi] are the 8 cells of the 2×2×2 cube at even (x0, y0,
+    z0) in C order — a coarse block whose cells all joined one component, the common case in
+    open regions — else (−1, 0, 0): the generic path then walks them."""
+    if hi - lo != 8:
+        return -1, 0, 0
+    c0 = cell[members[lo]]
+    x0, y0, z0 = c0 >> (2 * _BITS), (c0 >> _BITS) & _MASK, c0 & _MASK
+    if (x0 | y0 | z0) & 1:
+        return -1, 0, 0
+    t = lo
+    for dx in range(2):
+        for dy in range(2):
+            for dz in range(2):
+                if cell[members[t]] != c0 + (dx << (2 * _BITS)) + (dy << _BITS) + dz:
+                    return -1, 0, 0
+                t += 1
+    return x0, y0, z0
+
+
+@nb.njit(inline="always")
+def _sum_link(j, w, agg, c, acc, cnt, seen):
+    """Component c's link to node j of weight w (none where w ≤ 0 or j < 0, as `_link`):
+    (acc, cnt) with it taken off the diagonal sum acc when j is in c, else with j's
+    component noted in seen."""
+    if w > 0.0 and j >= 0:
+        cj = agg[j]
+        if cj == c:
+            acc -= w
+        else:
+            cnt = _note_neighbour(seen, cnt, cj)
+    return acc, cnt
+
+
+@nb.njit(inline="always")
+def _cube_face(node, lx, ly, lz, x, y, z, a, d):
+    """Cell (x, y, z) of a cube (`_cube_at`), d (0 or 1) its offset in the cube along axis a:
+    (j, w) of its link along a that leaves the cube (j = −1: none; the cell before it when
+    d = 0, after it when d = 1) and the weight of its link along a inside the cube."""
+    nx, ny, nz = node.shape
+    j, w = -1, 0.0
+    if a == 0:
+        inner, u = lx[x - d, y, z], x + 2 * d - 1
+        if 0 <= u < nx:
+            j, w = node[u, y, z], lx[min(x, u), y, z]
+    elif a == 1:
+        inner, v = ly[x, y - d, z], y + 2 * d - 1
+        if 0 <= v < ny:
+            j, w = node[x, v, z], ly[x, min(y, v), z]
+    else:
+        inner, t = lz[x, y, z - d], z + 2 * d - 1
+        if 0 <= t < nz:
+            j, w = node[x, y, t], lz[x, y, min(z, t)]
+    return j, w, inner
+
+
+@nb.njit(inline="always")
+def _cube_axis_sums(j, w, inner, d, agg, c, acc, cnt, seen):
+    """`_cube_sums`' two links along one axis of a cell at offset d in its cube (`_cube_face`:
+    j, w the one leaving the cube, inner the one inside), the − one first."""
+    if d == 1 and inner > 0.0:
+        acc -= inner
+    acc, cnt = _sum_link(j, w, agg, c, acc, cnt, seen)
+    if d == 0 and inner > 0.0:
+        acc -= inner
+    return acc, cnt
+
+
+@nb.njit(inline="always")
+def _cube_sums(diag, node, lx, ly, lz, agg, c, x0, y0, z0, seen):
+    """`_component_sums`' (acc, cnt) for component c = the cube at (x0, y0, z0)
+    (`_cube_at`), with the same terms in the same order (cells in C order, links x−, x+, y−,
+    y+, z−, z+): each cell's links inside the cube are known by its corner, not looked up.
+    Corners as nested range(2) loops and the axes spelled out (so a and d fold to constants
+    in `_cube_face`): a loop over the axes, or over the corners as one range(8) or a tuple,
+    left `_component_sums` 1.2–1.5× slower at 128³."""
+    acc, cnt = 0.0, 0
+    for dx in range(2):
+        for dy in range(2):
+            for dz in range(2):
+                x, y, z = x0 + dx, y0 + dy, z0 + dz
+                acc += np.float64(diag[x, y, z])
+                j, w, inner = _cube_face(node, lx, ly, lz, x, y, z, 0, dx)
+                acc, cnt = _cube_axis_sums(j, w, inner, dx, agg, c, acc, cnt, seen)
+                j, w, inner = _cube_face(node, lx, ly, lz, x, y, z, 1, dy)
+                acc, cnt = _cube_axis_sums(j, w, inner, dy, agg, c, acc, cnt, seen)
+                j, w, inner = _cube_face(node, lx, ly, lz, x, y, z, 2, dz)
+                acc, cnt = _cube_axis_sums(j, w, inner, dz, agg, c, acc, cnt, seen)
+    return acc, cnt
+
+
+@nb.njit(inline="always")
+def _outer_link(j, w, a, agg, c, cindices, cweight, along, q0, q, scale):
+    """Component c's link to node j of weight w along axis a added to its coarse row (ends
+    q0, q; `_add_coarse_link`) when j is a node outside c that has a coarse node; the row's
+    new end."""
+    if w > 0.0 and j >= 0:
+        cj = agg[j]
+        if cj >= 0 and cj != c:
+            q = _add_coarse_link(cindices, cweight, along, q0, q, cj, w, a, scale)
+    return q
+
+
+@nb.njit(inline="always")
+def _cube_links(node, lx, ly, lz, agg, c, x0, y0, z0, cindices, cweight, along, q0, scale):
+    """`_coarse_links`' row of component c = the cube at (x0, y0, z0) (`_cube_at`): the links
+    leaving it in the generic order (cells in C order, then x, y, z), one per cell and axis;
+    the row's end."""
+    q = q0
+    for dx in range(2):
+        for dy in range(2):
+            for dz in range(2):
+                x, y, z = x0 + dx, y0 + dy, z0 + dz
+                j, w, _ = _cube_face(node, lx, ly, lz, x, y, z, 0, dx)
+                q = _outer_link(j, w, 0, agg, c, cindices, cweight, along, q0, q, scale)
+                j, w, _ = _cube_face(node, lx, ly, lz, x, y, z, 1, dy)
+                q = _outer_link(j, w, 1, agg, c, cindices, cweight, along, q0, q, scale)
+                j, w, _ = _cube_face(node, lx, ly, lz, x, y, z, 2, dz)
+                q = _outer_link(j, w, 2, agg, c, cindices, cweight, along, q0, q, scale)
+    return q
+
+
 @nb.njit(parallel=True, cache=True)
 def _component_sums(mstart, members, agg, diag, node, cell, lx, ly, lz, chunk):
     """`aggregate._component_sums` on the grid, each member's diagonal read from the grid
@@ -384,20 +511,17 @@ def _component_sums(mstart, members, agg, diag, node, cell, lx, ly, lz, chunk):
         most[k] = top
         seen = np.empty(top, dtype=np.int64)
         for c in range(lo, hi):
+            x0, y0, z0 = _cube_at(cell, members, mstart[c], mstart[c + 1])
+            if x0 >= 0:
+                cd[c], counts[c] = _cube_sums(diag, node, lx, ly, lz, agg, c, x0, y0, z0, seen)
+                continue
             acc, cnt = 0.0, 0
             for t in range(mstart[c], mstart[c + 1]):
-                i = members[t]
-                x, y, z = _cell(cell, i, ny, nz)
+                x, y, z = _cell(cell, members[t], ny, nz)
                 acc += np.float64(diag[x, y, z])
                 for q in range(6):
                     j, w = _link(node, lx, ly, lz, x, y, z, q)
-                    if j < 0:
-                        continue
-                    cj = agg[j]
-                    if cj == c:
-                        acc -= w
-                    else:
-                        cnt = _note_neighbour(seen, cnt, cj)
+                    acc, cnt = _sum_link(j, w, agg, c, acc, cnt, seen)
             cd[c], counts[c] = acc, cnt
     return cd, counts, most.max()
 
@@ -417,17 +541,24 @@ def _coarse_links(mstart, members, agg, node, cell, lx, ly, lz, cindptr, scale, 
         along = np.empty((max(most, 1), 3))  # the fine weight along each axis behind a link
         for c in range(k * chunk, min(mc, (k + 1) * chunk)):
             q0 = cindptr[c]
-            q = q0
-            for t in range(mstart[c], mstart[c + 1]):
-                i = members[t]
-                x, y, z = _cell(cell, i, ny, nz)
-                for f in range(6):
-                    j, w = _link(node, lx, ly, lz, x, y, z, f)
-                    if j < 0:
-                        continue
-                    cj = agg[j]
-                    if cj >= 0 and cj != c:
-                        q = _add_coarse_link(cindices, cweight, along, q0, q, cj, w, f // 2, scale)
+            x0, y0, z0 = _cube_at(cell, members, mstart[c], mstart[c + 1])
+            if x0 >= 0:
+                q = _cube_links(
+                    node, lx, ly, lz, agg, c, x0, y0, z0, cindices, cweight, along, q0, scale
+                )
+            else:
+                q = q0
+                for t in range(mstart[c], mstart[c + 1]):
+                    x, y, z = _cell(cell, members[t], ny, nz)
+                    for f in range(6):
+                        j, w = _link(node, lx, ly, lz, x, y, z, f)
+                        if j < 0:
+                            continue
+                        cj = agg[j]
+                        if cj >= 0 and cj != c:
+                            q = _add_coarse_link(
+                                cindices, cweight, along, q0, q, cj, w, f // 2, scale
+                            )
             _link_axes(along, q0, q, caxis)
             filled[c] = q - q0
     return _drop_unfilled(cindptr, filled, cindices, cweight, caxis)
