@@ -62,3 +62,6 @@ DEEPCD_THREADS=1 .venv/bin/python benchmarks/cpu_profile.py --shape 64 --shape 1
 .venv/bin/python benchmarks/pcg_truncation.py --out benchmarks/pcg-truncation
 # 21. DCDM's PCG step: the four passes it was (matvec, dots, projection, step) against its two.
 .venv/bin/python benchmarks/loop_passes.py --shape 128 --shape 256 --rounds 15 --out benchmarks/loop-passes
+# 22. Level 1's diagonal and links with the whole-cube shortcut against the kernels before it.
+.venv/bin/python benchmarks/level1_cubes.py --before 9a2db45 --case smoke-obstacles:128 \
+    --case smoke-obstacles:256 --case maze:128 --case porous:128 --out benchmarks/level1-cubes
