@@ -276,6 +276,24 @@ def _random_laplacian(seed: int):
     return diag, links
 
 
+def _halved_level_is_aggregates(diag, links, strength, merge_below):
+    """Asserts that `grid_aggregate` halving every axis of the stencil (diag, links) gives
+    `aggregate`'s level of its CSR, bit for bit (node numbering, agg, coarse cells, CSR,
+    weights, axes, dtypes); returns its (agg, level)."""
+    node, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
+    halved = np.array([True, True, True])
+    coarse = (np.array(diag.shape) + 1) // 2
+    args = (halved, coarse, 0.5, False, strength, merge_below)
+    want = K.aggregate(coords, d, indptr, indices, weight, axis, *args)
+    g_node, _, agg, _, lv = grid_aggregate(diag, *links, halved, coarse, 0.5, strength, merge_below)
+    np.testing.assert_array_equal(g_node, node)
+    got = (agg, *(lv[k] for k in ("coords", "d", "indptr", "indices", "w", "axis")))
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    return agg, lv
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("merge_below,strength", [(2, 0.3), (4, 0.5)])
 def test_grid_aggregation_equals_the_csr_one_on_random_weak_links(seed, merge_below, strength):
@@ -283,18 +301,7 @@ def test_grid_aggregation_equals_the_csr_one_on_random_weak_links(seed, merge_be
     components that join a neighbour — chains of joins, joins inside a block whose pieces
     interleave, joins across blocks; holes; some Dirichlet cells): the grid path's joins and
     numbering stay those of the CSR's."""
-    diag, links = _random_laplacian(seed)
-    shape = diag.shape
-    node, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
-    halved = np.array([True, True, True])
-    coarse = (np.array(shape) + 1) // 2
-    args = (halved, coarse, 0.5, False, strength, merge_below)
-    want = K.aggregate(coords, d, indptr, indices, weight, axis, *args)
-    g_node, _, agg, _, lv = grid_aggregate(diag, *links, halved, coarse, 0.5, strength, merge_below)
-    np.testing.assert_array_equal(g_node, node)
-    got = (agg, *(lv[k] for k in ("coords", "d", "indptr", "indices", "w", "axis")))
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_array_equal(a, b)
+    _, lv = _halved_level_is_aggregates(*_random_laplacian(seed), strength, merge_below)
     # a component dropped as closed (cd ≤ 1e-9 max) yet linked by a tiny weight leaves no
     # unset slot in its neighbours' rows
     assert ((lv["indices"] >= 0) & (lv["indices"] < len(lv["d"]))).all()
@@ -328,16 +335,7 @@ def test_grid_aggregation_of_whole_cubes_equals_the_csr_one(shape, closed):
     level 1 is still `aggregate`'s bit for bit — cubes at the walls, faces of weight 0 inside
     cubes, partial blocks at the far ends of odd axes."""
     diag, links = _open_laplacian(shape, seed=sum(shape), closed=closed)
-    _, coords, d, indptr, indices, weight, axis = K.grid_graph(diag, *links)
-    halved = np.array([True, True, True])
-    coarse = (np.array(shape) + 1) // 2
-    args = (halved, coarse, 0.5, False, STRENGTH, MERGE_BELOW)
-    want = K.aggregate(coords, d, indptr, indices, weight, axis, *args)
-    _, _, agg, _, lv = grid_aggregate(diag, *links, halved, coarse, 0.5, STRENGTH, MERGE_BELOW)
-    got = (agg, *(lv[k] for k in ("coords", "d", "indptr", "indices", "w", "axis")))
-    for a, b in zip(got, want, strict=True):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
+    agg, _ = _halved_level_is_aggregates(diag, links, STRENGTH, MERGE_BELOW)
     sizes = np.bincount(agg[agg >= 0])
     assert (sizes == 8).mean() > 0.5  # the shortcut is what ran, mostly
 
