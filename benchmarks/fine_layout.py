@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcd.bench.runner import environment
+from deepcd.bench.report import write_benchmark
 from deepcd.nn.direction import NetworkDirection
 from deepcd.nn.networks.vcycle import GRAPH_FINE_BELOW
 from deepcd.nn.weights import default_solver, load_solver
@@ -90,13 +90,7 @@ def main() -> None:
         rows.append(vcycle_times(name, n, dim, args.repeats))
         print(json.dumps(rows[-1]), flush=True)
     command = "python benchmarks/fine_layout.py " + " ".join(sys.argv[1:])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = {"command": command, "environment": environment(), "rows": rows}
-    (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
-    text = markdown(rows, command)
-    (out / "results.md").write_text(text)
-    print(text)
+    write_benchmark(Path(args.out), command, rows, markdown(rows, command))
 
 
 if __name__ == "__main__":

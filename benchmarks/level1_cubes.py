@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 
 import deepcd.kernels.grid_aggregate as ga
 from deepcd import threads
+from deepcd.bench.report import write_benchmark
 from deepcd.nn.direction import NetworkDirection
 from deepcd.nn.weights import default_solver, load_solver
 from deepcd.problems import scene
@@ -84,6 +84,25 @@ def run(fn, args):
     return fn(*args)
 
 
+def markdown(rows: list[dict], command: str, before: str, rounds: int) -> str:
+    lines = [
+        f"`{command}` — medians of {rounds} interleaved rounds, one process; every output "
+        f"array equal to {before}'s, bit for bit.",
+        "",
+        "| scene | grid | `_component_sums` before → now | `_coarse_links` before → now |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [
+            f"{r[k]['before_s'] * 1e3:.1f} → {r[k]['now_s'] * 1e3:.1f} ms "
+            f"({r[k]['before_s'] / r[k]['now_s']:.2f}×)"
+            for k in KERNELS
+        ]
+        grid = "×".join(map(str, r["shape"]))
+        lines.append(f"| {r['scene']} | {grid} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", required=True, help="the revision to compare against")
@@ -114,27 +133,10 @@ def main() -> None:
             row[k] = {"before_s": statistics.median(before), "now_s": statistics.median(now)}
         rows.append(row)
         print(case, {k: row[k] for k in KERNELS}, flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join([f"benchmarks/{Path(__file__).name}", *sys.argv[1:]])
-    (out / "results.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
-    lines = [
-        f"`{command}` — medians of {args.rounds} interleaved rounds, one process; every "
-        f"output array equal to {args.before}'s, bit for bit.",
-        "",
-        "| scene | grid | `_component_sums` before → now | `_coarse_links` before → now |",
-        "|---|---|---|---|",
-    ]
-    for r in rows:
-        cells = [
-            f"{r[k]['before_s'] * 1e3:.1f} → {r[k]['now_s'] * 1e3:.1f} ms "
-            f"({r[k]['before_s'] / r[k]['now_s']:.2f}×)"
-            for k in KERNELS
-        ]
-        lines.append(
-            f"| {r['scene']} | {'×'.join(map(str, r['shape']))} | " + " | ".join(cells) + " |"
-        )
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_benchmark(
+        Path(args.out), command, rows, markdown(rows, command, args.before, args.rounds)
+    )
 
 
 if __name__ == "__main__":

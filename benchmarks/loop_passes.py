@@ -14,7 +14,6 @@ iteration (the solve less the network). Run it alone on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import deepcd
-from deepcd.bench.runner import environment, warm_up
+from deepcd.bench.report import write_benchmark
+from deepcd.bench.runner import warm_up
 from deepcd.iterative import dcdm as loop
 from deepcd.kernels.vector import dots2, project_step, step_along, subtract2
 from deepcd.problems import scene
@@ -130,13 +130,7 @@ def main() -> None:
     warm_up(["dcdm"], 3)
     rows = [run(n, args.rounds) for n in args.shape or [128, 256]]
     command = "python benchmarks/loop_passes.py " + " ".join(sys.argv[1:])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = {"command": command, "environment": environment(), "rows": rows}
-    (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
-    text = markdown(rows, command)
-    (out / "results.md").write_text(text)
-    print(text)
+    write_benchmark(Path(args.out), command, rows, markdown(rows, command))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,21 @@ def test_bench_writes_results_table_and_plots(tmp_path, capsys):
     assert "true relres" in capsys.readouterr().out
 
 
+def test_a_benchmark_scripts_outputs_carry_its_command_and_machine(tmp_path, capsys):
+    """`write_benchmark` (the benchmarks/*.py scripts' outputs): results.json holds the
+    command, the machine and the rows; results.md the report, which is printed too."""
+    from deepcd.bench.report import write_benchmark
+
+    out = tmp_path / "nested" / "run"
+    write_benchmark(out, "python benchmarks/x.py --n 3", [{"n": 3, "s": 0.5}], "# report\n")
+    data = json.loads((out / "results.json").read_text())
+    assert data["command"] == "python benchmarks/x.py --n 3"
+    assert data["rows"] == [{"n": 3, "s": 0.5}]
+    assert data["environment"]["numba_threads"] >= 1
+    assert (out / "results.md").read_text() == "# report\n"
+    assert "# report" in capsys.readouterr().out
+
+
 def test_bench_isolated_reports_per_run_memory(tmp_path):
     out = tmp_path / "bench"
     code = main(

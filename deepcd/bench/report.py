@@ -74,6 +74,19 @@ def write_results(out: Path, runs: list[dict], problems: list[dict], meta: dict)
     return path
 
 
+def write_benchmark(out: Path, command: str, rows: list[dict], text: str) -> None:
+    """A benchmark script's outputs (`benchmarks/*.py`): out/results.json with the command,
+    the machine (`deepcd.bench.runner.environment`) and the rows, and out/results.md = text,
+    which is printed too."""
+    from deepcd.bench.runner import environment
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"command": command, "environment": environment(), "rows": rows}
+    (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / "results.md").write_text(text)
+    print(text)
+
+
 def _repeats_table(runs: list[dict]) -> list[str]:
     """With `--repeats`: every run's total seconds (and iterations where they varied) beside
     the median run the table above shows."""

@@ -14,9 +14,8 @@ join a neighbour, which then runs on component-sized arrays). Fewer and smaller 
 arrays also mean fewer fresh pages, which cost ~7 µs each on the project's VM. A component
 that is a whole 2×2×2 cube — most of an open region's — has its coarse diagonal and links
 summed from its corner (`_cube_at`): which of its cells' links stay inside is known, and the
-branches on it fold away (`_coarse_links` 1.44–1.48× and `_component_sums` 1.20–1.37× faster
-on smoke-obstacles at 128³ and 256³, `benchmarks/level1-cubes`; the same sums in the same
-order).
+branches on it fold away (`_coarse_links` ~1.5× and `_component_sums` 1.2–1.6× faster on
+smoke-obstacles at 128³ and 256³, `benchmarks/level1-cubes`; the same sums in the same order).
 """
 
 from __future__ import annotations
